@@ -1,0 +1,82 @@
+#ifndef TAOTOKEN_OPTIONS_H
+#define TAOTOKEN_OPTIONS_H
+
+/// @file
+/// Client-wide and per-call configuration.
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "taotoken/version.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+
+/// The base URL used when neither `ClientOptions::base_url` nor
+/// `TAOTOKEN_BASE_URL` is set. Like the official SDKs, the base includes the
+/// API version; the client appends `/chat/completions` and `/models`.
+inline constexpr const char* kDefaultBaseUrl = "https://taotoken.net/api/v1";
+/// The model used when a request names none and no default was configured.
+inline constexpr const char* kDefaultModel = "claude-sonnet-4-6";
+/// Default cap on a response body.
+inline constexpr std::size_t kDefaultMaxResponseBytes = std::size_t{32} << 20;
+
+/// Configuration of a `TaotokenClient`. A plain struct: set what you need.
+///
+/// Empty strings mean "use the default", resolved once when the client is
+/// constructed:
+///
+/// | field          | when empty                                           |
+/// |----------------|------------------------------------------------------|
+/// | `base_url`     | env `TAOTOKEN_BASE_URL`, else `kDefaultBaseUrl`       |
+/// | `api_key`      | env `TAOTOKEN_API_KEY`, else none (only loopback URLs may be used without a key) |
+/// | `default_model`| `kDefaultModel`                                      |
+/// | `user_agent`   | `taotoken-cpp/<version>`                             |
+///
+/// TLS peer and host verification are always on; there is no option to
+/// turn them off. Use `ca_bundle` / `ca_path` for private CAs.
+struct ClientOptions {
+  /// Base URL, e.g. "https://taotoken.net/api/v1" (trailing slashes ignored).
+  std::string base_url;
+  /// Bearer token for `Authorization`. Never logged, never put in errors.
+  std::string api_key;
+  /// Model used when `ChatRequest::model` is empty.
+  std::string default_model;
+  /// Time allowed to establish a connection (TCP + TLS).
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+  /// Time allowed for a whole request, from sending to the last body byte.
+  std::chrono::milliseconds timeout{std::chrono::minutes(10)};
+  /// Headers added to every request (e.g. "HTTP-Referer"). Names and values
+  /// containing CR or LF are rejected.
+  std::vector<std::pair<std::string, std::string>> default_headers;
+  /// `User-Agent` header.
+  std::string user_agent;
+  /// Proxy URL passed to libcurl (`CURLOPT_PROXY`), e.g. "http://proxy:3128".
+  /// Empty: libcurl's defaults apply (it honours `https_proxy` / `no_proxy`).
+  std::string proxy;
+  /// CA bundle file (`CURLOPT_CAINFO`); empty: the system default.
+  std::string ca_bundle;
+  /// CA directory (`CURLOPT_CAPATH`); empty: the system default.
+  std::string ca_path;
+  /// Responses larger than this fail with `bad_response` instead of using
+  /// unbounded memory.
+  std::size_t max_response_bytes = kDefaultMaxResponseBytes;
+};
+
+/// Per-call overrides. Unset fields use the client's `ClientOptions`.
+struct RequestOptions {
+  /// Overrides `ClientOptions::timeout` for this call.
+  std::optional<std::chrono::milliseconds> timeout;
+  /// Extra headers for this call (added after the default headers).
+  std::vector<std::pair<std::string, std::string>> headers;
+  /// Use this request id instead of generating one (e.g. a proxy passing on
+  /// its own client's id). Must be printable ASCII without spaces.
+  std::optional<std::string> request_id;
+};
+
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_OPTIONS_H

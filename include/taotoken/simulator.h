@@ -1,0 +1,145 @@
+#ifndef TAOTOKEN_SIMULATOR_H
+#define TAOTOKEN_SIMULATOR_H
+
+/// @file
+/// A local OpenAI-compatible server with scriptable faults, for tests, demos
+/// and for testing your own program offline. Component `taotoken::sim`.
+///
+/// It serves plain HTTP/1.1 on 127.0.0.1 (keep-alive, chunked request
+/// bodies, `Expect: 100-continue`):
+///
+/// | route                        | answer                                    |
+/// |------------------------------|-------------------------------------------|
+/// | `POST /v1/chat/completions`  | echoes the last user message: content `"Echo: <text>"`, realistic `usage` |
+/// | `GET /v1/models`             | the configured model list                  |
+/// | anything else                | 404 in the OpenAI error shape              |
+///
+/// Answers are deterministic: the same request gives the same body except
+/// `id` and `created`.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "taotoken/version.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace sim {
+
+/// How to answer one request. Every field is optional: a default `Fault`
+/// gives the normal answer. Used to inject errors and network failures.
+struct Fault {
+  /// Only requests to this path are affected; empty means every path.
+  std::string path = "/v1/chat/completions";
+  /// HTTP status to answer with; 0 keeps the normal status (200).
+  int status = 0;
+  /// Body to send instead of the normal one (when `replace_body`).
+  std::string body;
+  bool replace_body = false;
+  /// Content-Type of a replaced body.
+  std::string content_type = "application/json";
+  /// Extra response headers (e.g. {"Retry-After", "2"}).
+  std::vector<std::pair<std::string, std::string>> headers;
+  /// Wait this long before sending the status line.
+  std::chrono::milliseconds delay{0};
+  /// Close the connection (FIN) after this many body bytes, although the
+  /// Content-Length announced the whole body.
+  std::optional<std::size_t> close_after_bytes;
+  /// Reset the connection (RST) after this many body bytes.
+  std::optional<std::size_t> reset_after_bytes;
+  /// Close the connection without sending anything.
+  bool drop = false;
+  /// Send the body with `Transfer-Encoding: chunked` (no Content-Length).
+  bool chunked = false;
+  /// gzip the body when the request accepts gzip.
+  bool gzip = false;
+};
+
+/// A request as the simulator received it.
+struct ReceivedRequest {
+  std::string method;
+  std::string path;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::chrono::system_clock::time_point received_at;
+
+  /// First header with this name (case-insensitive), or nullptr.
+  const std::string* header(std::string_view name) const noexcept;
+};
+
+/// Settings of a `Simulator`.
+struct SimulatorOptions {
+  /// Address to bind. Keep it loopback.
+  std::string host = "127.0.0.1";
+  /// Port; 0 picks a free one (read it back with `port()`).
+  std::uint16_t port = 0;
+  /// When set, requests must carry `Authorization: Bearer <api_key>`.
+  std::optional<std::string> api_key;
+  /// Models listed by `GET /v1/models`.
+  std::vector<std::string> models = {"claude-sonnet-4-6", "gpt-4o-mini", "sim-echo"};
+  /// Keep a copy of every request (see `requests()`).
+  bool record_requests = true;
+  /// Requests with larger bodies get 413.
+  std::size_t max_request_bytes = std::size_t{16} << 20;
+};
+
+/// The simulator server. Start it, point a client at `base_url()`, script
+/// faults, read back what it received.
+///
+/// Thread safety: all methods may be called from any thread while it runs.
+/// It serves each connection on its own thread; `stop()` (or the destructor)
+/// closes every connection and joins every thread.
+class Simulator {
+ public:
+  explicit Simulator(SimulatorOptions options = {});
+  ~Simulator();
+  Simulator(const Simulator&) = delete;
+  Simulator& operator=(const Simulator&) = delete;
+
+  /// Binds and starts serving. Throws std::system_error when binding fails.
+  void start();
+  /// Stops serving; idempotent.
+  void stop();
+
+  /// The bound port (after `start()`).
+  std::uint16_t port() const noexcept;
+  /// "http://127.0.0.1:<port>/v1".
+  std::string base_url() const;
+
+  /// The next `times` matching requests get `fault` (queued after earlier
+  /// pushes): "fail the first N attempts, then succeed".
+  void push_fault(Fault fault, int times = 1);
+  /// Every matching request gets `fault` once the queue is empty; `nullopt`
+  /// restores normal answers.
+  void set_fault(std::optional<Fault> fault);
+  /// Drops queued faults and the persistent one.
+  void clear_faults();
+
+  /// Copies of the requests received so far, oldest first.
+  std::vector<ReceivedRequest> requests() const;
+  /// Number of requests received so far (also when not recording).
+  std::size_t request_count() const noexcept;
+  /// Forgets recorded requests.
+  void clear_requests();
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Builds the simulator's normal chat-completion body for a request body
+/// (exposed for tests and benchmarks). Returns an OpenAI error body and sets
+/// `status` when the request is invalid.
+std::string completion_for(std::string_view request_body, int& status);
+
+}  // namespace sim
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_SIMULATOR_H

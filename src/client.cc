@@ -1,0 +1,318 @@
+#include "taotoken/client.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <random>
+#include <thread>
+
+#include "codec.h"
+#include "transport.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+
+using detail::HttpRequest;
+using detail::HttpResponse;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+bool starts_with_icase(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (std::size_t i = 0; i < prefix.size(); ++i) {
+    char c = s[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != prefix[i]) return false;
+  }
+  return true;
+}
+
+// True for http(s)://localhost, 127.0.0.0/8 and [::1] base URLs: the only
+// ones that may be used without an API key (the simulator, local proxies).
+bool is_loopback_url(std::string_view url) {
+  auto p = url.find("://");
+  if (p == std::string_view::npos) return false;
+  std::string_view rest = url.substr(p + 3);
+  if (auto at = rest.find('@'); at != std::string_view::npos && at < rest.find('/')) rest = rest.substr(at + 1);
+  std::string_view host;
+  if (!rest.empty() && rest.front() == '[') {
+    host = rest.substr(0, rest.find(']') + 1);
+  } else {
+    host = rest.substr(0, rest.find_first_of(":/?#"));
+  }
+  return host == "localhost" || host == "[::1]" || starts_with_icase(host, "127.");
+}
+
+bool is_token_char(char c) {
+  // RFC 9110 tchar.
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+std::optional<Error> check_header(const std::string& name, const std::string& value) {
+  if (name.empty()) return Error(ErrorKind::invalid_argument, "a header has an empty name");
+  for (char c : name)
+    if (!is_token_char(c))
+      return Error(ErrorKind::invalid_argument, fmt::format("header name '{}' contains an invalid character", name));
+  for (char c : value)
+    if (c == '\r' || c == '\n' || c == '\0')
+      return Error(ErrorKind::invalid_argument,
+                   fmt::format("header '{}' has a value containing CR, LF or NUL (header injection)", name));
+  return std::nullopt;
+}
+
+std::optional<Error> check_request_id(const std::string& id) {
+  if (id.empty() || id.size() > 128)
+    return Error(ErrorKind::invalid_argument, "request_id must have 1 to 128 characters");
+  for (char c : id)
+    if (c <= 0x20 || c >= 0x7f)
+      return Error(ErrorKind::invalid_argument, "request_id must be printable ASCII without spaces");
+  return std::nullopt;
+}
+
+std::string replace_all(std::string s, std::string_view what, std::string_view with) {
+  for (auto p = s.find(what); p != std::string::npos; p = s.find(what, p + with.size())) s.replace(p, what.size(), with);
+  return s;
+}
+
+}  // namespace
+
+std::string make_request_id() {
+  thread_local std::mt19937_64 rng([] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(),
+                      static_cast<unsigned>(std::hash<std::thread::id>{}(std::this_thread::get_id()))};
+    return std::mt19937_64(seq);
+  }());
+  static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  char suffix[9];
+  std::uint64_t r = rng();
+  for (char& c : suffix) {
+    c = kDigits[r % 36];
+    r /= 36;
+  }
+  return fmt::format("req_{}_{}", ms, std::string_view(suffix, sizeof suffix));
+}
+
+class TaotokenClient::Impl {
+ public:
+  static Result<std::shared_ptr<const Impl>> create(ClientOptions o) {
+    if (o.base_url.empty()) o.base_url = env_or_empty("TAOTOKEN_BASE_URL");
+    if (o.base_url.empty()) o.base_url = kDefaultBaseUrl;
+    if (o.api_key.empty()) o.api_key = env_or_empty("TAOTOKEN_API_KEY");
+    if (o.default_model.empty()) o.default_model = kDefaultModel;
+    if (o.user_agent.empty()) o.user_agent = "taotoken-cpp/" TAOTOKEN_VERSION_STRING;
+    while (!o.base_url.empty() && o.base_url.back() == '/') o.base_url.pop_back();
+    if (!starts_with_icase(o.base_url, "http://") && !starts_with_icase(o.base_url, "https://"))
+      return Error(ErrorKind::invalid_argument,
+                   fmt::format("base URL '{}' must start with http:// or https://", o.base_url));
+    for (char c : o.base_url)
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f)
+        return Error(ErrorKind::invalid_argument, "base URL contains a space or control character");
+    for (const auto& [name, value] : o.default_headers)
+      if (auto e = check_header(name, value)) return std::move(*e);
+    for (char c : o.api_key)
+      if (c == '\r' || c == '\n' || c == '\0')
+        return Error(ErrorKind::invalid_argument, "the API key contains CR, LF or NUL");
+    for (char c : o.user_agent)
+      if (c == '\r' || c == '\n' || c == '\0')
+        return Error(ErrorKind::invalid_argument, "the user agent contains CR, LF or NUL");
+    if (o.connect_timeout.count() <= 0 || o.timeout.count() <= 0)
+      return Error(ErrorKind::invalid_argument, "timeouts must be positive");
+    if (o.max_response_bytes == 0) return Error(ErrorKind::invalid_argument, "max_response_bytes must be positive");
+    return std::shared_ptr<const Impl>(new Impl(std::move(o)));
+  }
+
+  const ClientOptions& options() const noexcept { return opts_; }
+
+  Result<ChatCompletion> chat(const ChatRequest& request, const RequestOptions& ro) const {
+    Call call(ro);
+    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+    auto body = detail::encode_chat_request(request, opts_.default_model, false);
+    if (!body) return finish_error(std::move(body.error()), call, 0);
+    auto resp = send(HttpRequest::Method::post, chat_url_, *body, ro, call, true);
+    if (!resp) return finish_error(std::move(resp.error()), call, 1);
+    HttpResponse& r = *resp;
+    const std::string upstream_id = upstream_request_id(r.headers);
+    if (r.status < 200 || r.status >= 300) return finish_error(status_error(r), call, 1, upstream_id);
+    auto decoded = detail::decode_chat_completion(r.body);
+    if (!decoded) return finish_error(std::move(decoded.error()), call, 1, upstream_id);
+    ChatCompletion& c = *decoded;
+    c.request_id = std::move(call.id);
+    c.upstream_request_id = upstream_id;
+    c.http_status = r.status;
+    c.attempts = 1;
+    c.latency = call.elapsed();
+    return decoded;
+  }
+
+  Result<RawResponse> forward(std::string_view json_body, const RequestOptions& ro) const {
+    Call call(ro);
+    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+    auto body = detail::fill_default_model(json_body, opts_.default_model);
+    if (!body) return finish_error(std::move(body.error()), call, 0);
+    auto resp = send(HttpRequest::Method::post, chat_url_, *body, ro, call, false);
+    if (!resp) return finish_error(std::move(resp.error()), call, 1);
+    RawResponse out;
+    out.status = resp->status;
+    out.upstream_request_id = upstream_request_id(resp->headers);
+    out.headers = std::move(resp->headers);
+    out.body = std::move(resp->body);
+    out.request_id = std::move(call.id);
+    out.attempts = 1;
+    out.latency = call.elapsed();
+    return out;
+  }
+
+  Result<std::vector<Model>> list_models(const RequestOptions& ro) const {
+    Call call(ro);
+    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+    auto resp = send(HttpRequest::Method::get, models_url_, {}, ro, call, true);
+    if (!resp) return finish_error(std::move(resp.error()), call, 1);
+    const std::string upstream_id = upstream_request_id(resp->headers);
+    if (resp->status < 200 || resp->status >= 300) return finish_error(status_error(*resp), call, 1, upstream_id);
+    auto models = detail::decode_models(resp->body);
+    if (!models) return finish_error(std::move(models.error()), call, 1, upstream_id);
+    return models;
+  }
+
+ private:
+  explicit Impl(ClientOptions o)
+      : opts_(std::move(o)),
+        chat_url_(opts_.base_url + "/chat/completions"),
+        models_url_(opts_.base_url + "/models"),
+        loopback_(is_loopback_url(opts_.base_url)),
+        transport_(detail::make_curl_transport({opts_.user_agent, opts_.proxy, opts_.ca_bundle, opts_.ca_path})) {
+    base_headers_.reserve(opts_.default_headers.size() + 3);
+    if (!opts_.api_key.empty()) base_headers_.emplace_back("Authorization", "Bearer " + opts_.api_key);
+    base_headers_.emplace_back("Content-Type", "application/json");
+    base_headers_.emplace_back("Accept", "application/json");
+    for (const auto& h : opts_.default_headers) base_headers_.push_back(h);
+  }
+
+  // Per-call bookkeeping.
+  struct Call {
+    explicit Call(const RequestOptions& ro) : id(ro.request_id ? *ro.request_id : make_request_id()) {}
+    std::chrono::milliseconds elapsed() const {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    }
+    Clock::time_point start = Clock::now();
+    std::string id;
+  };
+
+  std::optional<Error> precheck(const RequestOptions& ro, const Call& call) const {
+    if (ro.request_id)
+      if (auto e = check_request_id(call.id)) return e;
+    if (opts_.api_key.empty() && !loopback_)
+      return Error(ErrorKind::invalid_argument,
+                   fmt::format("no API key: set TAOTOKEN_API_KEY or ClientOptions::api_key (only loopback base "
+                               "URLs may be used without a key; base URL is {})",
+                               opts_.base_url));
+    for (const auto& [name, value] : ro.headers)
+      if (auto e = check_header(name, value)) return e;
+    if (ro.timeout && ro.timeout->count() <= 0) return Error(ErrorKind::invalid_argument, "timeout must be positive");
+    return std::nullopt;
+  }
+
+  Result<HttpResponse> send(HttpRequest::Method method, const std::string& url, std::string_view body,
+                            const RequestOptions& ro, const Call& call, bool accept_compressed) const {
+    HttpRequest req;
+    req.method = method;
+    req.url = url;
+    req.body = body;
+    req.connect_timeout = opts_.connect_timeout;
+    req.timeout = ro.timeout.value_or(opts_.timeout);
+    req.max_response_bytes = opts_.max_response_bytes;
+    req.accept_compressed = accept_compressed;
+    req.headers.reserve(base_headers_.size() + ro.headers.size() + 1);
+    req.headers = base_headers_;
+    req.headers.emplace_back("X-Client-Request-Id", call.id);
+    for (const auto& h : ro.headers) req.headers.push_back(h);
+    return transport_->perform(req);
+  }
+
+  static std::string upstream_request_id(const std::vector<Header>& headers) {
+    for (const char* name : {"x-request-id", "request-id", "apim-request-id"})
+      if (const auto* v = detail::find_header(headers, name)) return *v;
+    return {};
+  }
+
+  static Error status_error(HttpResponse& r) {
+    const std::string* ctype = detail::find_header(r.headers, "content-type");
+    Error e = detail::decode_error_response(r.status, ctype ? std::string_view(*ctype) : std::string_view(), r.body);
+    e.retry_after = detail::parse_retry_after(detail::find_header(r.headers, "retry-after-ms"),
+                                              detail::find_header(r.headers, "retry-after"));
+    return e;
+  }
+
+  // Fills the request context and removes any trace of the API key (an
+  // upstream may echo the Authorization header back in an error body).
+  Error finish_error(Error e, const Call& call, int attempts, const std::string& upstream_id = {}) const {
+    const std::string& key = opts_.api_key;
+    const bool leaks = key.size() >= 4 && (e.message().find(key) != std::string::npos ||
+                                           (e.body_excerpt && e.body_excerpt->find(key) != std::string::npos));
+    if (leaks) {
+      Error clean(e.kind(), replace_all(e.message(), key, "[REDACTED]"));
+      clean.http_status = e.http_status;
+      clean.type = e.type;
+      clean.code = e.code;
+      clean.param = e.param;
+      if (e.body_excerpt) clean.body_excerpt = replace_all(*e.body_excerpt, key, "[REDACTED]");
+      clean.retry_after = e.retry_after;
+      e = std::move(clean);
+    }
+    e.request_id = call.id;
+    e.upstream_request_id = upstream_id;
+    e.attempts = attempts;
+    return e;
+  }
+
+  ClientOptions opts_;
+  std::string chat_url_;
+  std::string models_url_;
+  bool loopback_;
+  std::vector<Header> base_headers_;
+  std::unique_ptr<detail::Transport> transport_;
+};
+
+TaotokenClient::TaotokenClient() : TaotokenClient(ClientOptions{}) {}
+
+TaotokenClient::TaotokenClient(ClientOptions options) {
+  auto impl = Impl::create(std::move(options));
+  if (!impl) throw impl.error();
+  impl_ = std::move(*impl);
+}
+
+TaotokenClient::TaotokenClient(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+
+Result<TaotokenClient> TaotokenClient::create(ClientOptions options) {
+  auto impl = Impl::create(std::move(options));
+  if (!impl) return std::move(impl.error());
+  return TaotokenClient(std::move(*impl));
+}
+
+Result<ChatCompletion> TaotokenClient::chat(const ChatRequest& request, const RequestOptions& options) const {
+  return impl_->chat(request, options);
+}
+
+Result<RawResponse> TaotokenClient::forward(std::string_view json_body, const RequestOptions& options) const {
+  return impl_->forward(json_body, options);
+}
+
+Result<std::vector<Model>> TaotokenClient::list_models(const RequestOptions& options) const {
+  return impl_->list_models(options);
+}
+
+const std::string& TaotokenClient::base_url() const noexcept { return impl_->options().base_url; }
+const std::string& TaotokenClient::default_model() const noexcept { return impl_->options().default_model; }
+
+TAOTOKEN_END_NAMESPACE

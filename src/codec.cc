@@ -1,0 +1,606 @@
+#include "codec.h"
+
+#include <curl/curl.h>
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <ctime>
+
+#include "json_writer.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+namespace {
+
+namespace od = simdjson::ondemand;
+
+Error invalid(std::string message) { return Error(ErrorKind::invalid_argument, std::move(message)); }
+
+// Keys written so far, to reject `extra` fields that would duplicate one.
+class KeyedWriter {
+ public:
+  explicit KeyedWriter(std::string& out) : w_(out) {}
+  JsonWriter& key(std::string_view k) {
+    keys_.push_back(k);
+    return w_.key(k);
+  }
+  bool has(std::string_view k) const { return std::find(keys_.begin(), keys_.end(), k) != keys_.end(); }
+  JsonWriter& w() { return w_; }
+
+ private:
+  JsonWriter w_;
+  std::vector<std::string_view> keys_;
+};
+
+std::string_view trim(std::string_view s) {
+  const auto* ws = " \t\r\n";
+  auto b = s.find_first_not_of(ws);
+  if (b == std::string_view::npos) return {};
+  auto e = s.find_last_not_of(ws);
+  return s.substr(b, e - b + 1);
+}
+
+// Validates a raw fragment and returns it trimmed, or an error naming `what`.
+std::optional<Error> raw_value(JsonWriter& w, std::string_view what, std::string_view json,
+                               bool must_be_object) {
+  if (auto err = validate_json(json)) return invalid(fmt::format("{} is not valid JSON: {}", what, *err));
+  auto t = trim(json);
+  if (must_be_object && t.front() != '{') return invalid(fmt::format("{} must be a JSON object", what));
+  w.raw(t);
+  return std::nullopt;
+}
+
+std::optional<Error> encode_message(JsonWriter& w, const Message& m, std::size_t i) {
+  if (m.role.empty()) return invalid(fmt::format("messages[{}] has an empty role", i));
+  w.begin_object();
+  w.key("role").string(m.role);
+  w.key("content");
+  if (!m.parts.empty()) {
+    w.begin_array();
+    for (std::size_t p = 0; p < m.parts.size(); ++p) {
+      const auto& part = m.parts[p];
+      if (part.type == "text") {
+        w.begin_object().key("type").string("text").key("text").string(part.text).end_object();
+      } else if (part.type == "image_url") {
+        if (part.image_url.empty()) return invalid(fmt::format("messages[{}].content[{}] has no image URL", i, p));
+        w.begin_object().key("type").string("image_url").key("image_url").begin_object();
+        w.key("url").string(part.image_url);
+        if (part.detail) w.key("detail").string(*part.detail);
+        w.end_object().end_object();
+      } else {
+        if (part.raw_json.empty())
+          return invalid(fmt::format("messages[{}].content[{}] of type '{}' needs raw_json", i, p, part.type));
+        if (auto e = raw_value(w, fmt::format("messages[{}].content[{}]", i, p), part.raw_json, true)) return e;
+      }
+    }
+    w.end_array();
+  } else if (m.content) {
+    w.string(*m.content);
+  } else {
+    w.null();
+  }
+  if (m.name) w.key("name").string(*m.name);
+  if (m.refusal) w.key("refusal").string(*m.refusal);
+  if (!m.tool_calls.empty()) {
+    w.key("tool_calls").begin_array();
+    for (const auto& tc : m.tool_calls) {
+      w.begin_object().key("id").string(tc.id).key("type").string(tc.type);
+      w.key("function").begin_object().key("name").string(tc.name).key("arguments").string(tc.arguments);
+      w.end_object().end_object();
+    }
+    w.end_array();
+  }
+  if (m.tool_call_id) w.key("tool_call_id").string(*m.tool_call_id);
+  w.end_object();
+  return std::nullopt;
+}
+
+// ---- decoding helpers (simdjson exceptions are caught at each entry point)
+
+std::string to_string(od::value v) {
+  std::string_view s = v.get_string();
+  return std::string(s);
+}
+
+std::optional<std::string> opt_string(od::value v) {
+  if (v.type() == od::json_type::null) return std::nullopt;
+  return to_string(v);
+}
+
+std::optional<std::int64_t> opt_int(od::value v) {
+  switch (v.type()) {
+    case od::json_type::null: return std::nullopt;
+    case od::json_type::number: {
+      std::int64_t i;
+      if (v.get_int64().get(i) == simdjson::SUCCESS) return i;
+      double d = v.get_double();
+      return static_cast<std::int64_t>(std::llround(d));
+    }
+    default: throw simdjson::simdjson_error(simdjson::INCORRECT_TYPE);
+  }
+}
+
+std::optional<double> opt_double(od::value v) {
+  if (v.type() == od::json_type::null) return std::nullopt;
+  return static_cast<double>(v.get_double());
+}
+
+// A scalar as text: strings unquoted, numbers as written; null → nullopt.
+std::optional<std::string> opt_scalar_text(od::value v) {
+  switch (v.type()) {
+    case od::json_type::null: return std::nullopt;
+    case od::json_type::string: return to_string(v);
+    case od::json_type::object: {
+      od::object o = v.get_object();
+      return std::string(std::string_view(o.raw_json()));
+    }
+    case od::json_type::array: {
+      od::array a = v.get_array();
+      return std::string(std::string_view(a.raw_json()));
+    }
+    default: return std::string(trim(v.raw_json_token()));
+  }
+}
+
+// Message content: a string, null, or (some gateways) an array of parts
+// whose text parts are concatenated.
+std::optional<std::string> content_text(od::value v) {
+  switch (v.type()) {
+    case od::json_type::null: return std::nullopt;
+    case od::json_type::array: {
+      std::string out;
+      for (auto part : v.get_array()) {
+        od::object o = part.get_object();
+        for (auto f : o) {
+          std::string_view k = f.unescaped_key();
+          if (k == "text") {
+            od::value tv = f.value();
+            if (tv.type() == od::json_type::string) out += std::string_view(tv.get_string());
+          }
+        }
+      }
+      return out;
+    }
+    default: return to_string(v);
+  }
+}
+
+void decode_tool_calls(od::value v, std::vector<ToolCall>& out) {
+  if (v.type() == od::json_type::null) return;
+  for (auto item : v.get_array()) {
+    ToolCall tc;
+    for (auto f : item.get_object()) {
+      std::string_view k = f.unescaped_key();
+      od::value fv = f.value();
+      if (k == "id") tc.id = opt_string(fv).value_or("");
+      else if (k == "type") tc.type = opt_string(fv).value_or("function");
+      else if (k == "function") {
+        for (auto g : fv.get_object()) {
+          std::string_view gk = g.unescaped_key();
+          od::value gv = g.value();
+          if (gk == "name") tc.name = opt_string(gv).value_or("");
+          else if (gk == "arguments") tc.arguments = opt_scalar_text(gv).value_or("");
+        }
+      }
+    }
+    out.push_back(std::move(tc));
+  }
+}
+
+void decode_message(od::value v, AssistantMessage& m) {
+  if (v.type() == od::json_type::null) return;
+  for (auto f : v.get_object()) {
+    std::string_view k = f.unescaped_key();
+    od::value fv = f.value();
+    if (k == "role") m.role = opt_string(fv).value_or("assistant");
+    else if (k == "content") m.content = content_text(fv);
+    else if (k == "refusal") m.refusal = opt_string(fv);
+    else if (k == "reasoning_content" || k == "reasoning") {
+      if (auto r = opt_string(fv)) m.reasoning = std::move(r);
+    } else if (k == "tool_calls") decode_tool_calls(fv, m.tool_calls);
+  }
+}
+
+Choice decode_choice(od::value v) {
+  Choice c;
+  for (auto f : v.get_object()) {
+    std::string_view k = f.unescaped_key();
+    od::value fv = f.value();
+    if (k == "index") c.index = static_cast<int>(opt_int(fv).value_or(0));
+    else if (k == "message") decode_message(fv, c.message);
+    else if (k == "finish_reason") c.finish_reason = opt_string(fv);
+    else if (k == "logprobs") {
+      if (fv.type() == od::json_type::object) c.logprobs_json = opt_scalar_text(fv);
+    }
+  }
+  return c;
+}
+
+Usage decode_usage(od::value v) {
+  Usage u;
+  for (auto f : v.get_object()) {
+    std::string_view k = f.unescaped_key();
+    od::value fv = f.value();
+    if (k == "prompt_tokens") u.prompt_tokens = opt_int(fv);
+    else if (k == "completion_tokens") u.completion_tokens = opt_int(fv);
+    else if (k == "total_tokens") u.total_tokens = opt_int(fv);
+    else if (k == "cost") u.cost = opt_double(fv);
+    else if (k == "prompt_tokens_details" && fv.type() == od::json_type::object) {
+      for (auto g : fv.get_object()) {
+        std::string_view gk = g.unescaped_key();
+        if (gk == "cached_tokens") u.cached_tokens = opt_int(g.value());
+      }
+    } else if (k == "completion_tokens_details" && fv.type() == od::json_type::object) {
+      for (auto g : fv.get_object()) {
+        std::string_view gk = g.unescaped_key();
+        if (gk == "reasoning_tokens") u.reasoning_tokens = opt_int(g.value());
+      }
+    }
+  }
+  return u;
+}
+
+// Fills an Error from an OpenAI-style error object (or a bare string).
+Error decode_error_value(od::value v, ErrorKind kind) {
+  if (v.type() == od::json_type::string) return Error(kind, to_string(v));
+  std::string message;
+  std::optional<std::string> type, code, param;
+  for (auto f : v.get_object()) {
+    std::string_view k = f.unescaped_key();
+    od::value fv = f.value();
+    if (k == "message") message = opt_scalar_text(fv).value_or("");
+    else if (k == "type") type = opt_scalar_text(fv);
+    else if (k == "code") code = opt_scalar_text(fv);
+    else if (k == "param") param = opt_scalar_text(fv);
+  }
+  if (message.empty()) message = "upstream reported an error without a message";
+  Error e(kind, std::move(message));
+  e.type = std::move(type);
+  e.code = std::move(code);
+  e.param = std::move(param);
+  return e;
+}
+
+od::parser& thread_parser() {
+  thread_local od::parser parser;
+  return parser;
+}
+
+Error bad_json(const char* what, const simdjson::simdjson_error& e) {
+  return Error(ErrorKind::bad_response, fmt::format("malformed {}: {}", what, e.what()));
+}
+
+}  // namespace
+
+void ensure_padding(std::string& s) {
+  if (s.capacity() < s.size() + simdjson::SIMDJSON_PADDING) s.reserve(s.size() + simdjson::SIMDJSON_PADDING);
+}
+
+std::optional<std::string> validate_json(std::string_view json) {
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element el;
+  auto err = parser.parse(json.data(), json.size(), true).get(el);
+  if (err != simdjson::SUCCESS) return std::string(simdjson::error_message(err));
+  return std::nullopt;
+}
+
+Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view default_model, bool stream) {
+  if (r.messages.empty()) return invalid("the request has no messages");
+  std::string out;
+  std::size_t estimate = 256;
+  for (const auto& m : r.messages) estimate += m.content ? m.content->size() + 32 : 64;
+  out.reserve(estimate);
+
+  KeyedWriter kw(out);
+  JsonWriter& w = kw.w();
+  w.begin_object();
+  const std::string_view model = r.model.empty() ? default_model : std::string_view(r.model);
+  if (model.empty()) return invalid("the request names no model and the client has no default model");
+  kw.key("model").string(model);
+  kw.key("messages").begin_array();
+  for (std::size_t i = 0; i < r.messages.size(); ++i)
+    if (auto e = encode_message(w, r.messages[i], i)) return std::move(*e);
+  w.end_array();
+
+  if (r.temperature) kw.key("temperature").number(*r.temperature);
+  if (r.top_p) kw.key("top_p").number(*r.top_p);
+  if (r.max_tokens) kw.key("max_tokens").number(*r.max_tokens);
+  if (r.max_completion_tokens) kw.key("max_completion_tokens").number(*r.max_completion_tokens);
+  if (!r.stop.empty()) {
+    kw.key("stop").begin_array();
+    for (const auto& s : r.stop) w.string(s);
+    w.end_array();
+  }
+  if (r.n) kw.key("n").number(static_cast<std::int64_t>(*r.n));
+  if (r.seed) kw.key("seed").number(*r.seed);
+  if (r.presence_penalty) kw.key("presence_penalty").number(*r.presence_penalty);
+  if (r.frequency_penalty) kw.key("frequency_penalty").number(*r.frequency_penalty);
+  if (!r.logit_bias.empty()) {
+    kw.key("logit_bias").begin_object();
+    for (const auto& [token, bias] : r.logit_bias) w.key(token).number(static_cast<std::int64_t>(bias));
+    w.end_object();
+  }
+  if (r.logprobs) kw.key("logprobs").boolean(*r.logprobs);
+  if (r.top_logprobs) kw.key("top_logprobs").number(static_cast<std::int64_t>(*r.top_logprobs));
+  if (!r.tools.empty()) {
+    kw.key("tools").begin_array();
+    for (std::size_t i = 0; i < r.tools.size(); ++i) {
+      const auto& t = r.tools[i];
+      if (t.name.empty()) return invalid(fmt::format("tools[{}] has no name", i));
+      w.begin_object().key("type").string(t.type).key("function").begin_object();
+      w.key("name").string(t.name);
+      if (t.description) w.key("description").string(*t.description);
+      if (!t.parameters_json.empty()) {
+        w.key("parameters");
+        if (auto e = raw_value(w, fmt::format("tools[{}].parameters_json", i), t.parameters_json, true))
+          return std::move(*e);
+      }
+      if (t.strict) w.key("strict").boolean(*t.strict);
+      w.end_object().end_object();
+    }
+    w.end_array();
+  }
+  if (r.tool_choice) {
+    kw.key("tool_choice");
+    if (!r.tool_choice->function_name.empty()) {
+      w.begin_object().key("type").string("function").key("function").begin_object();
+      w.key("name").string(r.tool_choice->function_name).end_object().end_object();
+    } else {
+      w.string(r.tool_choice->mode);
+    }
+  }
+  if (r.parallel_tool_calls) kw.key("parallel_tool_calls").boolean(*r.parallel_tool_calls);
+  if (r.response_format) {
+    const auto& f = *r.response_format;
+    kw.key("response_format").begin_object().key("type").string(f.type);
+    if (f.type == "json_schema") {
+      if (f.schema_name.empty()) return invalid("response_format json_schema needs a schema_name");
+      w.key("json_schema").begin_object().key("name").string(f.schema_name);
+      if (f.description) w.key("description").string(*f.description);
+      if (!f.schema_json.empty()) {
+        w.key("schema");
+        if (auto e = raw_value(w, "response_format.schema_json", f.schema_json, true)) return std::move(*e);
+      }
+      if (f.strict) w.key("strict").boolean(*f.strict);
+      w.end_object();
+    }
+    w.end_object();
+  }
+  if (r.user) kw.key("user").string(*r.user);
+  if (!r.metadata.empty()) {
+    kw.key("metadata").begin_object();
+    for (const auto& [k, v] : r.metadata) w.key(k).string(v);
+    w.end_object();
+  }
+  if (r.reasoning_effort) kw.key("reasoning_effort").string(*r.reasoning_effort);
+  if (r.service_tier) kw.key("service_tier").string(*r.service_tier);
+  if (r.store) kw.key("store").boolean(*r.store);
+  if (stream) {
+    kw.key("stream").boolean(true);
+    if (r.stream_options) {
+      kw.key("stream_options").begin_object().key("include_usage").boolean(r.stream_options->include_usage);
+      w.end_object();
+    }
+  }
+  for (const auto& [name, value] : r.extra) {
+    if (name.empty()) return invalid("an extra field has an empty name");
+    if (kw.has(name)) return invalid(fmt::format("extra field '{}' duplicates a field the request already sets", name));
+    kw.key(name);
+    if (auto e = raw_value(w, fmt::format("extra field '{}'", name), value, false)) return std::move(*e);
+  }
+  w.end_object();
+  if (!simdjson::validate_utf8(out.data(), out.size()))
+    return invalid("the request contains text that is not valid UTF-8");
+  return out;
+}
+
+Result<ChatCompletion> decode_chat_completion(std::string& body) {
+  ensure_padding(body);
+  ChatCompletion c;
+  std::optional<Error> in_body_error;
+  try {
+    od::document doc = thread_parser().iterate(body.data(), body.size(), body.capacity());
+    od::object root = doc.get_object();
+    for (auto f : root) {
+      std::string_view k = f.unescaped_key();
+      od::value v = f.value();
+      if (k == "id") c.id = opt_string(v).value_or("");
+      else if (k == "object") c.object = opt_string(v).value_or("");
+      else if (k == "created") c.created = opt_int(v).value_or(0);
+      else if (k == "model") c.model = opt_string(v).value_or("");
+      else if (k == "choices") {
+        if (v.type() != od::json_type::null)
+          for (auto ch : v.get_array()) c.choices.push_back(decode_choice(ch.value()));
+      } else if (k == "usage") {
+        if (v.type() == od::json_type::object) c.usage = decode_usage(v);
+      } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
+      else if (k == "service_tier") c.service_tier = opt_string(v);
+      else if (k == "provider") c.provider = opt_scalar_text(v);
+      else if (k == "error") {
+        if (v.type() != od::json_type::null) in_body_error = decode_error_value(v, ErrorKind::server_error);
+      }
+    }
+  } catch (const simdjson::simdjson_error& e) {
+    return bad_json("response", e);
+  }
+  if (in_body_error) {
+    // Aggregators put the upstream's HTTP status in a numeric code.
+    Error& e = *in_body_error;
+    int code = 0;
+    if (e.code) std::from_chars(e.code->data(), e.code->data() + e.code->size(), code);
+    Error out(code >= 400 && code <= 599 ? kind_for_status(code) : ErrorKind::server_error, e.message());
+    out.type = e.type;
+    out.code = e.code;
+    out.param = e.param;
+    out.http_status = 200;
+    return out;
+  }
+  c.raw_body = std::move(body);
+  return c;
+}
+
+Result<std::vector<Model>> decode_models(std::string& body) {
+  ensure_padding(body);
+  std::vector<Model> models;
+  auto decode_model = [&](od::value item) {
+    Model m;
+    for (auto f : item.get_object()) {
+      std::string_view k = f.unescaped_key();
+      od::value v = f.value();
+      if (k == "id") m.id = opt_string(v).value_or("");
+      else if (k == "object") m.object = opt_string(v).value_or("");
+      else if (k == "created") m.created = opt_int(v).value_or(0);
+      else if (k == "owned_by") m.owned_by = opt_scalar_text(v).value_or("");
+    }
+    models.push_back(std::move(m));
+  };
+  try {
+    od::document doc = thread_parser().iterate(body.data(), body.size(), body.capacity());
+    if (doc.type() == od::json_type::array) {  // some servers send a bare list
+      for (auto item : doc.get_array()) decode_model(item.value());
+    } else {
+      for (auto f : doc.get_object()) {
+        std::string_view k = f.unescaped_key();
+        if (k == "data")
+          for (auto item : f.value().get_array()) decode_model(item.value());
+      }
+    }
+  } catch (const simdjson::simdjson_error& e) {
+    return bad_json("models list", e);
+  }
+  return models;
+}
+
+ErrorKind kind_for_status(int status) noexcept {
+  switch (status) {
+    case 400: return ErrorKind::invalid_request;
+    case 401: return ErrorKind::authentication;
+    case 403: return ErrorKind::permission_denied;
+    case 404: return ErrorKind::not_found;
+    case 408: return ErrorKind::timeout;
+    case 409: return ErrorKind::conflict;
+    case 422: return ErrorKind::unprocessable;
+    case 429: return ErrorKind::rate_limited;
+    default: return status >= 500 ? ErrorKind::server_error : ErrorKind::invalid_request;
+  }
+}
+
+std::string excerpt(std::string_view body, std::size_t max_bytes) {
+  std::string out;
+  out.reserve(std::min(body.size(), max_bytes));
+  bool space = false;
+  for (char ch : body) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      space = !out.empty();
+      continue;
+    }
+    if (c == ' ') {
+      space = !out.empty();
+      continue;
+    }
+    if (space) {
+      if (out.size() + 1 >= max_bytes) break;
+      out.push_back(' ');
+      space = false;
+    }
+    if (out.size() >= max_bytes && (c & 0xC0) != 0x80) break;
+    out.push_back(ch);
+  }
+  // Never hand out broken UTF-8: drop a sequence cut at the end, and if
+  // the text is still invalid (a binary body), mask every non-ASCII byte.
+  for (int i = 0; i < 3 && !out.empty() && !simdjson::validate_utf8(out.data(), out.size()); ++i) {
+    if (static_cast<unsigned char>(out.back()) < 0x80) break;
+    out.pop_back();
+  }
+  if (!simdjson::validate_utf8(out.data(), out.size()))
+    for (auto& b : out)
+      if (static_cast<unsigned char>(b) >= 0x80) b = '?';
+  if (body.size() > out.size() && out.size() >= max_bytes - 4) out += "...";
+  return out;
+}
+
+Error decode_error_response(int status, std::string_view content_type, std::string& body) {
+  const ErrorKind kind = kind_for_status(status);
+  auto t = trim(body);
+  if (t.empty()) {
+    Error e(kind, fmt::format("upstream returned HTTP {} with an empty body", status));
+    e.http_status = status;
+    return e;
+  }
+  if (t.front() == '{') {
+    ensure_padding(body);
+    try {
+      od::document doc = thread_parser().iterate(body.data(), body.size(), body.capacity());
+      std::optional<Error> found;
+      std::optional<std::string> top_message;
+      for (auto f : doc.get_object()) {
+        std::string_view k = f.unescaped_key();
+        od::value v = f.value();
+        if (k == "error" && v.type() != od::json_type::null) found = decode_error_value(v, kind);
+        else if ((k == "message" || k == "detail") && v.type() == od::json_type::string) top_message = to_string(v);
+      }
+      if (!found && top_message) found = Error(kind, *top_message);
+      if (found) {
+        found->http_status = status;
+        return std::move(*found);
+      }
+    } catch (const simdjson::simdjson_error&) {
+      // Not the JSON it claimed to be: fall through to an excerpt.
+    }
+  }
+  Error e(kind, fmt::format("upstream returned HTTP {} with a non-JSON body{}{}", status,
+                            content_type.empty() ? "" : " of type ", content_type));
+  e.http_status = status;
+  e.body_excerpt = excerpt(body);
+  return e;
+}
+
+std::optional<std::chrono::milliseconds> parse_retry_after(const std::string* retry_after_ms,
+                                                           const std::string* retry_after) {
+  auto parse_number = [](std::string_view s, double& out) {
+    s = trim(s);
+    if (s.empty()) return false;
+    auto r = std::from_chars(s.data(), s.data() + s.size(), out);
+    return r.ec == std::errc() && r.ptr == s.data() + s.size() && std::isfinite(out) && out >= 0;
+  };
+  double v = 0;
+  if (retry_after_ms && parse_number(*retry_after_ms, v))
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(v)));
+  if (retry_after) {
+    if (parse_number(*retry_after, v)) return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(v * 1000)));
+    const time_t when = curl_getdate(retry_after->c_str(), nullptr);
+    if (when > 0) {
+      const auto wait = static_cast<std::int64_t>(std::difftime(when, std::time(nullptr)));
+      return std::chrono::milliseconds(std::max<std::int64_t>(0, wait) * 1000);
+    }
+  }
+  return std::nullopt;
+}
+
+Result<std::string> fill_default_model(std::string_view body, std::string_view default_model) {
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (auto err = parser.parse(body.data(), body.size(), true).get(root))
+    return invalid(fmt::format("the request body is not valid JSON: {}", simdjson::error_message(err)));
+  simdjson::dom::object obj;
+  if (root.get_object().get(obj) != simdjson::SUCCESS) return invalid("the request body must be a JSON object");
+  simdjson::dom::element model;
+  if (obj["model"].get(model) == simdjson::SUCCESS) return std::string(body);
+  if (default_model.empty()) return invalid("the request body names no model and the client has no default model");
+  const auto brace = body.find('{');
+  std::string out;
+  out.reserve(body.size() + default_model.size() + 16);
+  out.append(body.substr(0, brace + 1));
+  out.append("\"model\":");
+  JsonWriter::append_quoted(out, default_model);
+  if (obj.size() > 0) out.push_back(',');
+  out.append(body.substr(brace + 1));
+  return out;
+}
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE

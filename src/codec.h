@@ -1,0 +1,62 @@
+#ifndef TAOTOKEN_SRC_CODEC_H
+#define TAOTOKEN_SRC_CODEC_H
+
+// Request encoding (JsonWriter) and response decoding (simdjson on-demand).
+// Pure functions: no I/O, no globals besides per-thread parser buffers.
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "taotoken/chat.h"
+#include "taotoken/error.h"
+#include "taotoken/result.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+// Encodes a request body. `default_model` fills an empty `request.model`;
+// `stream` adds `"stream":true` (and stream_options). Fails with
+// invalid_argument for invalid raw JSON fragments, duplicate extra fields,
+// or text that is not valid UTF-8.
+Result<std::string> encode_chat_request(const ChatRequest& request, std::string_view default_model,
+                                        bool stream);
+
+// Checks that `json` is exactly one valid JSON value.
+std::optional<std::string> validate_json(std::string_view json);
+
+// Decodes a 2xx chat-completion body. `body` must have SIMDJSON_PADDING
+// bytes of spare capacity (see ensure_padding). An `error` object at the
+// top level makes it a failure (aggregators report upstream errors in 200s).
+Result<ChatCompletion> decode_chat_completion(std::string& body);
+
+// Decodes `GET /models`.
+Result<std::vector<Model>> decode_models(std::string& body);
+
+// Builds the Error for a non-2xx response: kind from the status, details
+// from a JSON error body, or an excerpt of an HTML/text body.
+Error decode_error_response(int status, std::string_view content_type, std::string& body);
+
+// Parses the server's wait request: `retry-after-ms` (milliseconds), else
+// `Retry-After` as seconds (fractions allowed) or an HTTP date.
+std::optional<std::chrono::milliseconds> parse_retry_after(const std::string* retry_after_ms,
+                                                           const std::string* retry_after);
+
+// Adds `"model":<default_model>` to a JSON object body that has no top-level
+// "model" key; validates the body. Returns the body to send.
+Result<std::string> fill_default_model(std::string_view body, std::string_view default_model);
+
+// The ErrorKind for an HTTP status >= 400.
+ErrorKind kind_for_status(int status) noexcept;
+
+// Grows capacity so simdjson may read SIMDJSON_PADDING bytes past the end.
+void ensure_padding(std::string& s);
+
+// A short, printable excerpt of a text body, cut on a UTF-8 boundary.
+std::string excerpt(std::string_view body, std::size_t max_bytes = 200);
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_SRC_CODEC_H

@@ -1,0 +1,255 @@
+// libcurl transport for synchronous calls: a pool of easy handles, each
+// keeping its own connection cache, so a thread that finishes a call hands
+// its warm connection to the next caller. The per-transfer state (callbacks,
+// limits) lives in `Transfer`, which a future curl-multi loop can drive the
+// same way.
+
+#include <curl/curl.h>
+#include <fmt/format.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "transport.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+namespace {
+
+struct EasyDeleter {
+  void operator()(CURL* h) const noexcept { curl_easy_cleanup(h); }
+};
+using EasyHandle = std::unique_ptr<CURL, EasyDeleter>;
+
+struct SlistDeleter {
+  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
+};
+using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+// State of one transfer, reachable from libcurl's C callbacks. The callbacks
+// never throw: allocation failure aborts the transfer instead.
+struct Transfer {
+  HttpResponse response;
+  std::size_t max_bytes = 0;
+  bool too_large = false;
+  bool out_of_memory = false;
+  char errbuf[CURL_ERROR_SIZE] = {0};
+
+  static size_t on_body(char* data, size_t size, size_t nmemb, void* user) noexcept {
+    auto* t = static_cast<Transfer*>(user);
+    const size_t n = size * nmemb;
+    if (t->response.body.size() + n > t->max_bytes) {
+      t->too_large = true;
+      return 0;
+    }
+    try {
+      t->response.body.append(data, n);
+    } catch (...) {
+      t->out_of_memory = true;
+      return 0;
+    }
+    return n;
+  }
+
+  static size_t on_header(char* data, size_t size, size_t nmemb, void* user) noexcept {
+    auto* t = static_cast<Transfer*>(user);
+    const size_t n = size * nmemb;
+    std::string_view line(data, n);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+    try {
+      if (line.size() >= 5 && line.compare(0, 5, "HTTP/") == 0) {
+        // A new status line (after 1xx, or a proxy's CONNECT): start over.
+        t->response.headers.clear();
+      } else if (!line.empty()) {
+        const auto colon = line.find(':');
+        if (colon != std::string_view::npos) {
+          std::string_view value = line.substr(colon + 1);
+          while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+          while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+          t->response.headers.emplace_back(std::string(line.substr(0, colon)), std::string(value));
+        }
+      }
+    } catch (...) {
+      t->out_of_memory = true;
+      return 0;
+    }
+    return n;
+  }
+};
+
+Error curl_error(CURLcode code, const Transfer& t, std::size_t max_bytes) {
+  if (t.too_large || code == CURLE_FILESIZE_EXCEEDED)
+    return Error(ErrorKind::bad_response,
+                 fmt::format("response body exceeds the limit of {} bytes (max_response_bytes)", max_bytes));
+  if (t.out_of_memory) return Error(ErrorKind::bad_response, "out of memory while receiving the response");
+  const char* detail = t.errbuf[0] ? t.errbuf : curl_easy_strerror(code);
+  ErrorKind kind = ErrorKind::connection;
+  const char* what = "connection failed";
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+      kind = ErrorKind::timeout;
+      what = "timed out";
+      break;
+    case CURLE_PARTIAL_FILE:
+      what = "connection closed before the whole response arrived";
+      break;
+    case CURLE_GOT_NOTHING:
+      what = "connection closed without a response";
+      break;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+      what = "connection lost";
+      break;
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_WEIRD_SERVER_REPLY:
+      kind = ErrorKind::bad_response;
+      what = "undecodable response";
+      break;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      kind = ErrorKind::invalid_argument;
+      what = "bad URL";
+      break;
+    case CURLE_ABORTED_BY_CALLBACK:
+      kind = ErrorKind::cancelled;
+      what = "cancelled";
+      break;
+    case CURLE_PEER_FAILED_VERIFICATION:
+      what = "TLS certificate verification failed";
+      break;
+    default:
+      break;
+  }
+  return Error(kind, fmt::format("{}: {} (curl error {})", what, detail, static_cast<int>(code)));
+}
+
+class CurlTransport final : public Transport {
+ public:
+  explicit CurlTransport(TransportConfig config) : config_(std::move(config)) { ensure_curl_global_init(); }
+
+  Result<HttpResponse> perform(const HttpRequest& request) const override {
+    EasyHandle handle = acquire();
+    if (!handle) return Error(ErrorKind::connection, "curl_easy_init failed");
+    CURL* h = handle.get();
+    Transfer t;
+    t.max_bytes = request.max_response_bytes;
+
+    Slist headers;
+    for (const auto& [name, value] : request.headers) {
+      std::string line;
+      line.reserve(name.size() + value.size() + 2);
+      line.append(name).append(value.empty() ? ";" : ": ").append(value);
+      curl_slist* next = curl_slist_append(headers.get(), line.c_str());
+      if (!next) return Error(ErrorKind::connection, "out of memory building request headers");
+      headers.release();
+      headers.reset(next);
+    }
+    if (request.method == HttpRequest::Method::post) {
+      // Suppress "Expect: 100-continue": it costs a round trip (or a 1 s
+      // wait with servers that ignore it) for no benefit on API calls.
+      curl_slist* next = curl_slist_append(headers.get(), "Expect:");
+      if (!next) return Error(ErrorKind::connection, "out of memory building request headers");
+      headers.release();
+      headers.reset(next);
+    }
+
+    curl_easy_reset(h);  // keeps the connection cache
+    curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, t.errbuf);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get());
+    if (!config_.user_agent.empty()) curl_easy_setopt(h, CURLOPT_USERAGENT, config_.user_agent.c_str());
+    if (!config_.proxy.empty()) curl_easy_setopt(h, CURLOPT_PROXY, config_.proxy.c_str());
+    if (!config_.ca_bundle.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, config_.ca_bundle.c_str());
+    if (!config_.ca_path.empty()) curl_easy_setopt(h, CURLOPT_CAPATH, config_.ca_path.c_str());
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(request.connect_timeout.count()));
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(request.timeout.count()));
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(request.max_response_bytes));
+    if (request.accept_compressed) curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+    if (request.method == HttpRequest::Method::post) {
+      curl_easy_setopt(h, CURLOPT_POST, 1L);
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.data());
+      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
+    } else {
+      curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    }
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Transfer::on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
+
+    const CURLcode rc = curl_easy_perform(h);
+    // Detach pointers into this stack frame before the handle is pooled.
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
+    if (rc != CURLE_OK) {
+      // A failed transfer may leave the connection in an unknown state;
+      // libcurl closes it itself, so the handle is still fine to reuse.
+      release(std::move(handle));
+      return curl_error(rc, t, request.max_response_bytes);
+    }
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    t.response.status = static_cast<int>(status);
+    release(std::move(handle));
+    return std::move(t.response);
+  }
+
+ private:
+  EasyHandle acquire() const {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        EasyHandle h = std::move(idle_.back());
+        idle_.pop_back();
+        return h;
+      }
+    }
+    return EasyHandle(curl_easy_init());
+  }
+
+  void release(EasyHandle h) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (idle_.size() < kMaxIdleHandles) idle_.push_back(std::move(h));
+  }
+
+  static constexpr std::size_t kMaxIdleHandles = 64;
+  TransportConfig config_;
+  mutable std::mutex mu_;
+  mutable std::vector<EasyHandle> idle_;
+};
+
+}  // namespace
+
+const std::string* find_header(const std::vector<Header>& headers, std::string_view name) noexcept {
+  for (const auto& h : headers)
+    if (iequals(h.first, name)) return &h.second;
+  return nullptr;
+}
+
+void ensure_curl_global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+std::unique_ptr<Transport> make_curl_transport(TransportConfig config) {
+  return std::make_unique<CurlTransport>(std::move(config));
+}
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE

@@ -1,0 +1,51 @@
+#ifndef TAOTOKEN_SRC_JSON_WRITER_H
+#define TAOTOKEN_SRC_JSON_WRITER_H
+
+// A minimal streaming JSON writer for request bodies. It appends to a
+// std::string and tracks only whether a comma is needed, so building a body
+// costs one pass and no intermediate DOM.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "taotoken/version.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+class JsonWriter {
+ public:
+  explicit JsonWriter(std::string& out) : out_(out) {}
+
+  JsonWriter& begin_object();
+  JsonWriter& end_object();
+  JsonWriter& begin_array();
+  JsonWriter& end_array();
+  // Writes `"name":`; the next call writes the value.
+  JsonWriter& key(std::string_view name);
+  JsonWriter& string(std::string_view s);
+  JsonWriter& number(std::int64_t v);
+  JsonWriter& number(double v);  // non-finite values are written as null
+  JsonWriter& boolean(bool v);
+  JsonWriter& null();
+  // Writes already-serialised JSON (the caller has validated it).
+  JsonWriter& raw(std::string_view json);
+
+  // Appends `s` as a quoted JSON string. Control characters, quotes and
+  // backslashes are escaped; everything else (UTF-8 included) passes through.
+  static void append_quoted(std::string& out, std::string_view s);
+
+ private:
+  void separator();
+  std::string& out_;
+  // One entry per open container: true once it holds an element.
+  std::vector<bool> has_element_;
+  bool after_key_ = false;
+};
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_SRC_JSON_WRITER_H

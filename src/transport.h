@@ -1,0 +1,69 @@
+#ifndef TAOTOKEN_SRC_TRANSPORT_H
+#define TAOTOKEN_SRC_TRANSPORT_H
+
+// The seam between the client's policy logic and HTTP. The client builds an
+// HttpRequest and a Transport performs it; tests of pure logic can plug in a
+// fake, and every feature is also tested through CurlTransport.
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "taotoken/chat.h"
+#include "taotoken/result.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+struct HttpRequest {
+  enum class Method { get, post };
+  Method method = Method::post;
+  std::string url;
+  // Complete list, already checked for CR/LF.
+  std::vector<Header> headers;
+  std::string_view body;
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds timeout{600000};
+  std::size_t max_response_bytes = std::size_t{32} << 20;
+  // Ask for gzip/deflate/br and let libcurl decode; off for byte-exact forwarding.
+  bool accept_compressed = true;
+};
+
+struct HttpResponse {
+  int status = 0;
+  std::vector<Header> headers;
+  std::string body;
+};
+
+// Case-insensitive header lookup; nullptr when absent.
+const std::string* find_header(const std::vector<Header>& headers, std::string_view name) noexcept;
+
+// Settings fixed for the life of a transport.
+struct TransportConfig {
+  std::string user_agent;
+  std::string proxy;
+  std::string ca_bundle;
+  std::string ca_path;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Performs one HTTP exchange. Errors: connection, timeout, bad_response
+  // (oversized or undecodable body), invalid_argument (bad URL). Any HTTP
+  // status is a successful result here; the caller interprets it.
+  virtual Result<HttpResponse> perform(const HttpRequest& request) const = 0;
+};
+
+std::unique_ptr<Transport> make_curl_transport(TransportConfig config);
+
+// Runs curl_global_init exactly once per process.
+void ensure_curl_global_init();
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_SRC_TRANSPORT_H

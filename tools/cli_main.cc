@@ -1,0 +1,281 @@
+// taotoken: command-line client. `taotoken chat ...`, `taotoken models`.
+// Exit statuses are part of the interface (see usage text and README).
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "json_writer.h"
+#include "taotoken/taotoken.h"
+
+namespace {
+
+using taotoken::ErrorKind;
+using taotoken::detail::JsonWriter;
+
+constexpr const char* kUsage =
+    "usage: taotoken chat [options] PROMPT     (PROMPT '-' reads standard input)\n"
+    "       taotoken models [--base-url URL] [--json]\n"
+    "       taotoken --version\n"
+    "\n"
+    "chat options:\n"
+    "  --base-url URL       API base (default: $TAOTOKEN_BASE_URL, else https://taotoken.net/api/v1)\n"
+    "  --model M            model (default: claude-sonnet-4-6)\n"
+    "  --system TEXT        system message\n"
+    "  --temperature T      sampling temperature\n"
+    "  --max-tokens N       max_tokens\n"
+    "  --timeout SECONDS    total time allowed for the request\n"
+    "  --json               print exactly one JSON object (success or failure)\n"
+    "\n"
+    "The API key comes from $TAOTOKEN_API_KEY.\n"
+    "\n"
+    "exit status: 0 ok; 2 bad usage; 3 invalid argument or configuration (e.g. no API key);\n"
+    "  4 authentication/permission; 5 rate limited; 6 request rejected (400/404/409/422);\n"
+    "  7 server error; 8 timeout or connection failure; 9 bad response; 10 cancelled;\n"
+    "  1 anything else.\n";
+
+int exit_code(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::invalid_argument: return 3;
+    case ErrorKind::authentication:
+    case ErrorKind::permission_denied: return 4;
+    case ErrorKind::rate_limited: return 5;
+    case ErrorKind::invalid_request:
+    case ErrorKind::not_found:
+    case ErrorKind::conflict:
+    case ErrorKind::unprocessable: return 6;
+    case ErrorKind::server_error: return 7;
+    case ErrorKind::timeout:
+    case ErrorKind::connection: return 8;
+    case ErrorKind::bad_response: return 9;
+    case ErrorKind::cancelled: return 10;
+  }
+  return 1;
+}
+
+struct Args {
+  std::string command;
+  std::optional<std::string> base_url, model, system;
+  std::optional<double> temperature;
+  std::optional<std::int64_t> max_tokens;
+  std::optional<double> timeout_s;
+  bool json = false;
+  std::optional<std::string> prompt;
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::fprintf(stderr, "taotoken: %s\n\n%s", message.c_str(), kUsage);
+  std::exit(2);
+}
+
+double parse_double(const std::string& flag, const std::string& v) {
+  try {
+    std::size_t used = 0;
+    double d = std::stod(v, &used);
+    if (used == v.size()) return d;
+  } catch (...) {
+  }
+  usage_error(fmt::format("{} expects a number, got '{}'", flag, v));
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  int i = 1;
+  if (i < argc) a.command = argv[i++];
+  if (a.command == "--version") return a;
+  if (a.command == "--help" || a.command == "-h" || a.command == "help") {
+    std::fputs(kUsage, stdout);
+    std::exit(0);
+  }
+  if (a.command != "chat" && a.command != "models")
+    usage_error(a.command.empty() ? "no command given" : fmt::format("unknown command '{}'", a.command));
+  for (; i < argc; ++i) {
+    std::string s = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(fmt::format("{} needs a value", s));
+      return argv[++i];
+    };
+    if (s == "--base-url") a.base_url = value();
+    else if (s == "--json") a.json = true;
+    else if (s == "--model") a.model = value();
+    else if (s == "--system") a.system = value();
+    else if (s == "--temperature") a.temperature = parse_double(s, value());
+    else if (s == "--max-tokens") {
+      double d = parse_double(s, value());
+      if (d < 1 || d != static_cast<double>(static_cast<std::int64_t>(d))) usage_error("--max-tokens expects a positive integer");
+      a.max_tokens = static_cast<std::int64_t>(d);
+    } else if (s == "--timeout") {
+      a.timeout_s = parse_double(s, value());
+      if (!(*a.timeout_s > 0)) usage_error("--timeout expects a positive number of seconds");
+    } else if (s == "--help" || s == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (s.size() > 1 && s[0] == '-' && s != "-") {
+      usage_error(fmt::format("unknown option '{}'", s));
+    } else if (!a.prompt) {
+      a.prompt = s;
+    } else {
+      usage_error("more than one PROMPT given (quote it)");
+    }
+  }
+  if (a.command == "chat" && !a.prompt) usage_error("chat needs a PROMPT");
+  return a;
+}
+
+void opt_string(JsonWriter& w, std::string_view key, const std::optional<std::string>& v) {
+  w.key(key);
+  if (v) w.string(*v); else w.null();
+}
+
+void opt_int(JsonWriter& w, std::string_view key, const std::optional<std::int64_t>& v) {
+  w.key(key);
+  if (v) w.number(*v); else w.null();
+}
+
+void tool_calls(JsonWriter& w, const std::vector<taotoken::ToolCall>& calls) {
+  w.key("tool_calls").begin_array();
+  for (const auto& tc : calls)
+    w.begin_object().key("id").string(tc.id).key("name").string(tc.name).key("arguments").string(tc.arguments).end_object();
+  w.end_array();
+}
+
+void common_tail(JsonWriter& w, const std::string& request_id, const std::string& upstream_id, int attempts,
+                 std::int64_t latency_ms) {
+  w.key("request_id").string(request_id);
+  w.key("upstream_request_id");
+  if (upstream_id.empty()) w.null(); else w.string(upstream_id);
+  w.key("attempts").number(static_cast<std::int64_t>(attempts));
+  w.key("latency_ms").number(latency_ms);
+}
+
+std::string error_json(const taotoken::Error& e, std::int64_t latency_ms) {
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object().key("ok").boolean(false).key("error").begin_object();
+  w.key("kind").string(taotoken::to_string(e.kind()));
+  w.key("http_status");
+  if (e.http_status) w.number(static_cast<std::int64_t>(e.http_status)); else w.null();
+  opt_string(w, "type", e.type);
+  opt_string(w, "code", e.code);
+  opt_string(w, "param", e.param);
+  w.key("message").string(e.message());
+  w.key("retry_after_ms");
+  if (e.retry_after) w.number(static_cast<std::int64_t>(e.retry_after->count())); else w.null();
+  w.end_object();
+  common_tail(w, e.request_id, e.upstream_request_id, e.attempts, latency_ms);
+  w.end_object();
+  return out;
+}
+
+std::string success_json(const taotoken::ChatCompletion& c) {
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object().key("ok").boolean(true);
+  w.key("id").string(c.id).key("model").string(c.model);
+  const taotoken::Choice* first = c.choices.empty() ? nullptr : &c.choices.front();
+  opt_string(w, "content", first ? first->message.content : std::nullopt);
+  opt_string(w, "refusal", first ? first->message.refusal : std::nullopt);
+  opt_string(w, "finish_reason", first ? first->finish_reason : std::nullopt);
+  tool_calls(w, first ? first->message.tool_calls : std::vector<taotoken::ToolCall>{});
+  w.key("choices").begin_array();
+  for (const auto& ch : c.choices) {
+    w.begin_object().key("index").number(static_cast<std::int64_t>(ch.index));
+    opt_string(w, "content", ch.message.content);
+    opt_string(w, "refusal", ch.message.refusal);
+    opt_string(w, "finish_reason", ch.finish_reason);
+    tool_calls(w, ch.message.tool_calls);
+    w.end_object();
+  }
+  w.end_array();
+  w.key("usage");
+  if (c.usage) {
+    w.begin_object();
+    opt_int(w, "prompt_tokens", c.usage->prompt_tokens);
+    opt_int(w, "completion_tokens", c.usage->completion_tokens);
+    opt_int(w, "total_tokens", c.usage->total_tokens);
+    opt_int(w, "cached_tokens", c.usage->cached_tokens);
+    opt_int(w, "reasoning_tokens", c.usage->reasoning_tokens);
+    w.end_object();
+  } else {
+    w.null();
+  }
+  common_tail(w, c.request_id, c.upstream_request_id, c.attempts, c.latency.count());
+  w.end_object();
+  return out;
+}
+
+taotoken::Result<taotoken::TaotokenClient> make_client(const Args& a) {
+  taotoken::ClientOptions opts;
+  if (a.base_url) opts.base_url = *a.base_url;
+  if (a.model) opts.default_model = *a.model;
+  if (a.timeout_s) opts.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.timeout_s * 1000));
+  return taotoken::TaotokenClient::create(opts);
+}
+
+int fail(const Args& a, const taotoken::Error& e, std::chrono::steady_clock::time_point start) {
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  if (a.json) std::printf("%s\n", error_json(e, ms).c_str());
+  else std::fprintf(stderr, "taotoken: %s\n", e.describe().c_str());
+  return exit_code(e.kind());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  if (a.command == "--version") {
+    std::printf("taotoken %s\n", TAOTOKEN_VERSION_STRING);
+    return 0;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto client = make_client(a);
+  if (!client) return fail(a, client.error(), start);
+
+  if (a.command == "models") {
+    auto models = client->list_models();
+    if (!models) return fail(a, models.error(), start);
+    if (a.json) {
+      std::string out;
+      JsonWriter w(out);
+      w.begin_object().key("ok").boolean(true).key("models").begin_array();
+      for (const auto& m : *models) w.string(m.id);
+      w.end_array().end_object();
+      std::printf("%s\n", out.c_str());
+    } else {
+      for (const auto& m : *models) std::printf("%s\n", m.id.c_str());
+    }
+    return 0;
+  }
+
+  std::string prompt = *a.prompt;
+  if (prompt == "-") prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+
+  taotoken::ChatRequest req;
+  if (a.system) req.messages.push_back(taotoken::Message::system(*a.system));
+  req.messages.push_back(taotoken::Message::user(prompt));
+  req.temperature = a.temperature;
+  req.max_tokens = a.max_tokens;
+
+  auto result = client->chat(req);
+  if (!result) return fail(a, result.error(), start);
+  if (a.json) {
+    std::printf("%s\n", success_json(*result).c_str());
+  } else {
+    const auto& c = *result;
+    if (!c.choices.empty() && c.choices.front().message.refusal && !c.choices.front().message.content)
+      std::printf("[refusal] %s\n", c.choices.front().message.refusal->c_str());
+    else
+      std::printf("%s\n", c.text().c_str());
+    for (const auto& tc : c.choices.empty() ? std::vector<taotoken::ToolCall>{} : c.choices.front().message.tool_calls)
+      std::printf("[tool call] %s(%s)\n", tc.name.c_str(), tc.arguments.c_str());
+  }
+  return 0;
+}
