@@ -68,6 +68,9 @@ struct ReceivedRequest {
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   std::chrono::system_clock::time_point received_at;
+  /// Which connection it came on (1, 2, … in accept order): equal ids mean
+  /// the client reused a kept-alive connection.
+  std::uint64_t connection_id = 0;
 
   /// First header with this name (case-insensitive), or nullptr.
   const std::string* header(std::string_view name) const noexcept;

@@ -297,6 +297,7 @@ class Simulator::Impl {
  private:
   struct Conn {
     int fd;
+    std::uint64_t id = 0;
     std::thread thread;
     std::atomic<bool> done{false};
   };
@@ -316,6 +317,7 @@ class Simulator::Impl {
       conns_.emplace_back();
       Conn& c = conns_.back();
       c.fd = fd;
+      c.id = ++connections_;
       c.thread = std::thread([this, &c] {
         serve(c);
         close_conn(c);
@@ -363,6 +365,7 @@ class Simulator::Impl {
       }
       ReceivedRequest req;
       req.received_at = std::chrono::system_clock::now();
+      req.connection_id = c.id;
       std::string_view head(buf.data(), head_end);
       auto line_end = head.find("\r\n");
       std::string_view request_line = head.substr(0, line_end);
@@ -560,6 +563,7 @@ class Simulator::Impl {
   std::mutex conn_mu_;
   std::condition_variable conn_cv_;
   std::list<Conn> conns_;
+  std::uint64_t connections_ = 0;
 
   std::mutex fault_mu_;
   std::deque<Fault> queued_;
