@@ -420,14 +420,16 @@ class Simulator::Impl {
 
       const auto* conn_hdr = find(req.headers, "connection");
       const bool close_after = http10 || (conn_hdr && iequals(*conn_hdr, "close"));
+      // Recorded before answering, so a client that has its answer can
+      // always find its request.
       ++count_;
+      if (opts_.record_requests) {
+        std::lock_guard<std::mutex> g(rec_mu_);
+        recorded_.push_back(req);
+      }
       bool reset = false;
       const bool keep = handle(fd, req, close_after, reset);
       if (reset) close_conn(c, true);
-      if (opts_.record_requests) {
-        std::lock_guard<std::mutex> g(rec_mu_);
-        recorded_.push_back(std::move(req));
-      }
       if (!keep || close_after) return;
     }
   }
@@ -520,7 +522,7 @@ class Simulator::Impl {
     if (chunked) head += "Transfer-Encoding: chunked\r\n";
     else head += fmt::format("Content-Length: {}\r\n", body.size());
     if (gzipped) head += "Content-Encoding: gzip\r\n";
-    head += fmt::format("x-request-id: sim-{}\r\n", count_.load());
+    if (!find(extra, "x-request-id")) head += fmt::format("x-request-id: sim-{}\r\n", count_.load());
     for (const auto& [k, v] : extra) head += fmt::format("{}: {}\r\n", k, v);
     if (close_after) head += "Connection: close\r\n";
     head += "\r\n";
