@@ -252,16 +252,14 @@ class Simulator::Impl {
       std::unique_lock<std::mutex> g(conn_mu_);
       conn_cv_.notify_all();  // wakes connections waiting out a delay
     }
-    for (;;) {
-      std::thread t;
-      {
-        std::lock_guard<std::mutex> g(conn_mu_);
-        if (conns_.empty()) break;
-        t = std::move(conns_.front().thread);
-        conns_.pop_front();
-      }
-      if (t.joinable()) t.join();
+    // Join with the nodes still alive: each thread refers to its own Conn.
+    std::list<Conn> all;
+    {
+      std::lock_guard<std::mutex> g(conn_mu_);
+      all.splice(all.end(), conns_);
     }
+    for (auto& c : all)
+      if (c.thread.joinable()) c.thread.join();
     ::close(listen_fd_);
     ::close(wake_[0]);
     ::close(wake_[1]);
