@@ -139,20 +139,15 @@ class TaotokenClient::Impl {
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
     auto body = detail::encode_chat_request(request, opts_.default_model, false);
     if (!body) return finish_error(std::move(body.error()), call, 0);
-    auto resp = send(HttpRequest::Method::post, chat_url_, *body, ro, call, true);
-    if (!resp) return finish_error(std::move(resp.error()), call, 1);
-    HttpResponse& r = *resp;
-    const std::string upstream_id = upstream_request_id(r.headers);
-    if (r.status < 200 || r.status >= 300) return finish_error(status_error(r), call, 1, upstream_id);
-    auto decoded = detail::decode_chat_completion(r.body);
-    if (!decoded) return finish_error(std::move(decoded.error()), call, 1, upstream_id);
-    ChatCompletion& c = *decoded;
-    c.request_id = std::move(call.id);
-    c.upstream_request_id = upstream_id;
-    c.http_status = r.status;
-    c.attempts = 1;
-    c.latency = call.elapsed();
-    return decoded;
+    return execute<ChatCompletion>(
+        HttpRequest::Method::post, chat_url_, *body, ro, call, true,
+        [](HttpResponse& r) -> Result<ChatCompletion> {
+          if (r.status < 200 || r.status >= 300) return status_error(r);
+          auto decoded = detail::decode_chat_completion(r.body);
+          if (decoded) decoded->http_status = r.status;
+          return decoded;
+        },
+        [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; });
   }
 
   Result<RawResponse> forward(std::string_view json_body, const RequestOptions& ro) const {
@@ -160,29 +155,37 @@ class TaotokenClient::Impl {
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
     auto body = detail::fill_default_model(json_body, opts_.default_model);
     if (!body) return finish_error(std::move(body.error()), call, 0);
-    auto resp = send(HttpRequest::Method::post, chat_url_, *body, ro, call, false);
-    if (!resp) return finish_error(std::move(resp.error()), call, 1);
-    RawResponse out;
-    out.status = resp->status;
-    out.upstream_request_id = upstream_request_id(resp->headers);
-    out.headers = std::move(resp->headers);
-    out.body = std::move(resp->body);
-    out.request_id = std::move(call.id);
-    out.attempts = 1;
-    out.latency = call.elapsed();
-    return out;
+    auto to_raw = [](HttpResponse& r) {
+      RawResponse out;
+      out.status = r.status;
+      out.headers = std::move(r.headers);
+      out.body = std::move(r.body);
+      return out;
+    };
+    // Retryable HTTP errors go through the policy like any failure; when it
+    // gives up, the upstream's response is passed through as it came.
+    return execute<RawResponse>(
+        HttpRequest::Method::post, chat_url_, *body, ro, call, false,
+        [&](HttpResponse& r) -> Result<RawResponse> {
+          if (r.status >= 400) {
+            Error e = status_error(r);
+            if (RetryPolicy::is_retryable(e)) return e;
+          }
+          return to_raw(r);
+        },
+        [&](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); });
   }
 
   Result<std::vector<Model>> list_models(const RequestOptions& ro) const {
     Call call(ro);
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
-    auto resp = send(HttpRequest::Method::get, models_url_, {}, ro, call, true);
-    if (!resp) return finish_error(std::move(resp.error()), call, 1);
-    const std::string upstream_id = upstream_request_id(resp->headers);
-    if (resp->status < 200 || resp->status >= 300) return finish_error(status_error(*resp), call, 1, upstream_id);
-    auto models = detail::decode_models(resp->body);
-    if (!models) return finish_error(std::move(models.error()), call, 1, upstream_id);
-    return models;
+    return execute<std::vector<Model>>(
+        HttpRequest::Method::get, models_url_, {}, ro, call, true,
+        [](HttpResponse& r) -> Result<std::vector<Model>> {
+          if (r.status < 200 || r.status >= 300) return status_error(r);
+          return detail::decode_models(r.body);
+        },
+        [](HttpResponse&) -> std::optional<std::vector<Model>> { return std::nullopt; });
   }
 
  private:
@@ -223,21 +226,111 @@ class TaotokenClient::Impl {
     return std::nullopt;
   }
 
-  Result<HttpResponse> send(HttpRequest::Method method, const std::string& url, std::string_view body,
-                            const RequestOptions& ro, const Call& call, bool accept_compressed) const {
+  std::unique_ptr<RetryPolicy> make_policy(const RequestOptions& ro) const {
+    if (ro.retry_policy) return ro.retry_policy->clone();
+    if (ro.max_retries) return RetryPolicy::standard(*ro.max_retries);
+    if (opts_.retry_policy) return opts_.retry_policy->clone();
+    return RetryPolicy::standard();
+  }
+
+  static void stamp(ChatCompletion& c, Call& call, int attempts, std::vector<AttemptRecord>& log,
+                    const std::string& upstream_id) {
+    c.request_id = std::move(call.id);
+    c.upstream_request_id = upstream_id;
+    c.attempts = attempts;
+    c.attempt_log = std::move(log);
+    c.latency = call.elapsed();
+  }
+  static void stamp(RawResponse& r, Call& call, int attempts, std::vector<AttemptRecord>& log,
+                    const std::string& upstream_id) {
+    r.request_id = std::move(call.id);
+    r.upstream_request_id = upstream_id;
+    r.attempts = attempts;
+    r.attempt_log = std::move(log);
+    r.latency = call.elapsed();
+  }
+  static void stamp(std::vector<Model>&, Call&, int, std::vector<AttemptRecord>&, const std::string&) {}
+
+  // The attempt loop shared by every call: per-attempt limits under one
+  // total deadline, the retry policy's decision, the optional budget, the
+  // retry hook and the wait. `interpret` turns a response into the result
+  // (an error makes the attempt a failure the policy may retry);
+  // `give_up` may still turn the last response into a result.
+  template <typename T, typename Interpret, typename GiveUp>
+  Result<T> execute(HttpRequest::Method method, const std::string& url, std::string_view body,
+                    const RequestOptions& ro, Call& call, bool accept_compressed, Interpret interpret,
+                    GiveUp give_up) const {
+    std::unique_ptr<RetryPolicy> policy = make_policy(ro);
+    const auto deadline = call.start + ro.timeout.value_or(opts_.timeout);
+    const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : opts_.attempt_timeout;
+    const auto first_byte = ro.first_byte_timeout ? ro.first_byte_timeout : opts_.first_byte_timeout;
+
     HttpRequest req;
     req.method = method;
     req.url = url;
     req.body = body;
     req.connect_timeout = opts_.connect_timeout;
-    req.timeout = ro.timeout.value_or(opts_.timeout);
+    req.first_byte_timeout = first_byte.value_or(std::chrono::milliseconds(0));
     req.max_response_bytes = opts_.max_response_bytes;
     req.accept_compressed = accept_compressed;
     req.headers.reserve(base_headers_.size() + ro.headers.size() + 1);
     req.headers = base_headers_;
     req.headers.emplace_back("X-Client-Request-Id", call.id);
     for (const auto& h : ro.headers) req.headers.push_back(h);
-    return transport_->perform(req);
+
+    std::vector<AttemptRecord> log;
+    std::chrono::milliseconds delay_before{0};
+    for (int attempt = 1;; ++attempt) {
+      const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (remaining.count() <= 0) {
+        Error e(ErrorKind::timeout, fmt::format("total deadline of {} ms exceeded before attempt {}",
+                                                ro.timeout.value_or(opts_.timeout).count(), attempt));
+        e.attempt_log = std::move(log);
+        return finish_error(std::move(e), call, attempt - 1);
+      }
+      req.timeout = attempt_limit ? std::min(*attempt_limit, remaining) : remaining;
+      const auto sent = Clock::now();
+      auto resp = transport_->perform(req);
+      AttemptRecord rec;
+      rec.delay_before = delay_before;
+      rec.latency = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - sent);
+      std::string upstream_id;
+      std::optional<Result<T>> outcome;
+      if (resp) {
+        rec.http_status = resp->status;
+        upstream_id = upstream_request_id(resp->headers);
+        outcome.emplace(interpret(*resp));
+      } else {
+        outcome.emplace(std::move(resp.error()));
+      }
+      if (outcome->ok()) {
+        log.push_back(rec);
+        if (opts_.retry_budget) opts_.retry_budget->on_success();
+        stamp(**outcome, call, attempt, log, upstream_id);
+        return std::move(*outcome);
+      }
+      Error& err = outcome->error();
+      rec.error = err.kind();
+      log.push_back(rec);
+
+      std::optional<std::chrono::milliseconds> wait = policy->on_failure(err, attempt);
+      if (wait && Clock::now() + *wait >= deadline) wait.reset();  // would cross the deadline
+      if (wait && opts_.retry_budget && !opts_.retry_budget->try_acquire(err)) wait.reset();
+      if (!wait) {
+        if (resp) {
+          if (std::optional<T> passed = give_up(*resp)) {
+            stamp(*passed, call, attempt, log, upstream_id);
+            return std::move(*passed);
+          }
+        }
+        err.attempt_log = std::move(log);
+        return finish_error(std::move(err), call, attempt, upstream_id);
+      }
+      if (opts_.on_retry) opts_.on_retry(RetryEvent{call.id, attempt, &err, *wait});
+      if (opts_.sleep_for) opts_.sleep_for(*wait);
+      else std::this_thread::sleep_for(*wait);
+      delay_before = *wait;
+    }
   }
 
   static std::string upstream_request_id(const std::vector<Header>& headers) {
@@ -251,6 +344,10 @@ class TaotokenClient::Impl {
     Error e = detail::decode_error_response(r.status, ctype ? std::string_view(*ctype) : std::string_view(), r.body);
     e.retry_after = detail::parse_retry_after(detail::find_header(r.headers, "retry-after-ms"),
                                               detail::find_header(r.headers, "retry-after"));
+    if (const auto* sr = detail::find_header(r.headers, "x-should-retry")) {
+      if (*sr == "true") e.should_retry = true;
+      else if (*sr == "false") e.should_retry = false;
+    }
     return e;
   }
 
@@ -268,6 +365,8 @@ class TaotokenClient::Impl {
       clean.param = e.param;
       if (e.body_excerpt) clean.body_excerpt = replace_all(*e.body_excerpt, key, "[REDACTED]");
       clean.retry_after = e.retry_after;
+      clean.should_retry = e.should_retry;
+      clean.attempt_log = std::move(e.attempt_log);
       e = std::move(clean);
     }
     e.request_id = call.id;

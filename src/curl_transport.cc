@@ -7,6 +7,7 @@
 #include <curl/curl.h>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -46,6 +47,10 @@ struct Transfer {
   std::size_t max_bytes = 0;
   bool too_large = false;
   bool out_of_memory = false;
+  bool got_first_byte = false;
+  bool first_byte_expired = false;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::milliseconds first_byte_timeout{0};
   char errbuf[CURL_ERROR_SIZE] = {0};
 
   static size_t on_body(char* data, size_t size, size_t nmemb, void* user) noexcept {
@@ -64,9 +69,20 @@ struct Transfer {
     return n;
   }
 
+  // libcurl calls this at least every second while idle, and far more
+  // often while connecting (about every 100 ms in practice).
+  static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
+    auto* t = static_cast<Transfer*>(user);
+    if (t->got_first_byte || t->first_byte_timeout.count() == 0) return 0;
+    if (std::chrono::steady_clock::now() - t->started < t->first_byte_timeout) return 0;
+    t->first_byte_expired = true;
+    return 1;
+  }
+
   static size_t on_header(char* data, size_t size, size_t nmemb, void* user) noexcept {
     auto* t = static_cast<Transfer*>(user);
     const size_t n = size * nmemb;
+    t->got_first_byte = true;
     std::string_view line(data, n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
     try {
@@ -95,6 +111,9 @@ Error curl_error(CURLcode code, const Transfer& t, std::size_t max_bytes) {
     return Error(ErrorKind::bad_response,
                  fmt::format("response body exceeds the limit of {} bytes (max_response_bytes)", max_bytes));
   if (t.out_of_memory) return Error(ErrorKind::bad_response, "out of memory while receiving the response");
+  if (t.first_byte_expired)
+    return Error(ErrorKind::timeout, fmt::format("timed out: no response within the first-byte timeout of {} ms",
+                                                 t.first_byte_timeout.count()));
   const char* detail = t.errbuf[0] ? t.errbuf : curl_easy_strerror(code);
   ErrorKind kind = ErrorKind::connection;
   const char* what = "connection failed";
@@ -192,6 +211,12 @@ class CurlTransport final : public Transport {
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
+    if (request.first_byte_timeout.count() > 0) {
+      t.first_byte_timeout = request.first_byte_timeout;
+      curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &Transfer::on_progress);
+      curl_easy_setopt(h, CURLOPT_XFERINFODATA, &t);
+      curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    }
 
     const CURLcode rc = curl_easy_perform(h);
     // Detach pointers into this stack frame before the handle is pooled.

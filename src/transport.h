@@ -27,6 +27,8 @@ struct HttpRequest {
   std::string_view body;
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds timeout{600000};
+  // 0: none. Otherwise the status line must arrive within this time.
+  std::chrono::milliseconds first_byte_timeout{0};
   std::size_t max_response_bytes = std::size_t{32} << 20;
   // Ask for gzip/deflate/br and let libcurl decode; off for byte-exact forwarding.
   bool accept_compressed = true;

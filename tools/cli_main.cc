@@ -31,7 +31,9 @@ constexpr const char* kUsage =
     "  --system TEXT        system message\n"
     "  --temperature T      sampling temperature\n"
     "  --max-tokens N       max_tokens\n"
-    "  --timeout SECONDS    total time allowed for the request\n"
+    "  --timeout SECONDS    total deadline: every attempt and wait (default 600)\n"
+    "  --attempt-timeout SECONDS  time allowed for one attempt\n"
+    "  --max-retries N      retries of failed attempts (default 2, the OpenAI SDKs' policy)\n"
     "  --json               print exactly one JSON object (success or failure)\n"
     "\n"
     "The API key comes from $TAOTOKEN_API_KEY.\n"
@@ -66,6 +68,8 @@ struct Args {
   std::optional<double> temperature;
   std::optional<std::int64_t> max_tokens;
   std::optional<double> timeout_s;
+  std::optional<double> attempt_timeout_s;
+  std::optional<int> max_retries;
   bool json = false;
   std::optional<std::string> prompt;
 };
@@ -114,6 +118,14 @@ Args parse(int argc, char** argv) {
     } else if (s == "--timeout") {
       a.timeout_s = parse_double(s, value());
       if (!(*a.timeout_s > 0)) usage_error("--timeout expects a positive number of seconds");
+    } else if (s == "--attempt-timeout") {
+      a.attempt_timeout_s = parse_double(s, value());
+      if (!(*a.attempt_timeout_s > 0)) usage_error("--attempt-timeout expects a positive number of seconds");
+    } else if (s == "--max-retries") {
+      double d = parse_double(s, value());
+      if (d < 0 || d > 100 || d != static_cast<double>(static_cast<int>(d)))
+        usage_error("--max-retries expects an integer from 0 to 100");
+      a.max_retries = static_cast<int>(d);
     } else if (s == "--help" || s == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -216,6 +228,9 @@ taotoken::Result<taotoken::TaotokenClient> make_client(const Args& a) {
   if (a.base_url) opts.base_url = *a.base_url;
   if (a.model) opts.default_model = *a.model;
   if (a.timeout_s) opts.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.timeout_s * 1000));
+  if (a.attempt_timeout_s)
+    opts.attempt_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.attempt_timeout_s * 1000));
+  if (a.max_retries) opts.retry_policy = taotoken::RetryPolicy::standard(*a.max_retries);
   return taotoken::TaotokenClient::create(opts);
 }
 

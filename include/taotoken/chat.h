@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "taotoken/error.h"
 #include "taotoken/version.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
@@ -225,6 +226,8 @@ struct ChatCompletion {
   int http_status = 0;
   /// Attempts made.
   int attempts = 0;
+  /// Every attempt, oldest first (the last one succeeded).
+  std::vector<AttemptRecord> attempt_log;
   /// Wall time from the call to the result.
   std::chrono::milliseconds latency{0};
 
@@ -253,6 +256,7 @@ struct RawResponse {
   std::string request_id;
   std::string upstream_request_id;
   int attempts = 0;
+  std::vector<AttemptRecord> attempt_log;
   std::chrono::milliseconds latency{0};
 
   /// First header with this name (case-insensitive), or nullptr.

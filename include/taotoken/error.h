@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "taotoken/version.h"
 
@@ -39,6 +40,18 @@ enum class ErrorKind {
 
 /// Stable snake_case name of a kind, e.g. "rate_limited".
 std::string_view to_string(ErrorKind kind) noexcept;
+
+/// The outcome of one attempt of a request (for retries and usage records).
+struct AttemptRecord {
+  /// HTTP status received, 0 when none.
+  int http_status = 0;
+  /// Why the attempt failed; unset for the attempt that succeeded.
+  std::optional<ErrorKind> error;
+  /// From sending to the end of the attempt.
+  std::chrono::milliseconds latency{0};
+  /// The wait before this attempt (0 for the first).
+  std::chrono::milliseconds delay_before{0};
+};
 
 /// An error from a taotoken call.
 ///
@@ -76,6 +89,10 @@ class Error : public std::runtime_error {
   std::string upstream_request_id;
   /// Number of attempts made (0 when the request was never sent).
   int attempts = 0;
+  /// The server's `x-should-retry` header, when it sent one.
+  std::optional<bool> should_retry;
+  /// Every attempt, oldest first.
+  std::vector<AttemptRecord> attempt_log;
 
   /// One line with every field that is set, for logs.
   std::string describe() const;

@@ -6,11 +6,14 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "taotoken/retry.h"
 #include "taotoken/version.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
@@ -47,8 +50,26 @@ struct ClientOptions {
   std::string default_model;
   /// Time allowed to establish a connection (TCP + TLS).
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
-  /// Time allowed for a whole request, from sending to the last body byte.
+  /// Total deadline of a request: every attempt and every wait between
+  /// attempts. A retry never starts if its wait would cross it.
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
+  /// Time allowed for one attempt, from sending to the last body byte;
+  /// unset: the remaining total deadline.
+  std::optional<std::chrono::milliseconds> attempt_timeout;
+  /// Time allowed from sending until the first response byte (status line)
+  /// of an attempt; unset: no separate limit. Checked at least once a second
+  /// (libcurl's progress callback), so it is not precise below a second.
+  std::optional<std::chrono::milliseconds> first_byte_timeout;
+  /// Retry policy prototype, cloned per request; null means
+  /// `RetryPolicy::standard()` (2 retries, the OpenAI SDKs' schedule).
+  std::shared_ptr<const RetryPolicy> retry_policy;
+  /// Optional quota shared by clients to stop retry storms; null: off.
+  std::shared_ptr<RetryBudget> retry_budget;
+  /// Called before each retry wait (on the calling thread). Must not throw.
+  std::function<void(const RetryEvent&)> on_retry;
+  /// How the client waits between attempts. Default: sleeps on the calling
+  /// thread. Tests inject a fake to run retry schedules in microseconds.
+  std::function<void(std::chrono::milliseconds)> sleep_for;
   /// Headers added to every request (e.g. "HTTP-Referer"). Names and values
   /// containing CR or LF are rejected.
   std::vector<std::pair<std::string, std::string>> default_headers;
@@ -68,8 +89,17 @@ struct ClientOptions {
 
 /// Per-call overrides. Unset fields use the client's `ClientOptions`.
 struct RequestOptions {
-  /// Overrides `ClientOptions::timeout` for this call.
+  /// Overrides `ClientOptions::timeout` (total deadline) for this call.
   std::optional<std::chrono::milliseconds> timeout;
+  /// Overrides `ClientOptions::attempt_timeout` for this call.
+  std::optional<std::chrono::milliseconds> attempt_timeout;
+  /// Overrides `ClientOptions::first_byte_timeout` for this call.
+  std::optional<std::chrono::milliseconds> first_byte_timeout;
+  /// Retries for this call with the standard policy (ignored when
+  /// `retry_policy` is set). 0 disables retries.
+  std::optional<int> max_retries;
+  /// A policy prototype for this call.
+  std::shared_ptr<const RetryPolicy> retry_policy;
   /// Extra headers for this call (added after the default headers).
   std::vector<std::pair<std::string, std::string>> headers;
   /// Use this request id instead of generating one (e.g. a proxy passing on

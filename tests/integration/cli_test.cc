@@ -89,7 +89,7 @@ TEST_CASE("taotoken chat --json describes failures, with distinct exit statuses"
   limited.body = R"({"error":{"message":"Rate limit exceeded","type":"rate_limit_error","code":"rate_limit_exceeded","param":null}})";
   limited.headers = {{"retry-after-ms", "1500"}};
   f.sim.push_fault(limited);
-  Run r = run("chat --json --base-url " + f.sim.base_url() + " x");
+  Run r = run("chat --json --max-retries 0 --base-url " + f.sim.base_url() + " x");
   CHECK(r.status == 5);
   simdjson::dom::parser p;
   simdjson::dom::element j = p.parse(r.out);
@@ -106,10 +106,34 @@ TEST_CASE("taotoken chat --json describes failures, with distinct exit statuses"
   server.status = 500;
   server.headers.clear();
   f.sim.push_fault(server);
-  CHECK(run("chat --json --base-url " + f.sim.base_url() + " x").status == 7);
+  CHECK(run("chat --json --max-retries 0 --base-url " + f.sim.base_url() + " x").status == 7);
   f.sim.push_fault(sim::Fault{"", 401});
   CHECK(run("chat --base-url " + f.sim.base_url() + " x").status == 4);
-  CHECK(run("chat --json --base-url http://127.0.0.1:1/v1 x").status == 8);
+  CHECK(run("chat --json --max-retries 0 --base-url http://127.0.0.1:1/v1 x").status == 8);
+  CHECK(f.sim.request_count() == 3);  // 401 is never retried
+}
+
+TEST_CASE("taotoken chat retries by default and reports the attempts") {
+  SimFixture f;
+  sim::Fault limited;
+  limited.status = 429;
+  limited.replace_body = true;
+  limited.body = R"({"error":{"message":"Rate limit exceeded","type":"rate_limit_error","code":null,"param":null}})";
+  limited.headers = {{"retry-after-ms", "20"}};
+  f.sim.push_fault(limited, 2);
+  Run r = run("chat --json --base-url " + f.sim.base_url() + " again");
+  REQUIRE(r.status == 0);
+  simdjson::dom::parser p;
+  simdjson::dom::element j = p.parse(r.out);
+  CHECK(int64_t(j["attempts"]) == 3);
+  CHECK(std::string_view(j["content"]) == "Echo: again");
+
+  f.sim.push_fault(limited, 3);
+  Run gave_up = run("chat --json --max-retries 1 --base-url " + f.sim.base_url() + " x");
+  CHECK(gave_up.status == 5);
+  simdjson::dom::element g = p.parse(gave_up.out);
+  CHECK(int64_t(g["attempts"]) == 2);
+  CHECK(int64_t(g["error"]["retry_after_ms"]) == 20);
 }
 
 TEST_CASE("taotoken chat names TAOTOKEN_API_KEY when the key is missing") {

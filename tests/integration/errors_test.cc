@@ -136,10 +136,14 @@ TEST_CASE("connection refused is a connection error") {
   }  // stopped: nothing listens there now
   ClientOptions o;
   o.base_url = "http://127.0.0.1:" + std::to_string(port) + "/v1";
+  std::vector<std::chrono::milliseconds> waits;
+  o.sleep_for = [&](std::chrono::milliseconds d) { waits.push_back(d); };
   auto r = TaotokenClient(o).chat(SimFixture::ask("x"));
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().kind() == ErrorKind::connection);
-  CHECK(r.error().attempts == 1);
+  CHECK(r.error().attempts == 3);  // the default policy retried twice
+  CHECK(r.error().attempt_log.size() == 3);
+  CHECK(waits.size() == 2);
   CHECK(r.error().http_status == 0);
 }
 

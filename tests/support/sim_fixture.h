@@ -8,10 +8,14 @@
 struct SimFixture {
   explicit SimFixture(taotoken::sim::SimulatorOptions so = {}) : sim(so) { sim.start(); }
 
-  taotoken::ClientOptions options() const {
+  // Retries are off unless a test asks for them, so that tests of one
+  // failure see exactly one attempt; tests/integration/retry_test.cc
+  // exercises the policies.
+  taotoken::ClientOptions options(bool retries = false) const {
     taotoken::ClientOptions o;
     o.base_url = sim.base_url();
     o.api_key = "sk-test-secret-key-123";
+    if (!retries) o.retry_policy = taotoken::RetryPolicy::none();
     return o;
   }
   taotoken::TaotokenClient client() const { return taotoken::TaotokenClient(options()); }
