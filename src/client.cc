@@ -273,6 +273,7 @@ class TaotokenClient::Impl {
     req.first_byte_timeout = first_byte.value_or(std::chrono::milliseconds(0));
     req.max_response_bytes = opts_.max_response_bytes;
     req.accept_compressed = accept_compressed;
+    req.cancel = ro.cancel ? &ro.cancel->flag() : nullptr;
     req.headers.reserve(base_headers_.size() + ro.headers.size() + 1);
     req.headers = base_headers_;
     req.headers.emplace_back("X-Client-Request-Id", call.id);
@@ -281,6 +282,11 @@ class TaotokenClient::Impl {
     std::vector<AttemptRecord> log;
     std::chrono::milliseconds delay_before{0};
     for (int attempt = 1;; ++attempt) {
+      if (ro.cancel && ro.cancel->cancelled()) {
+        Error e(ErrorKind::cancelled, "the caller cancelled the request");
+        e.attempt_log = std::move(log);
+        return finish_error(std::move(e), call, attempt - 1);
+      }
       const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       if (remaining.count() <= 0) {
         Error e(ErrorKind::timeout, fmt::format("total deadline of {} ms exceeded before attempt {}",
@@ -328,6 +334,7 @@ class TaotokenClient::Impl {
       }
       if (opts_.on_retry) opts_.on_retry(RetryEvent{call.id, attempt, &err, *wait});
       if (opts_.sleep_for) opts_.sleep_for(*wait);
+      else if (ro.cancel) ro.cancel->wait_for(*wait);  // the loop's next check reports it
       else std::this_thread::sleep_for(*wait);
       delay_before = *wait;
     }

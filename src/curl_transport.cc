@@ -51,6 +51,7 @@ struct Transfer {
   bool first_byte_expired = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::chrono::milliseconds first_byte_timeout{0};
+  const std::atomic<bool>* cancel = nullptr;
   char errbuf[CURL_ERROR_SIZE] = {0};
 
   static size_t on_body(char* data, size_t size, size_t nmemb, void* user) noexcept {
@@ -73,6 +74,7 @@ struct Transfer {
   // often while connecting (about every 100 ms in practice).
   static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
     auto* t = static_cast<Transfer*>(user);
+    if (t->cancel && t->cancel->load()) return 1;
     if (t->got_first_byte || t->first_byte_timeout.count() == 0) return 0;
     if (std::chrono::steady_clock::now() - t->started < t->first_byte_timeout) return 0;
     t->first_byte_expired = true;
@@ -145,6 +147,7 @@ Error curl_error(CURLcode code, const Transfer& t, std::size_t max_bytes) {
     case CURLE_ABORTED_BY_CALLBACK:
       kind = ErrorKind::cancelled;
       what = "cancelled";
+      detail = "the caller cancelled the request";
       break;
     case CURLE_PEER_FAILED_VERIFICATION:
       what = "TLS certificate verification failed";
@@ -211,8 +214,9 @@ class CurlTransport final : public Transport {
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
-    if (request.first_byte_timeout.count() > 0) {
+    if (request.first_byte_timeout.count() > 0 || request.cancel) {
       t.first_byte_timeout = request.first_byte_timeout;
+      t.cancel = request.cancel;
       curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &Transfer::on_progress);
       curl_easy_setopt(h, CURLOPT_XFERINFODATA, &t);
       curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);

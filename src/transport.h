@@ -5,6 +5,7 @@
 // HttpRequest and a Transport performs it; tests of pure logic can plug in a
 // fake, and every feature is also tested through CurlTransport.
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -30,6 +31,8 @@ struct HttpRequest {
   // 0: none. Otherwise the status line must arrive within this time.
   std::chrono::milliseconds first_byte_timeout{0};
   std::size_t max_response_bytes = std::size_t{32} << 20;
+  // When set and true, the transfer is aborted (Error kind cancelled).
+  const std::atomic<bool>* cancel = nullptr;
   // Ask for gzip/deflate/br and let libcurl decode; off for byte-exact forwarding.
   bool accept_compressed = true;
 };

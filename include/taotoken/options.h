@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "taotoken/cancel.h"
 #include "taotoken/retry.h"
 #include "taotoken/version.h"
 
@@ -68,7 +69,8 @@ struct ClientOptions {
   /// Called before each retry wait (on the calling thread). Must not throw.
   std::function<void(const RetryEvent&)> on_retry;
   /// How the client waits between attempts. Default: sleeps on the calling
-  /// thread. Tests inject a fake to run retry schedules in microseconds.
+  /// thread, woken at once by `RequestOptions::cancel`. Tests inject a fake
+  /// to run retry schedules in microseconds.
   std::function<void(std::chrono::milliseconds)> sleep_for;
   /// Headers added to every request (e.g. "HTTP-Referer"). Names and values
   /// containing CR or LF are rejected.
@@ -100,6 +102,8 @@ struct RequestOptions {
   std::optional<int> max_retries;
   /// A policy prototype for this call.
   std::shared_ptr<const RetryPolicy> retry_policy;
+  /// Cancels this call from another thread (see `CancelToken`).
+  std::shared_ptr<CancelToken> cancel;
   /// Extra headers for this call (added after the default headers).
   std::vector<std::pair<std::string, std::string>> headers;
   /// Use this request id instead of generating one (e.g. a proxy passing on

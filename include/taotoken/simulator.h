@@ -37,6 +37,10 @@ namespace sim {
 struct Fault {
   /// Only requests to this path are affected; empty means every path.
   std::string path = "/v1/chat/completions";
+  /// When set, only requests carrying the header `X-Sim-Session: <session>`
+  /// are affected: tests sharing one simulator keep their attempt counts
+  /// apart (each sends its own session header via RequestOptions::headers).
+  std::string session;
   /// HTTP status to answer with; 0 keeps the normal status (200).
   int status = 0;
   /// Body to send instead of the normal one (when `replace_body`).

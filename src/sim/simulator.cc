@@ -441,16 +441,21 @@ class Simulator::Impl {
     c.fd = -1;
   }
 
-  std::optional<Fault> take_fault(const std::string& path) {
+  std::optional<Fault> take_fault(const ReceivedRequest& req) {
+    const std::string& path = req.path;
+    const std::string* session = find(req.headers, "x-sim-session");
+    auto matches = [&](const Fault& f) {
+      return (f.path.empty() || f.path == path) && (f.session.empty() || (session && *session == f.session));
+    };
     std::lock_guard<std::mutex> g(fault_mu_);
     for (auto it = queued_.begin(); it != queued_.end(); ++it) {
-      if (it->path.empty() || it->path == path) {
+      if (matches(*it)) {
         Fault f = std::move(*it);
         queued_.erase(it);
         return f;
       }
     }
-    if (persistent_ && (persistent_->path.empty() || persistent_->path == path)) return persistent_;
+    if (persistent_ && matches(*persistent_)) return persistent_;
     return std::nullopt;
   }
 
@@ -461,7 +466,7 @@ class Simulator::Impl {
 
   // Sends the answer; false when the connection must be closed.
   bool handle(int fd, const ReceivedRequest& req, bool close_after, bool& reset) {
-    std::optional<Fault> fault = take_fault(req.path);
+    std::optional<Fault> fault = take_fault(req);
     if (fault && fault->delay.count() > 0) {
       std::unique_lock<std::mutex> g(conn_mu_);
       conn_cv_.wait_for(g, fault->delay, [this] { return stopping_.load(); });

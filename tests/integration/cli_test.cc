@@ -107,7 +107,9 @@ TEST_CASE("taotoken chat --json describes failures, with distinct exit statuses"
   server.headers.clear();
   f.sim.push_fault(server);
   CHECK(run("chat --json --max-retries 0 --base-url " + f.sim.base_url() + " x").status == 7);
-  f.sim.push_fault(sim::Fault{"", 401});
+  sim::Fault unauthorized;
+  unauthorized.status = 401;
+  f.sim.push_fault(unauthorized);
   CHECK(run("chat --base-url " + f.sim.base_url() + " x").status == 4);
   CHECK(run("chat --json --max-retries 0 --base-url http://127.0.0.1:1/v1 x").status == 8);
   CHECK(f.sim.request_count() == 3);  // 401 is never retried

@@ -348,3 +348,70 @@ TEST_CASE("8 threads x 50 requests with random faults all end correctly") {
   CHECK(attempts == 400 + kFaults);
   CHECK(f.sim.request_count() == 400 + kFaults);
 }
+
+TEST_CASE("cancellation ends a retry wait and a stalled transfer") {
+  SimFixture f;
+  TaotokenClient client(f.options(true));
+  SECTION("during a 30 s Retry-After wait") {
+    f.sim.push_fault(status(503, {{"Retry-After", "30"}}));
+    RequestOptions ro;
+    ro.cancel = std::make_shared<CancelToken>();
+    std::thread canceller([token = ro.cancel] {
+      std::this_thread::sleep_for(100ms);
+      token->cancel();
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto r = client.chat(SimFixture::ask("x"), ro);
+    const auto took = std::chrono::steady_clock::now() - start;
+    canceller.join();
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().kind() == ErrorKind::cancelled);
+    CHECK(r.error().attempts == 1);
+    CHECK(took < 20s);  // not the 30 s wait (a hang detector, not a timing check)
+    CHECK(f.sim.request_count() == 1);
+  }
+  SECTION("during a transfer whose server stalls") {
+    sim::Fault stall;
+    stall.delay = 20s;
+    f.sim.push_fault(stall);
+    RequestOptions ro;
+    ro.cancel = std::make_shared<CancelToken>();
+    std::thread canceller([token = ro.cancel] {
+      std::this_thread::sleep_for(100ms);
+      token->cancel();
+    });
+    auto r = client.chat(SimFixture::ask("x"), ro);
+    canceller.join();
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().kind() == ErrorKind::cancelled);
+    CHECK(r.error().attempts == 1);  // cancelled attempts are not retried
+  }
+  SECTION("a token cancelled before the call") {
+    RequestOptions ro;
+    ro.cancel = std::make_shared<CancelToken>();
+    ro.cancel->cancel();
+    auto r = client.chat(SimFixture::ask("x"), ro);
+    CHECK(r.error().kind() == ErrorKind::cancelled);
+    CHECK(r.error().attempts == 0);
+    CHECK(f.sim.request_count() == 0);
+  }
+}
+
+TEST_CASE("simulator sessions keep concurrent tests' faults apart") {
+  SimFixture f;
+  Recorder rec;
+  TaotokenClient client(retrying(f, rec));
+  sim::Fault a = status(503);
+  a.session = "A";
+  f.sim.push_fault(a, 2);
+  RequestOptions in_b;
+  in_b.headers = {{"X-Sim-Session", "B"}};
+  auto b = client.chat(SimFixture::ask("b"), in_b);
+  REQUIRE(b.ok());
+  CHECK(b->attempts == 1);  // A's faults are not B's
+  RequestOptions in_a;
+  in_a.headers = {{"X-Sim-Session", "A"}};
+  auto ra = client.chat(SimFixture::ask("a"), in_a);
+  REQUIRE(ra.ok());
+  CHECK(ra->attempts == 3);
+}
