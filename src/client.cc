@@ -1,7 +1,9 @@
 #include "taotoken/client.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <random>
@@ -23,6 +25,13 @@ std::string env_or_empty(const char* name) {
   return v ? std::string(v) : std::string();
 }
 
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
 bool starts_with_icase(std::string_view s, std::string_view prefix) {
   if (s.size() < prefix.size()) return false;
   for (std::size_t i = 0; i < prefix.size(); ++i) {
@@ -35,18 +44,15 @@ bool starts_with_icase(std::string_view s, std::string_view prefix) {
 
 // True for http(s)://localhost, 127.0.0.0/8 and [::1] base URLs: the only
 // ones that may be used without an API key (the simulator, local proxies).
-bool is_loopback_url(std::string_view url) {
-  auto p = url.find("://");
-  if (p == std::string_view::npos) return false;
-  std::string_view rest = url.substr(p + 3);
-  if (auto at = rest.find('@'); at != std::string_view::npos && at < rest.find('/')) rest = rest.substr(at + 1);
-  std::string_view host;
-  if (!rest.empty() && rest.front() == '[') {
-    host = rest.substr(0, rest.find(']') + 1);
-  } else {
-    host = rest.substr(0, rest.find_first_of(":/?#"));
-  }
-  return host == "localhost" || host == "[::1]" || starts_with_icase(host, "127.");
+// The host comes from libcurl's own URL parser, so what we judge is what it
+// will connect to ("127.0.0.1.example.com" is not loopback).
+bool is_loopback_url(const std::string& url) {
+  const auto host = detail::url_host(url);
+  if (!host) return false;
+  if (*host == "localhost" || *host == "::1") return true;
+  in_addr addr{};
+  if (::inet_pton(AF_INET, host->c_str(), &addr) != 1) return false;
+  return (ntohl(addr.s_addr) >> 24) == 127;
 }
 
 bool is_token_char(char c) {
@@ -55,8 +61,27 @@ bool is_token_char(char c) {
   return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && starts_with_icase(a, b);
+}
+
+// Headers that frame the message or belong to one connection: set by
+// libcurl, never by callers (a wrong Content-Length on a kept-alive
+// connection would smuggle the rest of the body as a second request).
+bool is_reserved_header(std::string_view name) {
+  static constexpr std::string_view kReserved[] = {"content-length", "transfer-encoding", "host", "connection",
+                                                   "expect", "te", "trailer", "upgrade", "keep-alive",
+                                                   "proxy-connection", "proxy-authorization"};
+  for (auto r : kReserved)
+    if (iequals(name, r)) return true;
+  return false;
+}
+
 std::optional<Error> check_header(const std::string& name, const std::string& value) {
   if (name.empty()) return Error(ErrorKind::invalid_argument, "a header has an empty name");
+  if (is_reserved_header(name))
+    return Error(ErrorKind::invalid_argument,
+                 fmt::format("header '{}' is managed by the HTTP layer and cannot be set", name));
   for (char c : name)
     if (!is_token_char(c))
       return Error(ErrorKind::invalid_argument, fmt::format("header name '{}' contains an invalid character", name));
@@ -65,6 +90,16 @@ std::optional<Error> check_header(const std::string& name, const std::string& va
       return Error(ErrorKind::invalid_argument,
                    fmt::format("header '{}' has a value containing CR, LF or NUL (header injection)", name));
   return std::nullopt;
+}
+
+// Adds a header, replacing any earlier one of the same name: a caller's
+// Authorization or Accept wins over the client's instead of being doubled.
+void put_header(std::vector<Header>& headers, const Header& h) {
+  headers.erase(std::remove_if(headers.begin(), headers.end(), [&](const Header& x) {
+                  return x.first.size() == h.first.size() && starts_with_icase(x.first, lower(h.first));
+                }),
+                headers.end());
+  headers.push_back(h);
 }
 
 std::optional<Error> check_request_id(const std::string& id) {
@@ -144,7 +179,8 @@ class TaotokenClient::Impl {
         [](HttpResponse& r) -> Result<ChatCompletion> {
           if (r.status < 200 || r.status >= 300) return status_error(r);
           auto decoded = detail::decode_chat_completion(r.body);
-          if (decoded) decoded->http_status = r.status;
+          if (!decoded) return success_status_error(std::move(decoded.error()), r);
+          decoded->http_status = r.status;
           return decoded;
         },
         [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; });
@@ -183,7 +219,9 @@ class TaotokenClient::Impl {
         HttpRequest::Method::get, models_url_, {}, ro, call, true,
         [](HttpResponse& r) -> Result<std::vector<Model>> {
           if (r.status < 200 || r.status >= 300) return status_error(r);
-          return detail::decode_models(r.body);
+          auto models = detail::decode_models(r.body);
+          if (!models) return success_status_error(std::move(models.error()), r);
+          return models;
         },
         [](HttpResponse&) -> std::optional<std::vector<Model>> { return std::nullopt; });
   }
@@ -199,7 +237,7 @@ class TaotokenClient::Impl {
     if (!opts_.api_key.empty()) base_headers_.emplace_back("Authorization", "Bearer " + opts_.api_key);
     base_headers_.emplace_back("Content-Type", "application/json");
     base_headers_.emplace_back("Accept", "application/json");
-    for (const auto& h : opts_.default_headers) base_headers_.push_back(h);
+    for (const auto& h : opts_.default_headers) put_header(base_headers_, h);
   }
 
   // Per-call bookkeeping.
@@ -277,7 +315,7 @@ class TaotokenClient::Impl {
     req.headers.reserve(base_headers_.size() + ro.headers.size() + 1);
     req.headers = base_headers_;
     req.headers.emplace_back("X-Client-Request-Id", call.id);
-    for (const auto& h : ro.headers) req.headers.push_back(h);
+    for (const auto& h : ro.headers) put_header(req.headers, h);
 
     std::vector<AttemptRecord> log;
     std::chrono::milliseconds delay_before{0};
@@ -346,40 +384,78 @@ class TaotokenClient::Impl {
     return {};
   }
 
-  static Error status_error(HttpResponse& r) {
-    const std::string* ctype = detail::find_header(r.headers, "content-type");
-    Error e = detail::decode_error_response(r.status, ctype ? std::string_view(*ctype) : std::string_view(), r.body);
+  static void read_retry_headers(Error& e, const HttpResponse& r) {
     e.retry_after = detail::parse_retry_after(detail::find_header(r.headers, "retry-after-ms"),
                                               detail::find_header(r.headers, "retry-after"));
     if (const auto* sr = detail::find_header(r.headers, "x-should-retry")) {
       if (*sr == "true") e.should_retry = true;
       else if (*sr == "false") e.should_retry = false;
     }
+  }
+
+  // A 2xx whose body could not be used: an error object inside it, or a body
+  // that is not the JSON it should be (a captive portal's HTML page, say).
+  static Error success_status_error(Error e, HttpResponse& r) {
+    if (e.kind() == ErrorKind::bad_response) {
+      const std::string* ctype = detail::find_header(r.headers, "content-type");
+      Error out(ErrorKind::bad_response,
+                fmt::format("{} (HTTP {}, content type {})", e.message(), r.status, ctype ? *ctype : "unknown"));
+      out.body_excerpt = detail::excerpt(r.body);
+      e = std::move(out);
+    }
+    e.http_status = r.status;
+    read_retry_headers(e, r);
     return e;
   }
 
-  // Fills the request context and removes any trace of the API key (an
-  // upstream may echo the Authorization header back in an error body).
-  Error finish_error(Error e, const Call& call, int attempts, const std::string& upstream_id = {}) const {
-    const std::string& key = opts_.api_key;
-    const bool leaks = key.size() >= 4 && (e.message().find(key) != std::string::npos ||
-                                           (e.body_excerpt && e.body_excerpt->find(key) != std::string::npos));
-    if (leaks) {
-      Error clean(e.kind(), replace_all(e.message(), key, "[REDACTED]"));
-      clean.http_status = e.http_status;
-      clean.type = e.type;
-      clean.code = e.code;
-      clean.param = e.param;
-      if (e.body_excerpt) clean.body_excerpt = replace_all(*e.body_excerpt, key, "[REDACTED]");
-      clean.retry_after = e.retry_after;
-      clean.should_retry = e.should_retry;
-      clean.attempt_log = std::move(e.attempt_log);
-      e = std::move(clean);
-    }
-    e.request_id = call.id;
-    e.upstream_request_id = upstream_id;
-    e.attempts = attempts;
+  static Error status_error(HttpResponse& r) {
+    const std::string* ctype = detail::find_header(r.headers, "content-type");
+    Error e = detail::decode_error_response(r.status, ctype ? std::string_view(*ctype) : std::string_view(), r.body);
+    read_retry_headers(e, r);
     return e;
+  }
+
+  // Removes the API key from text an upstream sent back (some echo the
+  // Authorization header): every occurrence, and a prefix of it left at the
+  // end of a cut excerpt.
+  std::string redact(std::string text) const {
+    const std::string& key = opts_.api_key;
+    if (key.size() < 4) return text;
+    text = replace_all(std::move(text), key, "[REDACTED]");
+    std::string_view body(text);
+    const bool cut = body.size() >= 3 && body.substr(body.size() - 3) == "...";
+    if (cut) body.remove_suffix(3);
+    for (std::size_t n = std::min(key.size() - 1, body.size()); n >= 4; --n) {
+      if (body.substr(body.size() - n) == std::string_view(key).substr(0, n)) {
+        text = std::string(body.substr(0, body.size() - n)) + "[REDACTED]" + (cut ? "..." : "");
+        break;
+      }
+    }
+    return text;
+  }
+
+  // Fills the request context and scrubs the API key from every text field.
+  Error finish_error(Error e, const Call& call, int attempts, const std::string& upstream_id = {}) const {
+    Error clean(e.kind(), redact(e.message()));
+    clean.http_status = e.http_status;
+    auto scrub = [&](std::optional<std::string>& v) {
+      if (v) v = redact(std::move(*v));
+    };
+    clean.type = std::move(e.type);
+    clean.code = std::move(e.code);
+    clean.param = std::move(e.param);
+    clean.body_excerpt = std::move(e.body_excerpt);
+    scrub(clean.type);
+    scrub(clean.code);
+    scrub(clean.param);
+    scrub(clean.body_excerpt);
+    clean.retry_after = e.retry_after;
+    clean.should_retry = e.should_retry;
+    clean.attempt_log = std::move(e.attempt_log);
+    clean.request_id = call.id;
+    clean.upstream_request_id = redact(upstream_id);
+    clean.attempts = attempts;
+    return clean;
   }
 
   ClientOptions opts_;

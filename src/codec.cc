@@ -116,7 +116,8 @@ std::optional<std::int64_t> opt_int(od::value v) {
     case od::json_type::number: {
       std::int64_t i;
       if (v.get_int64().get(i) == simdjson::SUCCESS) return i;
-      double d = v.get_double();
+      const double d = v.get_double();
+      if (!(std::fabs(d) < 9.2e18)) throw simdjson::simdjson_error(simdjson::NUMBER_OUT_OF_RANGE);
       return static_cast<std::int64_t>(std::llround(d));
     }
     default: throw simdjson::simdjson_error(simdjson::INCORRECT_TYPE);
@@ -264,6 +265,31 @@ Error decode_error_value(od::value v, ErrorKind kind) {
   return e;
 }
 
+// On-demand decoding only validates what it reads; a full validating pass
+// first makes garbage in skipped fields, or a second document after the
+// first, a bad_response instead of a silent success. (The DOM parser uses
+// the CPU's fastest kernel, so this costs little next to the network.)
+std::optional<std::string> validate_padded(const std::string& body) {
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element el;
+  auto err = parser.parse(body.data(), body.size(), false).get(el);
+  if (err != simdjson::SUCCESS) return std::string(simdjson::error_message(err));
+  return std::nullopt;
+}
+
+// An error object inside a 2xx body. Aggregators put the upstream's HTTP
+// status in a numeric code; that picks the kind.
+Error in_body_error_result(Error e) {
+  int code = 0;
+  if (e.code) std::from_chars(e.code->data(), e.code->data() + e.code->size(), code);
+  Error out(code >= 400 && code <= 599 ? kind_for_status(code) : ErrorKind::server_error, e.message());
+  out.type = std::move(e.type);
+  out.code = std::move(e.code);
+  out.param = std::move(e.param);
+  out.http_status = 200;
+  return out;
+}
+
 od::parser& thread_parser() {
   thread_local od::parser parser;
   return parser;
@@ -305,6 +331,10 @@ Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view d
     if (auto e = encode_message(w, r.messages[i], i)) return std::move(*e);
   w.end_array();
 
+  for (auto [name, v] : {std::pair{"temperature", r.temperature}, std::pair{"top_p", r.top_p},
+                         std::pair{"presence_penalty", r.presence_penalty},
+                         std::pair{"frequency_penalty", r.frequency_penalty}})
+    if (v && !std::isfinite(*v)) return invalid(fmt::format("{} must be a finite number", name));
   if (r.temperature) kw.key("temperature").number(*r.temperature);
   if (r.top_p) kw.key("top_p").number(*r.top_p);
   if (r.max_tokens) kw.key("max_tokens").number(*r.max_tokens);
@@ -387,6 +417,8 @@ Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view d
   }
   for (const auto& [name, value] : r.extra) {
     if (name.empty()) return invalid("an extra field has an empty name");
+    if (name == "stream" || name == "stream_options")
+      return invalid(fmt::format("extra field '{}' is reserved: streaming is chosen by the method you call", name));
     if (kw.has(name)) return invalid(fmt::format("extra field '{}' duplicates a field the request already sets", name));
     kw.key(name);
     if (auto e = raw_value(w, fmt::format("extra field '{}'", name), value, false)) return std::move(*e);
@@ -399,6 +431,7 @@ Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view d
 
 Result<ChatCompletion> decode_chat_completion(std::string& body) {
   ensure_padding(body);
+  if (auto err = validate_padded(body)) return Error(ErrorKind::bad_response, "malformed response: " + *err);
   ChatCompletion c;
   std::optional<Error> in_body_error;
   try {
@@ -426,25 +459,16 @@ Result<ChatCompletion> decode_chat_completion(std::string& body) {
   } catch (const simdjson::simdjson_error& e) {
     return bad_json("response", e);
   }
-  if (in_body_error) {
-    // Aggregators put the upstream's HTTP status in a numeric code.
-    Error& e = *in_body_error;
-    int code = 0;
-    if (e.code) std::from_chars(e.code->data(), e.code->data() + e.code->size(), code);
-    Error out(code >= 400 && code <= 599 ? kind_for_status(code) : ErrorKind::server_error, e.message());
-    out.type = e.type;
-    out.code = e.code;
-    out.param = e.param;
-    out.http_status = 200;
-    return out;
-  }
+  if (in_body_error) return in_body_error_result(std::move(*in_body_error));
   c.raw_body = std::move(body);
   return c;
 }
 
 Result<std::vector<Model>> decode_models(std::string& body) {
   ensure_padding(body);
+  if (auto err = validate_padded(body)) return Error(ErrorKind::bad_response, "malformed models list: " + *err);
   std::vector<Model> models;
+  std::optional<Error> in_body_error;
   auto decode_model = [&](od::value item) {
     Model m;
     for (auto f : item.get_object()) {
@@ -464,13 +488,18 @@ Result<std::vector<Model>> decode_models(std::string& body) {
     } else {
       for (auto f : doc.get_object()) {
         std::string_view k = f.unescaped_key();
-        if (k == "data")
+        if (k == "data") {
           for (auto item : f.value().get_array()) decode_model(item.value());
+        } else if (k == "error") {
+          od::value v = f.value();
+          if (v.type() != od::json_type::null) in_body_error = decode_error_value(v, ErrorKind::server_error);
+        }
       }
     }
   } catch (const simdjson::simdjson_error& e) {
     return bad_json("models list", e);
   }
+  if (in_body_error) return in_body_error_result(std::move(*in_body_error));
   return models;
 }
 
@@ -531,8 +560,7 @@ Error decode_error_response(int status, std::string_view content_type, std::stri
     e.http_status = status;
     return e;
   }
-  if (t.front() == '{') {
-    ensure_padding(body);
+  if (t.front() == '{' && (ensure_padding(body), !validate_padded(body))) {
     try {
       od::document doc = thread_parser().iterate(body.data(), body.size(), body.capacity());
       std::optional<Error> found;
@@ -567,15 +595,16 @@ std::optional<std::chrono::milliseconds> parse_retry_after(const std::string* re
     auto r = std::from_chars(s.data(), s.data() + s.size(), out);
     return r.ec == std::errc() && r.ptr == s.data() + s.size() && std::isfinite(out) && out >= 0;
   };
+  // Clamped to a day: absurd values must not overflow the conversion.
+  constexpr double kMaxMs = 86400.0 * 1000;
+  auto to_ms = [&](double ms) { return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(std::min(ms, kMaxMs)))); };
   double v = 0;
-  if (retry_after_ms && parse_number(*retry_after_ms, v))
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(v)));
+  if (retry_after_ms && parse_number(*retry_after_ms, v)) return to_ms(v);
   if (retry_after) {
-    if (parse_number(*retry_after, v)) return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(v * 1000)));
+    if (parse_number(*retry_after, v)) return to_ms(v * 1000);
     const time_t when = curl_getdate(retry_after->c_str(), nullptr);
     if (when > 0) {
-      const auto wait = static_cast<std::int64_t>(std::difftime(when, std::time(nullptr)));
-      return std::chrono::milliseconds(std::max<std::int64_t>(0, wait) * 1000);
+      return to_ms(std::max(0.0, std::difftime(when, std::time(nullptr))) * 1000);
     }
   }
   return std::nullopt;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,6 +65,10 @@ class Transport {
 };
 
 std::unique_ptr<Transport> make_curl_transport(TransportConfig config);
+
+// The host of an absolute URL as libcurl parses it (IPv6 without
+// brackets), or nullopt when libcurl rejects the URL.
+std::optional<std::string> url_host(const std::string& url);
 
 // Runs curl_global_init exactly once per process.
 void ensure_curl_global_init();

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -74,7 +75,19 @@ struct Args {
   std::optional<std::string> prompt;
 };
 
+bool g_json = false;  // set before parsing, so usage errors honour --json too
+
 [[noreturn]] void usage_error(const std::string& message) {
+  if (g_json) {
+    std::string out;
+    JsonWriter w(out);
+    w.begin_object().key("ok").boolean(false).key("error").begin_object();
+    w.key("kind").string("usage").key("http_status").null().key("type").null().key("code").null();
+    w.key("param").null().key("message").string(message).key("retry_after_ms").null().end_object();
+    w.key("request_id").null().key("upstream_request_id").null();
+    w.key("attempts").number(std::int64_t{0}).key("latency_ms").number(std::int64_t{0}).end_object();
+    std::printf("%s\n", out.c_str());
+  }
   std::fprintf(stderr, "taotoken: %s\n\n%s", message.c_str(), kUsage);
   std::exit(2);
 }
@@ -83,10 +96,10 @@ double parse_double(const std::string& flag, const std::string& v) {
   try {
     std::size_t used = 0;
     double d = std::stod(v, &used);
-    if (used == v.size()) return d;
+    if (used == v.size() && std::isfinite(d)) return d;
   } catch (...) {
   }
-  usage_error(fmt::format("{} expects a number, got '{}'", flag, v));
+  usage_error(fmt::format("{} expects a finite number, got '{}'", flag, v));
 }
 
 Args parse(int argc, char** argv) {
@@ -113,17 +126,18 @@ Args parse(int argc, char** argv) {
     else if (s == "--temperature") a.temperature = parse_double(s, value());
     else if (s == "--max-tokens") {
       double d = parse_double(s, value());
-      if (d < 1 || d != static_cast<double>(static_cast<std::int64_t>(d))) usage_error("--max-tokens expects a positive integer");
+      if (d < 1 || d > 1e12 || d != std::floor(d)) usage_error("--max-tokens expects a positive integer");
       a.max_tokens = static_cast<std::int64_t>(d);
     } else if (s == "--timeout") {
       a.timeout_s = parse_double(s, value());
-      if (!(*a.timeout_s > 0)) usage_error("--timeout expects a positive number of seconds");
+      if (!(*a.timeout_s > 0) || *a.timeout_s > 1e7) usage_error("--timeout expects a positive number of seconds");
     } else if (s == "--attempt-timeout") {
       a.attempt_timeout_s = parse_double(s, value());
-      if (!(*a.attempt_timeout_s > 0)) usage_error("--attempt-timeout expects a positive number of seconds");
+      if (!(*a.attempt_timeout_s > 0) || *a.attempt_timeout_s > 1e7)
+        usage_error("--attempt-timeout expects a positive number of seconds");
     } else if (s == "--max-retries") {
       double d = parse_double(s, value());
-      if (d < 0 || d > 100 || d != static_cast<double>(static_cast<int>(d)))
+      if (d < 0 || d > 100 || d != std::floor(d))
         usage_error("--max-retries expects an integer from 0 to 100");
       a.max_retries = static_cast<int>(d);
     } else if (s == "--help" || s == "-h") {
@@ -160,7 +174,8 @@ void tool_calls(JsonWriter& w, const std::vector<taotoken::ToolCall>& calls) {
 
 void common_tail(JsonWriter& w, const std::string& request_id, const std::string& upstream_id, int attempts,
                  std::int64_t latency_ms) {
-  w.key("request_id").string(request_id);
+  w.key("request_id");
+  if (request_id.empty()) w.null(); else w.string(request_id);
   w.key("upstream_request_id");
   if (upstream_id.empty()) w.null(); else w.string(upstream_id);
   w.key("attempts").number(static_cast<std::int64_t>(attempts));
@@ -190,7 +205,8 @@ std::string success_json(const taotoken::ChatCompletion& c) {
   std::string out;
   JsonWriter w(out);
   w.begin_object().key("ok").boolean(true);
-  w.key("id").string(c.id).key("model").string(c.model);
+  opt_string(w, "id", c.id.empty() ? std::nullopt : std::optional<std::string>(c.id));
+  opt_string(w, "model", c.model.empty() ? std::nullopt : std::optional<std::string>(c.model));
   const taotoken::Choice* first = c.choices.empty() ? nullptr : &c.choices.front();
   opt_string(w, "content", first ? first->message.content : std::nullopt);
   opt_string(w, "refusal", first ? first->message.refusal : std::nullopt);
@@ -245,6 +261,8 @@ int fail(const Args& a, const taotoken::Error& e, std::chrono::steady_clock::tim
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "--json") g_json = true;
   const Args a = parse(argc, argv);
   if (a.command == "--version") {
     std::printf("taotoken %s\n", TAOTOKEN_VERSION_STRING);

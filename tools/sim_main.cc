@@ -26,7 +26,7 @@ void usage(std::FILE* out) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   taotoken::sim::SimulatorOptions opts;
   std::string port_file;
   int fail_first = 0, fail_status = 503;
@@ -96,4 +96,10 @@ int main(int argc, char** argv) {
   sigwait(&set, &sig);
   sim.stop();
   return 0;
+} catch (const std::invalid_argument&) {
+  std::fprintf(stderr, "taotoken-sim: a numeric option got a value that is not a number\n");
+  return 2;
+} catch (const std::out_of_range&) {
+  std::fprintf(stderr, "taotoken-sim: a numeric option is out of range\n");
+  return 2;
 }

@@ -139,6 +139,11 @@ TEST_CASE("gzip-compressed responses are decoded") {
   auto r = f.client().chat(SimFixture::ask("compressed please"));
   REQUIRE(r.ok());
   CHECK(r->text() == "Echo: compressed please");
+  // The simulator compresses only when asked, so the request must ask.
+  const auto seen = f.sim.requests();
+  const auto* ae = seen.at(0).header("accept-encoding");
+  REQUIRE(ae);
+  CHECK_THAT(*ae, Catch::Contains("gzip"));
 }
 
 TEST_CASE("every recorded response body decodes the same through HTTP") {

@@ -278,3 +278,112 @@ TEST_CASE("a non-loopback base URL without an API key is a clear error") {
   REQUIRE(TaotokenClient(lo).chat(SimFixture::ask("x")).ok());
   CHECK(f.sim.requests().at(0).header("authorization") == nullptr);
 }
+
+TEST_CASE("headers that frame the message cannot be set by callers (no request smuggling)") {
+  SimFixture f;
+  auto client = f.client();
+  for (const char* name : {"Content-Length", "transfer-encoding", "Host", "Connection", "Expect", "TE", "Upgrade"}) {
+    INFO(name);
+    RequestOptions ro;
+    ro.headers = {{name, "10"}};
+    auto r = client.chat(SimFixture::ask("x"), ro);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().kind() == ErrorKind::invalid_argument);
+    auto opts = f.options();
+    opts.default_headers = {{name, "10"}};
+    CHECK_FALSE(TaotokenClient::create(opts).ok());
+  }
+  CHECK(f.sim.request_count() == 0);
+}
+
+TEST_CASE("a caller's Authorization or Accept replaces the client's instead of doubling it") {
+  SimFixture f;
+  RequestOptions ro;
+  ro.headers = {{"authorization", "Bearer sk-per-tenant"}, {"Accept", "application/json; q=1"}};
+  REQUIRE(f.client().chat(SimFixture::ask("x"), ro).ok());
+  auto q = f.sim.requests().at(0);
+  int auth = 0, accept = 0;
+  for (const auto& [k, v] : q.headers) {
+    if (k == "authorization" || k == "Authorization") ++auth;
+    if (k == "Accept" || k == "accept") ++accept;
+  }
+  CHECK(auth == 1);
+  CHECK(accept == 1);
+  CHECK(*q.header("authorization") == "Bearer sk-per-tenant");
+}
+
+TEST_CASE("only real loopback hosts may be used without a key") {
+  ::unsetenv("TAOTOKEN_API_KEY");
+  for (const char* url : {"http://127.0.0.1.example.invalid/v1", "http://evil.invalid#@127.0.0.1/v1",
+                          "http://localhost.example.invalid/v1", "http://128.0.0.1/v1"}) {
+    INFO(url);
+    ClientOptions o;
+    o.base_url = url;
+    auto r = TaotokenClient(o).chat(SimFixture::ask("x"));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().kind() == ErrorKind::invalid_argument);
+    CHECK(r.error().attempts == 0);
+  }
+}
+
+TEST_CASE("the API key is scrubbed from every error field, also when an excerpt cuts it") {
+  SimFixture f;
+  const std::string key = "sk-test-secret-key-123";
+  Error e = fails(f, f.client(),
+                  respond(401, R"({"error":{"message":"no","type":"sk-test-secret-key-123","code":"Bearer sk-test-secret-key-123","param":"sk-test-secret-key-123"}})"));
+  CHECK(e.describe().find(key) == std::string::npos);
+  CHECK(e.type == std::optional<std::string>("[REDACTED]"));
+  // Put the key across the 200-byte excerpt cut.
+  Error cut = fails(f, f.client(), respond(502, std::string(190, 'x') + " " + key + " tail", "text/plain"));
+  REQUIRE(cut.body_excerpt);
+  CHECK(cut.body_excerpt->find("sk-test-secr") == std::string::npos);
+  CHECK_THAT(*cut.body_excerpt, Catch::Contains("[REDACTED]"));
+}
+
+TEST_CASE("a 2xx that is not the expected JSON is a clear bad_response") {
+  SimFixture f;
+  Error html = fails(f, f.client(), respond(200, "<html><body>Sign in to the Wi-Fi</body></html>", "text/html"));
+  CHECK(html.kind() == ErrorKind::bad_response);
+  CHECK(html.http_status == 200);
+  CHECK_THAT(html.message(), Catch::Contains("text/html"));
+  REQUIRE(html.body_excerpt);
+  CHECK_THAT(*html.body_excerpt, Catch::Contains("Wi-Fi"));
+  // Trailing documents and garbage in fields nobody reads are still malformed.
+  CHECK(fails(f, f.client(), respond(200, R"({"id":"a","choices":[]}{"error":{"message":"x"}})")).kind() ==
+        ErrorKind::bad_response);
+  CHECK(fails(f, f.client(), respond(200, R"({"id":"a","choices":[],"zzz":[1,,2]})")).kind() ==
+        ErrorKind::bad_response);
+}
+
+TEST_CASE("an error inside a 200 body keeps the server's Retry-After") {
+  SimFixture f;
+  sim::Fault in_body = respond(200, fixtures::read_file(fixtures::dir() + "/nonstream/openrouter-error-in-200.json"));
+  in_body.headers = {{"Retry-After", "2"}};
+  Error e = fails(f, f.client(), in_body);
+  CHECK(e.kind() == ErrorKind::rate_limited);
+  CHECK(e.retry_after == std::chrono::milliseconds(2000));
+}
+
+TEST_CASE("list_models() reports an error object inside a 200") {
+  SimFixture f;
+  sim::Fault in_body = respond(200, R"({"error":{"message":"forbidden here","code":403}})");
+  in_body.path = "/v1/models";
+  f.sim.push_fault(in_body);
+  auto r = f.client().list_models();
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().kind() == ErrorKind::permission_denied);
+  CHECK(r.error().message() == "forbidden here");
+}
+
+TEST_CASE("absurd numbers from upstream do not overflow") {
+  SimFixture f;
+  Error e = fails(f, f.client(), respond(429, R"({"error":{"message":"slow"}})"));
+  (void)e;
+  sim::Fault huge = respond(429, R"({"error":{"message":"slow"}})");
+  huge.headers = {{"retry-after-ms", "1e300"}};
+  Error h = fails(f, f.client(), huge);
+  REQUIRE(h.retry_after);
+  CHECK(h.retry_after->count() == 86400 * 1000);
+  CHECK(fails(f, f.client(), respond(200, R"({"id":"a","choices":[],"usage":{"prompt_tokens":1e300}})")).kind() ==
+        ErrorKind::bad_response);
+}

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 #include <ctime>
+#include <limits>
 
 #include "fixtures.h"
 
@@ -173,6 +174,12 @@ TEST_CASE("requests that cannot be sent are invalid_argument") {
   ChatRequest bad_tool = hello();
   bad_tool.tools.push_back(Tool{"function", "f", std::nullopt, "{not json", std::nullopt});
   CHECK(encode_chat_request(bad_tool, "m", false).error().kind() == ErrorKind::invalid_argument);
+  ChatRequest nan = hello();
+  nan.temperature = std::numeric_limits<double>::quiet_NaN();
+  CHECK(encode_chat_request(nan, "m", false).error().kind() == ErrorKind::invalid_argument);
+  ChatRequest stream_extra = hello();
+  stream_extra.extra = {{"stream", "true"}};
+  CHECK(encode_chat_request(stream_extra, "m", false).error().kind() == ErrorKind::invalid_argument);
   ChatRequest no_role = hello();
   no_role.messages[0].role.clear();
   CHECK(encode_chat_request(no_role, "m", false).error().kind() == ErrorKind::invalid_argument);
