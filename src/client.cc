@@ -6,10 +6,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <random>
 #include <thread>
 
+#include "chat_stream.h"
 #include "codec.h"
+#include "sse.h"
+#include "stream_assembler.h"
 #include "transport.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
@@ -138,6 +142,18 @@ std::string make_request_id() {
   return fmt::format("req_{}_{}", ms, std::string_view(suffix, sizeof suffix));
 }
 
+// Per-attempt streaming state plugged into the attempt loop.
+struct StreamHooks {
+  virtual ~StreamHooks() = default;
+  // Resets per-attempt state and installs the body sink on the request.
+  virtual void begin_attempt(HttpRequest& req) = 0;
+  // True once anything reached the caller: the attempt may not be retried.
+  virtual bool delivered() const = 0;
+  // A transport failure after delivery (reset, idle timeout, stop) becomes
+  // the stream's final error.
+  virtual Error after_delivery(Error transport_error) = 0;
+};
+
 class TaotokenClient::Impl {
  public:
   static Result<std::shared_ptr<const Impl>> create(ClientOptions o) {
@@ -210,6 +226,192 @@ class TaotokenClient::Impl {
           return to_raw(r);
         },
         [&](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); });
+  }
+
+  Result<ChatCompletion> chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
+                                     const RequestOptions& ro) const {
+    Call call(ro);
+    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+    auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
+    if (!body) return finish_error(std::move(body.error()), call, 0);
+
+    struct Hooks final : StreamHooks {
+      Hooks(const ChunkCallback& cb, Clock::time_point started, std::size_t max_json_bytes)
+          : on_chunk(cb), start(started), max_json(max_json_bytes) {}
+      void begin_attempt(HttpRequest& req) override {
+        decoder = detail::SseDecoder();
+        assembler = detail::StreamAssembler();
+        json_mode = false;
+        json_body.clear();
+        req.on_start = [this](int, const std::vector<Header>& headers) {
+          const std::string* ct = detail::find_header(headers, "content-type");
+          json_mode = ct && ct->find("event-stream") == std::string::npos && ct->find("json") != std::string::npos;
+        };
+        req.on_data = [this](std::string_view bytes) { return json_mode ? collect(bytes) : feed(bytes); };
+      }
+      bool delivered() const override { return delivered_; }
+      Error after_delivery(Error e) override {
+        if (user_stopped || e.kind() == ErrorKind::cancelled) {
+          Error out(ErrorKind::cancelled, user_stopped ? "the chunk callback cancelled the stream" : e.message());
+          return with_partial(std::move(out));
+        }
+        if (e.kind() == ErrorKind::timeout) return with_partial(std::move(e));
+        return with_partial(Error(ErrorKind::stream_truncated, "the stream was cut before [DONE]: " + e.message()));
+      }
+      bool collect(std::string_view bytes) {
+        if (json_body.size() + bytes.size() > max_json) return false;
+        json_body.append(bytes);
+        return true;
+      }
+      bool feed(std::string_view bytes) {
+        return decoder.feed(bytes, [this](const detail::SseEvent& ev) {
+          if (assembler.on_event(ev) != detail::StreamAssembler::Step::chunk) return true;
+          if (!ttft && assembler.has_token())
+            ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+          delivered_ = true;
+          try {
+            if (on_chunk && !on_chunk(assembler.chunk())) {
+              user_stopped = true;
+              return false;
+            }
+          } catch (...) {
+            user_exception = std::current_exception();
+            user_stopped = true;
+            return false;
+          }
+          return true;
+        });
+      }
+      Error with_partial(Error e) const {
+        auto partial = std::make_shared<ChatCompletion>(assembler.assemble());
+        partial->time_to_first_token = ttft;
+        e.partial = std::move(partial);
+        return e;
+      }
+      // The end of a 2xx attempt.
+      Result<ChatCompletion> finish(HttpResponse& r) {
+        if (json_mode) {
+          auto c = detail::decode_chat_completion(json_body);
+          if (c) c->http_status = r.status;
+          return c;
+        }
+        assembler.on_end(decoder);
+        if (assembler.error()) {
+          Error e = *assembler.error();
+          if (!delivered_) e.should_retry = false;  // an upstream's verdict, not a transport fault
+          return with_partial(std::move(e));
+        }
+        if (!assembler.done()) {
+          Error e(ErrorKind::stream_truncated, decoder.has_unterminated_tail()
+                                                   ? "the stream ended in the middle of an event, before [DONE]"
+                                                   : "the stream ended before [DONE]");
+          if (!delivered_) e.should_retry = true;  // nothing reached the caller: safe to try again
+          return with_partial(std::move(e));
+        }
+        ChatCompletion c = assembler.assemble();
+        c.http_status = r.status;
+        c.time_to_first_token = ttft;
+        return c;
+      }
+
+      const ChunkCallback& on_chunk;
+      Clock::time_point start;
+      std::size_t max_json;
+      detail::SseDecoder decoder;
+      detail::StreamAssembler assembler;
+      bool json_mode = false;
+      std::string json_body;
+      bool delivered_ = false;
+      bool user_stopped = false;
+      std::exception_ptr user_exception;
+      std::optional<std::chrono::milliseconds> ttft;
+    } hooks(on_chunk, call.start, opts_.max_response_bytes);
+
+    auto result = execute<ChatCompletion>(
+        HttpRequest::Method::post, chat_url_, *body, ro, call, true,
+        [&](HttpResponse& r) -> Result<ChatCompletion> {
+          if (r.status < 200 || r.status >= 300) return status_error(r);
+          auto c = hooks.finish(r);
+          if (!c) return success_status_error(std::move(c.error()), r);
+          return c;
+        },
+        [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; }, &hooks);
+    if (hooks.user_exception) std::rethrow_exception(hooks.user_exception);
+    return result;
+  }
+
+  Result<RawResponse> forward_stream(std::string_view json_body, const ForwardSink& sink,
+                                     const RequestOptions& ro) const {
+    Call call(ro);
+    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+    auto body = detail::fill_default_model(json_body, opts_.default_model);
+    if (!body) return finish_error(std::move(body.error()), call, 0);
+
+    struct Hooks final : StreamHooks {
+      explicit Hooks(const ForwardSink& s) : sink(s) {}
+      void begin_attempt(HttpRequest& req) override {
+        decoder = detail::SseDecoder();
+        assembler = detail::StreamAssembler();
+        event_stream = false;
+        req.on_start = [this](int status, const std::vector<Header>& headers) {
+          const std::string* ct = detail::find_header(headers, "content-type");
+          event_stream = ct && ct->find("event-stream") != std::string::npos;
+          started = true;
+          if (sink.on_start) sink.on_start(status, headers);
+        };
+        req.on_data = [this](std::string_view bytes) {
+          delivered_ = true;
+          if (event_stream) decoder.feed(bytes, [this](const detail::SseEvent& ev) {
+            assembler.on_event(ev);
+            return true;
+          });
+          bool go_on = true;
+          try {
+            go_on = !sink.on_data || sink.on_data(bytes);
+          } catch (...) {
+            user_exception = std::current_exception();
+            go_on = false;
+          }
+          return go_on;
+        };
+      }
+      bool delivered() const override { return delivered_; }
+      Error after_delivery(Error e) override {
+        if (e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout) return e;
+        return Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
+      }
+      const ForwardSink& sink;
+      detail::SseDecoder decoder;
+      detail::StreamAssembler assembler;
+      bool event_stream = false, started = false, delivered_ = false;
+      std::exception_ptr user_exception;
+    } hooks(sink);
+
+    auto pass_through = [&](HttpResponse& r) {
+      // Not streamed to the sink yet (an error status, or an empty body).
+      if (!hooks.started && sink.on_start) sink.on_start(r.status, r.headers);
+      if (!r.body.empty() && sink.on_data) sink.on_data(r.body);
+      RawResponse out;
+      out.status = r.status;
+      out.headers = std::move(r.headers);
+      if (hooks.event_stream) {
+        hooks.assembler.on_end(hooks.decoder);
+        out.decoded = std::make_shared<ChatCompletion>(hooks.assembler.assemble());
+      }
+      return out;
+    };
+    auto result = execute<RawResponse>(
+        HttpRequest::Method::post, chat_url_, *body, ro, call, false,
+        [&](HttpResponse& r) -> Result<RawResponse> {
+          if (r.status >= 400) {
+            Error e = status_error(r);
+            if (RetryPolicy::is_retryable(e)) return e;
+          }
+          return pass_through(r);
+        },
+        [&](HttpResponse& r) -> std::optional<RawResponse> { return pass_through(r); }, &hooks);
+    if (hooks.user_exception) std::rethrow_exception(hooks.user_exception);
+    return result;
   }
 
   Result<std::vector<Model>> list_models(const RequestOptions& ro) const {
@@ -297,7 +499,7 @@ class TaotokenClient::Impl {
   template <typename T, typename Interpret, typename GiveUp>
   Result<T> execute(HttpRequest::Method method, const std::string& url, std::string_view body,
                     const RequestOptions& ro, Call& call, bool accept_compressed, Interpret interpret,
-                    GiveUp give_up) const {
+                    GiveUp give_up, StreamHooks* hooks = nullptr) const {
     std::unique_ptr<RetryPolicy> policy = make_policy(ro);
     const auto deadline = call.start + ro.timeout.value_or(opts_.timeout);
     const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : opts_.attempt_timeout;
@@ -312,6 +514,7 @@ class TaotokenClient::Impl {
     req.max_response_bytes = opts_.max_response_bytes;
     req.accept_compressed = accept_compressed;
     req.cancel = ro.cancel ? &ro.cancel->flag() : nullptr;
+    if (hooks) req.idle_timeout = (ro.idle_timeout ? ro.idle_timeout : opts_.idle_timeout).value_or(std::chrono::milliseconds(0));
     req.headers.reserve(base_headers_.size() + ro.headers.size() + 1);
     req.headers = base_headers_;
     req.headers.emplace_back("X-Client-Request-Id", call.id);
@@ -333,8 +536,10 @@ class TaotokenClient::Impl {
         return finish_error(std::move(e), call, attempt - 1);
       }
       req.timeout = attempt_limit ? std::min(*attempt_limit, remaining) : remaining;
+      if (hooks) hooks->begin_attempt(req);
       const auto sent = Clock::now();
       auto resp = transport_->perform(req);
+      if (!resp && hooks && hooks->delivered()) resp = hooks->after_delivery(std::move(resp.error()));
       AttemptRecord rec;
       rec.delay_before = delay_before;
       rec.latency = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - sent);
@@ -358,6 +563,7 @@ class TaotokenClient::Impl {
       log.push_back(rec);
 
       std::optional<std::chrono::milliseconds> wait = policy->on_failure(err, attempt);
+      if (hooks && hooks->delivered()) wait.reset();  // data reached the caller: never retried
       if (wait && Clock::now() + *wait >= deadline) wait.reset();  // would cross the deadline
       if (wait && opts_.retry_budget && !opts_.retry_budget->try_acquire(err)) wait.reset();
       if (!wait) {
@@ -488,6 +694,20 @@ Result<ChatCompletion> TaotokenClient::chat(const ChatRequest& request, const Re
 
 Result<RawResponse> TaotokenClient::forward(std::string_view json_body, const RequestOptions& options) const {
   return impl_->forward(json_body, options);
+}
+
+Result<ChatCompletion> TaotokenClient::chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
+                                                   const RequestOptions& options) const {
+  return impl_->chat_stream(request, on_chunk, options);
+}
+
+ChatStream TaotokenClient::stream(const ChatRequest& request, const RequestOptions& options) const {
+  return detail::start_chat_stream(*this, request, options);
+}
+
+Result<RawResponse> TaotokenClient::forward_stream(std::string_view json_body, const ForwardSink& sink,
+                                                   const RequestOptions& options) const {
+  return impl_->forward_stream(json_body, sink, options);
 }
 
 Result<std::vector<Model>> TaotokenClient::list_models(const RequestOptions& options) const {

@@ -313,7 +313,8 @@ std::optional<std::string> validate_json(std::string_view json) {
   return std::nullopt;
 }
 
-Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view default_model, bool stream) {
+Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view default_model, bool stream,
+                                        bool include_usage) {
   if (r.messages.empty()) return invalid("the request has no messages");
   std::string out;
   std::size_t estimate = 256;
@@ -410,10 +411,9 @@ Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view d
   if (r.store) kw.key("store").boolean(*r.store);
   if (stream) {
     kw.key("stream").boolean(true);
-    if (r.stream_options) {
-      kw.key("stream_options").begin_object().key("include_usage").boolean(r.stream_options->include_usage);
-      w.end_object();
-    }
+    const bool usage = r.stream_options ? r.stream_options->include_usage : include_usage;
+    kw.key("stream_options").begin_object().key("include_usage").boolean(usage);
+    w.end_object();
   }
   for (const auto& [name, value] : r.extra) {
     if (name.empty()) return invalid("an extra field has an empty name");
@@ -462,6 +462,115 @@ Result<ChatCompletion> decode_chat_completion(std::string& body) {
   if (in_body_error) return in_body_error_result(std::move(*in_body_error));
   c.raw_body = std::move(body);
   return c;
+}
+
+namespace {
+
+void decode_tool_call_deltas(od::value v, std::vector<ToolCallDelta>& out) {
+  if (v.type() == od::json_type::null) return;
+  for (auto item : v.get_array()) {
+    ToolCallDelta tc;
+    for (auto f : item.get_object()) {
+      std::string_view k = f.unescaped_key();
+      od::value fv = f.value();
+      if (k == "index") tc.index = static_cast<int>(opt_int(fv).value_or(0));
+      else if (k == "id") tc.id = opt_string(fv);
+      else if (k == "type") tc.type = opt_string(fv);
+      else if (k == "function" && fv.type() == od::json_type::object) {
+        for (auto g : fv.get_object()) {
+          std::string_view gk = g.unescaped_key();
+          od::value gv = g.value();
+          if (gk == "name") tc.name = opt_string(gv);
+          else if (gk == "arguments") tc.arguments = opt_scalar_text(gv).value_or("");
+        }
+      }
+    }
+    out.push_back(std::move(tc));
+  }
+}
+
+ChoiceDelta decode_choice_delta(od::value v) {
+  ChoiceDelta c;
+  for (auto f : v.get_object()) {
+    std::string_view k = f.unescaped_key();
+    od::value fv = f.value();
+    if (k == "index") c.index = static_cast<int>(opt_int(fv).value_or(0));
+    else if (k == "finish_reason") c.finish_reason = opt_string(fv);
+    else if (k == "logprobs") {
+      if (fv.type() == od::json_type::object) c.logprobs_json = opt_scalar_text(fv);
+    } else if (k == "delta" && fv.type() == od::json_type::object) {
+      for (auto g : fv.get_object()) {
+        std::string_view gk = g.unescaped_key();
+        od::value gv = g.value();
+        if (gk == "role") c.role = opt_string(gv);
+        else if (gk == "content") c.content = content_text(gv);
+        else if (gk == "refusal") c.refusal = opt_string(gv);
+        else if (gk == "reasoning_content" || gk == "reasoning") {
+          if (auto r = opt_string(gv)) c.reasoning = std::move(r);
+        } else if (gk == "tool_calls") decode_tool_call_deltas(gv, c.tool_calls);
+      }
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error) {
+  ensure_padding(data);
+  if (auto err = validate_padded(data))
+    return Error(ErrorKind::bad_response, "malformed JSON in a stream event: " + *err);
+  ChatCompletionChunk c;
+  try {
+    od::document doc = thread_parser().iterate(data.data(), data.size(), data.capacity());
+    for (auto f : doc.get_object()) {
+      std::string_view k = f.unescaped_key();
+      od::value v = f.value();
+      if (k == "id") c.id = opt_string(v).value_or("");
+      else if (k == "object") c.object = opt_string(v).value_or("");
+      else if (k == "created") c.created = opt_int(v).value_or(0);
+      else if (k == "model") c.model = opt_string(v).value_or("");
+      else if (k == "choices") {
+        if (v.type() != od::json_type::null)
+          for (auto ch : v.get_array()) c.choices.push_back(decode_choice_delta(ch.value()));
+      } else if (k == "usage") {
+        if (v.type() == od::json_type::object) c.usage = decode_usage(v);
+      } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
+      else if (k == "provider") c.provider = opt_scalar_text(v);
+      else if (k == "error") {
+        if (v.type() != od::json_type::null) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
+      }
+    }
+  } catch (const simdjson::simdjson_error& e) {
+    return bad_json("stream chunk", e);
+  }
+  c.raw_json = data;
+  return c;
+}
+
+Error decode_stream_error(std::string& data) {
+  ensure_padding(data);
+  if (!validate_padded(data)) {
+    try {
+      od::document doc = thread_parser().iterate(data.data(), data.size(), data.capacity());
+      if (doc.type() == od::json_type::object) {
+        std::optional<Error> wrapped;
+        std::optional<std::string> message;
+        for (auto f : doc.get_object()) {
+          std::string_view k = f.unescaped_key();
+          od::value v = f.value();
+          if (k == "error" && v.type() != od::json_type::null) wrapped = decode_error_value(v, ErrorKind::server_error);
+          else if (k == "message") message = opt_scalar_text(v);
+        }
+        if (wrapped) return in_body_error_result(std::move(*wrapped));
+        if (message) return in_body_error_result(Error(ErrorKind::server_error, *message));
+      }
+    } catch (const simdjson::simdjson_error&) {
+    }
+  }
+  Error e(ErrorKind::server_error, "the upstream sent an error event: " + excerpt(data));
+  e.http_status = 200;
+  return e;
 }
 
 Result<std::vector<Model>> decode_models(std::string& body) {

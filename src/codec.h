@@ -12,6 +12,7 @@
 #include "taotoken/chat.h"
 #include "taotoken/error.h"
 #include "taotoken/result.h"
+#include "taotoken/stream.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
 namespace detail {
@@ -20,8 +21,10 @@ namespace detail {
 // `stream` adds `"stream":true` (and stream_options). Fails with
 // invalid_argument for invalid raw JSON fragments, duplicate extra fields,
 // or text that is not valid UTF-8.
+// In stream mode, an unset request.stream_options becomes
+// {"include_usage": include_usage} so streamed calls are costed too.
 Result<std::string> encode_chat_request(const ChatRequest& request, std::string_view default_model,
-                                        bool stream);
+                                        bool stream, bool include_usage = true);
 
 // Checks that `json` is exactly one valid JSON value.
 std::optional<std::string> validate_json(std::string_view json);
@@ -30,6 +33,15 @@ std::optional<std::string> validate_json(std::string_view json);
 // bytes of spare capacity (see ensure_padding). An `error` object at the
 // top level makes it a failure (aggregators report upstream errors in 200s).
 Result<ChatCompletion> decode_chat_completion(std::string& body);
+
+// Decodes one stream event's data (padded like above). A top-level `error`
+// object is returned in `in_stream_error` (the chunk is still decoded: its
+// choices may carry a finish_reason). Logprobs content/refusal elements are
+// appended raw to the given vectors (per choice index) when non-null.
+Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error);
+
+// Decodes the data of an `event: error` (an error object, bare or wrapped).
+Error decode_stream_error(std::string& data);
 
 // Decodes `GET /models`.
 Result<std::vector<Model>> decode_models(std::string& body);

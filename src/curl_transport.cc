@@ -51,12 +51,42 @@ struct Transfer {
   bool first_byte_expired = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::chrono::milliseconds first_byte_timeout{0};
+  std::chrono::milliseconds idle_timeout{0};
+  bool idle_expired = false;
+  std::chrono::steady_clock::time_point last_activity = started;
   const std::atomic<bool>* cancel = nullptr;
+  const HttpRequest* request = nullptr;
+  CURL* handle = nullptr;
+  int streaming = -1;  // -1 undecided, 0 collecting, 1 handing bytes to on_data
+  bool sink_stopped = false;
   char errbuf[CURL_ERROR_SIZE] = {0};
 
   static size_t on_body(char* data, size_t size, size_t nmemb, void* user) noexcept {
     auto* t = static_cast<Transfer*>(user);
     const size_t n = size * nmemb;
+    t->last_activity = std::chrono::steady_clock::now();
+    if (t->streaming < 0) {
+      long status = 0;
+      curl_easy_getinfo(t->handle, CURLINFO_RESPONSE_CODE, &status);
+      t->response.status = static_cast<int>(status);
+      t->streaming = t->request->on_data && status >= 200 && status < 300 ? 1 : 0;
+      if (t->streaming == 1 && t->request->on_start) {
+        try {
+          t->request->on_start(t->response.status, t->response.headers);
+        } catch (...) {
+          t->sink_stopped = true;
+          return 0;
+        }
+      }
+    }
+    if (t->streaming == 1) {
+      // The sink never throws (the client wraps user callbacks).
+      if (!t->request->on_data(std::string_view(data, n))) {
+        t->sink_stopped = true;
+        return 0;
+      }
+      return n;
+    }
     if (t->response.body.size() + n > t->max_bytes) {
       t->too_large = true;
       return 0;
@@ -75,6 +105,10 @@ struct Transfer {
   static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
     auto* t = static_cast<Transfer*>(user);
     if (t->cancel && t->cancel->load()) return 1;
+    if (t->idle_timeout.count() > 0 && std::chrono::steady_clock::now() - t->last_activity >= t->idle_timeout) {
+      t->idle_expired = true;
+      return 1;
+    }
     if (t->got_first_byte || t->first_byte_timeout.count() == 0) return 0;
     if (std::chrono::steady_clock::now() - t->started < t->first_byte_timeout) return 0;
     t->first_byte_expired = true;
@@ -85,6 +119,7 @@ struct Transfer {
     auto* t = static_cast<Transfer*>(user);
     const size_t n = size * nmemb;
     t->got_first_byte = true;
+    t->last_activity = std::chrono::steady_clock::now();
     std::string_view line(data, n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
     try {
@@ -113,6 +148,10 @@ Error curl_error(CURLcode code, const Transfer& t, std::size_t max_bytes) {
     return Error(ErrorKind::bad_response,
                  fmt::format("response body exceeds the limit of {} bytes (max_response_bytes)", max_bytes));
   if (t.out_of_memory) return Error(ErrorKind::bad_response, "out of memory while receiving the response");
+  if (t.sink_stopped) return Error(ErrorKind::cancelled, "the stream was stopped by its consumer");
+  if (t.idle_expired)
+    return Error(ErrorKind::timeout,
+                 fmt::format("timed out: no data for {} ms (idle timeout)", t.idle_timeout.count()));
   if (t.first_byte_expired)
     return Error(ErrorKind::timeout, fmt::format("timed out: no response within the first-byte timeout of {} ms",
                                                  t.first_byte_timeout.count()));
@@ -168,6 +207,8 @@ class CurlTransport final : public Transport {
     CURL* h = handle.get();
     Transfer t;
     t.max_bytes = request.max_response_bytes;
+    t.request = &request;
+    t.handle = h;
 
     Slist headers;
     for (const auto& [name, value] : request.headers) {
@@ -214,8 +255,9 @@ class CurlTransport final : public Transport {
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
-    if (request.first_byte_timeout.count() > 0 || request.cancel) {
+    if (request.first_byte_timeout.count() > 0 || request.cancel || request.idle_timeout.count() > 0) {
       t.first_byte_timeout = request.first_byte_timeout;
+      t.idle_timeout = request.idle_timeout;
       t.cancel = request.cancel;
       curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &Transfer::on_progress);
       curl_easy_setopt(h, CURLOPT_XFERINFODATA, &t);

@@ -19,6 +19,7 @@ std::string_view to_string(ErrorKind kind) noexcept {
     case ErrorKind::bad_response: return "bad_response";
     case ErrorKind::cancelled: return "cancelled";
     case ErrorKind::invalid_argument: return "invalid_argument";
+    case ErrorKind::stream_truncated: return "stream_truncated";
   }
   return "unknown";
 }

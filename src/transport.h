@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -32,6 +33,17 @@ struct HttpRequest {
   // 0: none. Otherwise the status line must arrive within this time.
   std::chrono::milliseconds first_byte_timeout{0};
   std::size_t max_response_bytes = std::size_t{32} << 20;
+  // 0: none. Otherwise a transfer that receives nothing for this long fails
+  // with a timeout (streams: never cuts one that is still flowing).
+  std::chrono::milliseconds idle_timeout{0};
+  // Streaming: when set, the body of a 2xx response is handed to on_data as
+  // it arrives instead of being collected (other statuses are collected, so
+  // their error bodies can be decoded and the attempt retried). on_data
+  // returns false to stop the transfer (Error kind cancelled, unless the
+  // sink says otherwise). on_start is called once, before the first byte
+  // given to on_data, with the status and headers.
+  std::function<void(int status, const std::vector<Header>& headers)> on_start;
+  std::function<bool(std::string_view bytes)> on_data;
   // When set and true, the transfer is aborted (Error kind cancelled).
   const std::atomic<bool>* cancel = nullptr;
   // Ask for gzip/deflate/br and let libcurl decode; off for byte-exact forwarding.

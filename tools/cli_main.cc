@@ -56,7 +56,8 @@ int exit_code(ErrorKind kind) {
     case ErrorKind::unprocessable: return 6;
     case ErrorKind::server_error: return 7;
     case ErrorKind::timeout:
-    case ErrorKind::connection: return 8;
+    case ErrorKind::connection:
+    case ErrorKind::stream_truncated: return 8;
     case ErrorKind::bad_response: return 9;
     case ErrorKind::cancelled: return 10;
   }

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -230,6 +231,10 @@ struct ChatCompletion {
   std::vector<AttemptRecord> attempt_log;
   /// Wall time from the call to the result.
   std::chrono::milliseconds latency{0};
+  /// True when it was assembled from a stream.
+  bool streamed = false;
+  /// Streams: from the call to the first content (or tool-call/refusal) delta.
+  std::optional<std::chrono::milliseconds> time_to_first_token;
 
   /// Content of choice 0, or "" when there is none.
   const std::string& text() const noexcept;
@@ -258,6 +263,9 @@ struct RawResponse {
   int attempts = 0;
   std::vector<AttemptRecord> attempt_log;
   std::chrono::milliseconds latency{0};
+  /// `forward_stream()` of a 2xx event stream: what the library decoded from
+  /// the bytes it passed through (usage, model, content), for accounting.
+  std::shared_ptr<const ChatCompletion> decoded;
 
   /// First header with this name (case-insensitive), or nullptr.
   const std::string* header(std::string_view name) const noexcept;

@@ -12,6 +12,7 @@
 #include "taotoken/chat.h"
 #include "taotoken/options.h"
 #include "taotoken/result.h"
+#include "taotoken/stream.h"
 #include "taotoken/version.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
@@ -63,6 +64,34 @@ class TaotokenClient {
   /// The body is not decompressed: unless you pass `Accept-Encoding` in
   /// `options.headers`, none is requested.
   Result<RawResponse> forward(std::string_view json_body, const RequestOptions& options = {}) const;
+
+  /// `POST {base}/chat/completions` with `"stream": true`.
+  ///
+  /// `on_chunk` is called on this thread for every chunk as it arrives;
+  /// return false to cancel. The result is the assembled completion
+  /// (content and refusal concatenated, tool calls merged by index, the last
+  /// finish reason, usage from the chunk carrying it), with
+  /// `time_to_first_token` set. Failures before the first chunk are retried
+  /// per the policy; after a chunk reached `on_chunk`, nothing is retried: a
+  /// cut stream fails with `stream_truncated`, an error event with the
+  /// upstream's error, and `Error::partial` holds what arrived.
+  /// An upstream that ignores `stream` and answers with JSON is accepted:
+  /// the completion is returned without chunk callbacks.
+  Result<ChatCompletion> chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
+                                     const RequestOptions& options = {}) const;
+
+  /// Pull-style streaming: iterate the returned `ChatStream`. The transfer
+  /// runs on a helper thread owned by the stream (one per stream), with
+  /// chunks handed over through a small queue.
+  ChatStream stream(const ChatRequest& request, const RequestOptions& options = {}) const;
+
+  /// `forward()` for streams: the upstream's status, headers and body bytes
+  /// go to `sink` as they arrive, unchanged, while the library decodes the
+  /// event stream to learn usage and errors (`RawResponse::decoded`). Error
+  /// statuses are retried per the policy before anything reaches the sink.
+  /// The returned `RawResponse` has an empty body (the bytes went to the sink).
+  Result<RawResponse> forward_stream(std::string_view json_body, const ForwardSink& sink,
+                                     const RequestOptions& options = {}) const;
 
   /// `GET {base}/models`.
   Result<std::vector<Model>> list_models(const RequestOptions& options = {}) const;

@@ -6,6 +6,7 @@
 /// exception thrown by `Result<T>::value()`.
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -36,10 +37,13 @@ enum class ErrorKind {
   bad_response,       ///< malformed JSON, invalid UTF-8, oversized body
   cancelled,          ///< the caller cancelled the request
   invalid_argument,   ///< the request could not be sent as given
+  stream_truncated,   ///< a stream ended (closed, reset) before `[DONE]`
 };
 
 /// Stable snake_case name of a kind, e.g. "rate_limited".
 std::string_view to_string(ErrorKind kind) noexcept;
+
+struct ChatCompletion;
 
 /// The outcome of one attempt of a request (for retries and usage records).
 struct AttemptRecord {
@@ -93,6 +97,9 @@ class Error : public std::runtime_error {
   std::optional<bool> should_retry;
   /// Every attempt, oldest first.
   std::vector<AttemptRecord> attempt_log;
+  /// For a stream that failed after it started: what arrived before the
+  /// failure (content, tool calls, usage if it came), assembled.
+  std::shared_ptr<const ChatCompletion> partial;
 
   /// One line with every field that is set, for logs.
   std::string describe() const;

@@ -61,6 +61,12 @@ struct ClientOptions {
   /// of an attempt; unset: no separate limit. Checked at least once a second
   /// (libcurl's progress callback), so it is not precise below a second.
   std::optional<std::chrono::milliseconds> first_byte_timeout;
+  /// Streams: a stream that receives no bytes for this long fails with
+  /// `timeout`; a stream that keeps flowing is never cut. Unset: none.
+  std::optional<std::chrono::milliseconds> idle_timeout;
+  /// Streams: send `stream_options: {"include_usage": true}` unless the
+  /// request sets `stream_options` itself, so streamed calls are costed.
+  bool stream_include_usage = true;
   /// Retry policy prototype, cloned per request; null means
   /// `RetryPolicy::standard()` (2 retries, the OpenAI SDKs' schedule).
   std::shared_ptr<const RetryPolicy> retry_policy;
@@ -97,6 +103,8 @@ struct RequestOptions {
   std::optional<std::chrono::milliseconds> attempt_timeout;
   /// Overrides `ClientOptions::first_byte_timeout` for this call.
   std::optional<std::chrono::milliseconds> first_byte_timeout;
+  /// Overrides `ClientOptions::idle_timeout` for this call.
+  std::optional<std::chrono::milliseconds> idle_timeout;
   /// Retries for this call with the standard policy (ignored when
   /// `retry_policy` is set). 0 disables retries.
   std::optional<int> max_retries;

@@ -11,6 +11,7 @@
 #include "taotoken/options.h"
 #include "taotoken/result.h"
 #include "taotoken/retry.h"
+#include "taotoken/stream.h"
 #include "taotoken/version.h"
 
 #endif  // TAOTOKEN_TAOTOKEN_H

@@ -1,0 +1,153 @@
+#include "stream_assembler.h"
+
+#include <simdjson.h>
+
+#include <algorithm>
+
+#include "codec.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+namespace {
+
+// Appends the raw elements of `logprobs.<field>` (an array) to `out`.
+void collect_logprobs(const std::string& logprobs_json, const char* field, std::vector<std::string>& out) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (parser.parse(logprobs_json).get(root) != simdjson::SUCCESS) return;
+  simdjson::dom::array arr;
+  if (root[field].get_array().get(arr) != simdjson::SUCCESS) return;
+  for (auto el : arr) out.push_back(simdjson::minify(el));
+}
+
+void append(std::optional<std::string>& to, const std::optional<std::string>& piece) {
+  if (!piece) return;
+  if (to) *to += *piece;
+  else to = piece;
+}
+
+}  // namespace
+
+StreamAssembler::ChoiceAcc& StreamAssembler::choice(int index) {
+  for (auto& c : choices_)
+    if (c.index == index) return c;
+  choices_.emplace_back();
+  choices_.back().index = index;
+  return choices_.back();
+}
+
+StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
+  if (finished()) return Step::ignored;
+  if (ev.type == "error") {
+    scratch_.assign(ev.data);
+    error_ = decode_stream_error(scratch_);
+    return Step::failed;
+  }
+  if (ev.type != "message") {
+    ++ignored_;
+    return Step::ignored;
+  }
+  if (ev.data == "[DONE]") {
+    done_ = true;
+    return Step::done;
+  }
+  scratch_.assign(ev.data);
+  std::optional<Error> in_stream;
+  auto decoded = decode_chunk(scratch_, in_stream);
+  if (!decoded) {
+    error_ = std::move(decoded.error());
+    return Step::failed;
+  }
+  chunk_ = std::move(*decoded);
+  apply(chunk_);
+  if (in_stream) {
+    error_ = std::move(in_stream);
+    return Step::failed;
+  }
+  return Step::chunk;
+}
+
+void StreamAssembler::on_end(const SseDecoder& decoder) {
+  if (finished()) return;
+  if (decoder.has_unterminated_tail() && decoder.pending_data() == "[DONE]") done_ = true;
+}
+
+void StreamAssembler::apply(const ChatCompletionChunk& c) {
+  if (id_.empty()) id_ = c.id;
+  if (model_.empty()) model_ = c.model;
+  if (created_ == 0) created_ = c.created;
+  if (!fingerprint_ && c.system_fingerprint) fingerprint_ = c.system_fingerprint;
+  if (c.provider) provider_ = c.provider;
+  if (c.usage) usage_ = c.usage;  // the last one wins
+  for (const auto& d : c.choices) {
+    ChoiceAcc& acc = choice(d.index);
+    if (d.role && !acc.role) acc.role = d.role;
+    if ((d.content && !d.content->empty()) || (d.refusal && !d.refusal->empty()) ||
+        (d.reasoning && !d.reasoning->empty()) || !d.tool_calls.empty())
+      has_token_ = true;
+    append(acc.content, d.content);
+    append(acc.refusal, d.refusal);
+    append(acc.reasoning, d.reasoning);
+    if (d.finish_reason) acc.finish_reason = d.finish_reason;
+    for (const auto& t : d.tool_calls) {
+      auto it = std::find_if(acc.tools.begin(), acc.tools.end(), [&](const ToolAcc& x) { return x.index == t.index; });
+      if (it == acc.tools.end()) {
+        acc.tools.push_back({t.index, ToolCall{}});
+        it = std::prev(acc.tools.end());
+      }
+      ToolCall& call = it->call;
+      if (t.id && call.id.empty()) call.id = *t.id;
+      if (t.type && !t.type->empty()) call.type = *t.type;
+      if (t.name && call.name.empty()) call.name = *t.name;
+      call.arguments += t.arguments;
+    }
+    if (d.logprobs_json) {
+      acc.has_logprobs = true;
+      collect_logprobs(*d.logprobs_json, "content", acc.logprobs_content);
+      collect_logprobs(*d.logprobs_json, "refusal", acc.logprobs_refusal);
+    }
+  }
+}
+
+ChatCompletion StreamAssembler::assemble() const {
+  ChatCompletion out;
+  out.id = id_;
+  out.object = object_;
+  out.created = created_;
+  out.model = model_;
+  out.system_fingerprint = fingerprint_;
+  out.provider = provider_;
+  out.usage = usage_;
+  out.streamed = true;
+  std::vector<const ChoiceAcc*> sorted;
+  for (const auto& c : choices_) sorted.push_back(&c);
+  std::sort(sorted.begin(), sorted.end(), [](const ChoiceAcc* a, const ChoiceAcc* b) { return a->index < b->index; });
+  for (const ChoiceAcc* c : sorted) {
+    Choice ch;
+    ch.index = c->index;
+    ch.message.role = c->role.value_or("assistant");
+    // An empty first delta ("content": "") followed by tool calls means no text.
+    ch.message.content = c->content && !(c->content->empty() && !c->tools.empty()) ? c->content : std::nullopt;
+    ch.message.refusal = c->refusal;
+    ch.message.reasoning = c->reasoning;
+    std::vector<const ToolAcc*> tools;
+    for (const auto& t : c->tools) tools.push_back(&t);
+    std::sort(tools.begin(), tools.end(), [](const ToolAcc* a, const ToolAcc* b) { return a->index < b->index; });
+    for (const ToolAcc* t : tools) ch.message.tool_calls.push_back(t->call);
+    ch.finish_reason = c->finish_reason;
+    if (c->has_logprobs) {
+      std::string lp = "{\"content\":[";
+      for (std::size_t i = 0; i < c->logprobs_content.size(); ++i) lp += (i ? "," : "") + c->logprobs_content[i];
+      lp += "],\"refusal\":[";
+      for (std::size_t i = 0; i < c->logprobs_refusal.size(); ++i) lp += (i ? "," : "") + c->logprobs_refusal[i];
+      lp += "]}";
+      ch.logprobs_json = std::move(lp);
+    }
+    out.choices.push_back(std::move(ch));
+  }
+  return out;
+}
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE

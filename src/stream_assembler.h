@@ -1,0 +1,78 @@
+#ifndef TAOTOKEN_SRC_STREAM_ASSEMBLER_H
+#define TAOTOKEN_SRC_STREAM_ASSEMBLER_H
+
+// Turns SSE events into chunks and assembles the final completion: content,
+// refusal and reasoning concatenated per choice; tool calls merged by index
+// (id/type/name from the first delta that has them, arguments appended);
+// the last non-null finish_reason; usage from the chunk that carries it
+// (the last wins, never summed); `[DONE]` ends the stream; an error object
+// or `event: error` fails it; malformed JSON is bad_response.
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sse.h"
+#include "taotoken/chat.h"
+#include "taotoken/error.h"
+#include "taotoken/stream.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+class StreamAssembler {
+ public:
+  enum class Step { chunk, ignored, done, failed };
+
+  // Handles one SSE event. On Step::chunk the decoded chunk is in chunk().
+  // After done/failed, further events are ignored (data after [DONE]).
+  Step on_event(const SseEvent& ev);
+
+  // At end of input (decoder finished): a final "[DONE]" left without its
+  // blank line still counts as done.
+  void on_end(const SseDecoder& decoder);
+
+  const ChatCompletionChunk& chunk() const noexcept { return chunk_; }
+  bool done() const noexcept { return done_; }
+  const std::optional<Error>& error() const noexcept { return error_; }
+  bool finished() const noexcept { return done_ || error_.has_value(); }
+  std::size_t ignored_events() const noexcept { return ignored_; }
+  // True once any content, refusal, reasoning or tool-call delta arrived.
+  bool has_token() const noexcept { return has_token_; }
+
+  // The completion as assembled so far.
+  ChatCompletion assemble() const;
+
+ private:
+  struct ToolAcc {
+    int index = 0;
+    ToolCall call;
+  };
+  struct ChoiceAcc {
+    int index = 0;
+    std::optional<std::string> role, content, refusal, reasoning, finish_reason;
+    std::vector<ToolAcc> tools;
+    std::vector<std::string> logprobs_content, logprobs_refusal;
+    bool has_logprobs = false;
+  };
+  void apply(const ChatCompletionChunk& c);
+  ChoiceAcc& choice(int index);
+
+  ChatCompletionChunk chunk_;
+  std::string scratch_;
+  std::vector<ChoiceAcc> choices_;
+  std::string id_, object_ = "chat.completion", model_;
+  std::int64_t created_ = 0;
+  std::optional<std::string> fingerprint_, provider_;
+  std::optional<Usage> usage_;
+  std::optional<Error> error_;
+  bool done_ = false;
+  bool has_token_ = false;
+  std::size_t ignored_ = 0;
+};
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_SRC_STREAM_ASSEMBLER_H
