@@ -10,7 +10,7 @@
 ///
 /// | route                        | answer                                    |
 /// |------------------------------|-------------------------------------------|
-/// | `POST /v1/chat/completions`  | echoes the last user message: content `"Echo: <text>"`, realistic `usage` |
+/// | `POST /v1/chat/completions`  | echoes the last user message: content `"Echo: <text>"`, realistic `usage`; with `tools`, calls the first tool with `{"text": <text>}`; with `"stream": true`, the same as an event stream (role chunk, deltas, finish chunk, usage chunk when `stream_options.include_usage`, `[DONE]`) in small random fragments |
 /// | `GET /v1/models`             | the configured model list                  |
 /// | anything else                | 404 in the OpenAI error shape              |
 ///
@@ -63,6 +63,20 @@ struct Fault {
   bool chunked = false;
   /// gzip the body when the request accepts gzip.
   bool gzip = false;
+
+  // Streams (requests with "stream": true). `close_after_bytes` and
+  // `reset_after_bytes` count event-stream bytes there.
+  /// Insert `: keep-alive` comment lines between events.
+  bool stream_comments = false;
+  /// End lines with CRLF instead of LF.
+  bool stream_crlf = false;
+  /// After this many content chunks, send an error object and end (no [DONE]).
+  std::optional<int> stream_error_after;
+  /// End the stream without `[DONE]` (a clean close).
+  bool stream_no_done = false;
+  /// After this many event-stream bytes, go silent for `stall`, then go on.
+  std::optional<std::size_t> stall_after_bytes;
+  std::chrono::milliseconds stall{0};
 };
 
 /// A request as the simulator received it.
@@ -94,6 +108,10 @@ struct SimulatorOptions {
   bool record_requests = true;
   /// Requests with larger bodies get 413.
   std::size_t max_request_bytes = std::size_t{16} << 20;
+  /// Streams are written in random fragments of 1..`max_fragment` bytes…
+  std::size_t max_fragment = 48;
+  /// …with a random pause of 0..`max_fragment_delay` between fragments.
+  std::chrono::microseconds max_fragment_delay{1000};
 };
 
 /// The simulator server. Start it, point a client at `base_url()`, script

@@ -22,6 +22,8 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
+#include <random>
 #include <list>
 #include <mutex>
 #include <system_error>
@@ -126,27 +128,43 @@ void reset_and_close(int fd) {
 
 const std::string* ReceivedRequest::header(std::string_view name) const noexcept { return find(headers, name); }
 
-std::string completion_for(std::string_view request_body, int& status) {
+namespace {
+
+// What the simulator understood of a chat request.
+struct SimChat {
+  std::string model;
+  std::string last_user;
+  std::int64_t prompt_tokens = 0;
+  std::int64_t n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  std::string tool;  // first tool's name when tools were given (and not tool_choice "none")
+};
+
+std::optional<SimChat> parse_chat(std::string_view request_body, int& status, std::string& error) {
   status = 200;
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   if (parser.parse(request_body.data(), request_body.size(), true).get(root) != simdjson::SUCCESS ||
       !root.is_object()) {
     status = 400;
-    return error_body("We could not parse the JSON body of your request.", "invalid_request_error", "");
+    error = error_body("We could not parse the JSON body of your request.", "invalid_request_error", "");
+    return std::nullopt;
   }
+  SimChat chat;
   std::string_view model;
   if (root["model"].get_string().get(model) != simdjson::SUCCESS || model.empty()) {
     status = 400;
-    return error_body("you must provide a model parameter", "invalid_request_error", "");
+    error = error_body("you must provide a model parameter", "invalid_request_error", "");
+    return std::nullopt;
   }
+  chat.model = std::string(model);
   simdjson::dom::array messages;
   if (root["messages"].get_array().get(messages) != simdjson::SUCCESS || messages.size() == 0) {
     status = 400;
-    return error_body("'messages' must contain at least one message", "invalid_request_error", "");
+    error = error_body("'messages' must contain at least one message", "invalid_request_error", "");
+    return std::nullopt;
   }
-  std::string last_user;
-  std::int64_t prompt_tokens = 0;
   for (auto m : messages) {
     std::string_view role;
     if (m["role"].get_string().get(role) != simdjson::SUCCESS) role = {};
@@ -162,42 +180,158 @@ std::string completion_for(std::string_view request_body, int& status) {
         }
       }
     }
-    prompt_tokens += 4 + count_words(text);
-    if (role == "user") last_user = std::move(text);
+    chat.prompt_tokens += 4 + count_words(text);
+    if (role == "user") chat.last_user = std::move(text);
   }
-  std::int64_t n = 1;
-  if (root["n"].get_int64().get(n) != simdjson::SUCCESS) n = 1;
-  n = std::clamp<std::int64_t>(n, 1, 8);
-  const std::string reply = "Echo: " + last_user;
-  const std::int64_t completion_tokens = count_words(reply) * n;
+  if (root["n"].get_int64().get(chat.n) != simdjson::SUCCESS) chat.n = 1;
+  chat.n = std::clamp<std::int64_t>(chat.n, 1, 8);
+  if (root["stream"].get_bool().get(chat.stream) != simdjson::SUCCESS) chat.stream = false;
+  if (root["stream_options"]["include_usage"].get_bool().get(chat.include_usage) != simdjson::SUCCESS)
+    chat.include_usage = false;
+  std::string_view choice;
+  const bool none = root["tool_choice"].get_string().get(choice) == simdjson::SUCCESS && choice == "none";
+  simdjson::dom::array tools;
+  if (!none && root["tools"].get_array().get(tools) == simdjson::SUCCESS && tools.size() > 0) {
+    std::string_view name;
+    if (tools.at(0)["function"]["name"].get_string().get(name) == simdjson::SUCCESS) chat.tool = std::string(name);
+  }
+  return chat;
+}
 
+std::string next_id() {
   static std::atomic<std::uint64_t> counter{0};
-  std::string out;
-  out.reserve(reply.size() * static_cast<std::size_t>(n) + 512);
-  JsonWriter w(out);
-  w.begin_object();
-  w.key("id").string(fmt::format("chatcmpl-sim{:012}", ++counter));
-  w.key("object").string("chat.completion");
-  w.key("created").number(static_cast<std::int64_t>(std::time(nullptr)));
-  w.key("model").string(model);
-  w.key("choices").begin_array();
-  for (std::int64_t i = 0; i < n; ++i) {
-    w.begin_object().key("index").number(i);
-    w.key("message").begin_object().key("role").string("assistant").key("content").string(reply);
-    w.key("refusal").null().end_object();
-    w.key("logprobs").null().key("finish_reason").string("stop").end_object();
-  }
-  w.end_array();
+  return fmt::format("chatcmpl-sim{:012}", ++counter);
+}
+
+std::string tool_arguments(const SimChat& chat) {
+  std::string args;
+  JsonWriter a(args);
+  a.begin_object().key("text").string(chat.last_user).end_object();
+  return args;
+}
+
+void usage_object(JsonWriter& w, const SimChat& chat, std::int64_t completion_tokens) {
   w.key("usage").begin_object();
-  w.key("prompt_tokens").number(prompt_tokens).key("completion_tokens").number(completion_tokens);
-  w.key("total_tokens").number(prompt_tokens + completion_tokens);
+  w.key("prompt_tokens").number(chat.prompt_tokens).key("completion_tokens").number(completion_tokens);
+  w.key("total_tokens").number(chat.prompt_tokens + completion_tokens);
   w.key("prompt_tokens_details").begin_object().key("cached_tokens").number(std::int64_t{0}).end_object();
   w.key("completion_tokens_details").begin_object().key("reasoning_tokens").number(std::int64_t{0}).end_object();
   w.end_object();
+}
+
+std::string completion_body(const SimChat& chat) {
+  const std::string reply = "Echo: " + chat.last_user;
+  const std::int64_t completion_tokens = (chat.tool.empty() ? count_words(reply) : count_words(chat.last_user) + 5) * chat.n;
+  std::string out;
+  out.reserve(reply.size() * static_cast<std::size_t>(chat.n) + 512);
+  JsonWriter w(out);
+  w.begin_object();
+  w.key("id").string(next_id());
+  w.key("object").string("chat.completion");
+  w.key("created").number(static_cast<std::int64_t>(std::time(nullptr)));
+  w.key("model").string(chat.model);
+  w.key("choices").begin_array();
+  for (std::int64_t i = 0; i < chat.n; ++i) {
+    w.begin_object().key("index").number(i);
+    w.key("message").begin_object().key("role").string("assistant");
+    if (chat.tool.empty()) {
+      w.key("content").string(reply);
+    } else {
+      w.key("content").null().key("tool_calls").begin_array().begin_object();
+      w.key("id").string(fmt::format("call_sim_{}", i)).key("type").string("function");
+      w.key("function").begin_object().key("name").string(chat.tool).key("arguments").string(tool_arguments(chat));
+      w.end_object().end_object().end_array();
+    }
+    w.key("refusal").null().end_object();
+    w.key("logprobs").null().key("finish_reason").string(chat.tool.empty() ? "stop" : "tool_calls").end_object();
+  }
+  w.end_array();
+  usage_object(w, chat, completion_tokens);
   w.key("system_fingerprint").string("fp_taotoken_sim");
   w.key("service_tier").string("default");
   w.end_object();
   return out;
+}
+
+// The data payloads of a streamed answer, in order ("[DONE]" included).
+std::vector<std::string> stream_events(const SimChat& chat, const Fault* fault) {
+  const std::string id = next_id();
+  const auto created = static_cast<std::int64_t>(std::time(nullptr));
+  auto chunk = [&](const std::function<void(JsonWriter&)>& choices, bool with_usage, std::int64_t tokens) {
+    std::string out;
+    JsonWriter w(out);
+    w.begin_object().key("id").string(id).key("object").string("chat.completion.chunk");
+    w.key("created").number(created).key("model").string(chat.model);
+    w.key("system_fingerprint").string("fp_taotoken_sim");
+    w.key("choices").begin_array();
+    choices(w);
+    w.end_array();
+    if (with_usage) usage_object(w, chat, tokens);
+    w.end_object();
+    return out;
+  };
+  auto delta = [&](std::int64_t index, const std::function<void(JsonWriter&)>& fill, const char* finish) {
+    return [=](JsonWriter& w) {
+      w.begin_object().key("index").number(index).key("delta").begin_object();
+      fill(w);
+      w.end_object().key("logprobs").null().key("finish_reason");
+      if (finish) w.string(finish); else w.null();
+      w.end_object();
+    };
+  };
+  std::vector<std::string> events;
+  std::int64_t tokens = 0;
+  int content_chunks = 0;
+  const std::string reply = "Echo: " + chat.last_user;
+  for (std::int64_t i = 0; i < chat.n; ++i)
+    events.push_back(chunk(delta(i, [&](JsonWriter& w) { w.key("role").string("assistant").key("content").string(""); }, nullptr), false, 0));
+  for (std::int64_t i = 0; i < chat.n; ++i) {
+    if (chat.tool.empty()) {
+      // Word-sized deltas, each word with its leading space.
+      std::size_t at = 0;
+      while (at < reply.size()) {
+        std::size_t next = reply.find(' ', at + 1);
+        if (next == std::string::npos) next = reply.size();
+        const std::string piece = reply.substr(at, next - at);
+        if (fault && fault->stream_error_after && content_chunks == *fault->stream_error_after) {
+          events.push_back(R"({"error":{"message":"simulated mid-stream error","type":"server_error","param":null,"code":"sim_stream_error"}})");
+          return events;
+        }
+        events.push_back(chunk(delta(i, [&](JsonWriter& w) { w.key("content").string(piece); }, nullptr), false, 0));
+        ++content_chunks;
+        ++tokens;
+        at = next;
+      }
+    } else {
+      const std::string args = tool_arguments(chat);
+      events.push_back(chunk(delta(i, [&](JsonWriter& w) {
+        w.key("tool_calls").begin_array().begin_object().key("index").number(std::int64_t{0});
+        w.key("id").string(fmt::format("call_sim_{}", i)).key("type").string("function");
+        w.key("function").begin_object().key("name").string(chat.tool).key("arguments").string("");
+        w.end_object().end_object().end_array();
+      }, nullptr), false, 0));
+      for (std::size_t at = 0; at < args.size(); at += 7) {
+        const std::string piece = args.substr(at, 7);
+        events.push_back(chunk(delta(i, [&](JsonWriter& w) {
+          w.key("tool_calls").begin_array().begin_object().key("index").number(std::int64_t{0});
+          w.key("function").begin_object().key("arguments").string(piece).end_object().end_object().end_array();
+        }, nullptr), false, 0));
+        ++tokens;
+      }
+    }
+    events.push_back(chunk(delta(i, [](JsonWriter&) {}, chat.tool.empty() ? "stop" : "tool_calls"), false, 0));
+  }
+  if (chat.include_usage) events.push_back(chunk([](JsonWriter&) {}, true, tokens));
+  if (!(fault && fault->stream_no_done)) events.push_back("[DONE]");
+  return events;
+}
+
+}  // namespace
+
+std::string completion_for(std::string_view request_body, int& status) {
+  std::string error;
+  auto chat = parse_chat(request_body, status, error);
+  return chat ? completion_body(*chat) : error;
 }
 
 class Simulator::Impl {
@@ -487,7 +621,15 @@ class Simulator::Impl {
     }
     if (status == 200) {
       if (path == "/v1/chat/completions" && req.method == "POST") {
-        body = completion_for(req.body, status);
+        std::string error;
+        auto chat = parse_chat(req.body, status, error);
+        if (!chat) {
+          body = error;
+        } else if (chat->stream && (!fault || (!fault->status && !fault->replace_body && !fault->drop))) {
+          return stream(fd, *chat, fault ? &*fault : nullptr, close_after, reset);
+        } else {
+          body = completion_body(*chat);
+        }
       } else if (path == "/v1/models" && req.method == "GET") {
         JsonWriter w(body);
         w.begin_object().key("object").string("list").key("data").begin_array();
@@ -555,6 +697,61 @@ class Simulator::Impl {
     }
     head += body;
     return send_all(fd, head);
+  }
+
+  // Sleeps unless the simulator stops first; false when stopping.
+  bool pause(std::chrono::microseconds d) {
+    if (d.count() <= 0) return !stopping_;
+    std::unique_lock<std::mutex> g(conn_mu_);
+    conn_cv_.wait_for(g, d, [this] { return stopping_.load(); });
+    return !stopping_;
+  }
+
+  // Writes an event stream in random fragments, each an HTTP chunk.
+  bool stream(int fd, const SimChat& chat, const Fault* fault, bool close_after, bool& reset) {
+    const char* eol = fault && fault->stream_crlf ? "\r\n" : "\n";
+    std::string wire;
+    for (const auto& data : stream_events(chat, fault)) {
+      if (fault && fault->stream_comments) wire += std::string(": keep-alive") + eol;
+      wire += "data: " + data + eol + eol;
+    }
+    std::string head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+        "Transfer-Encoding: chunked\r\n";
+    head += fmt::format("x-request-id: sim-{}\r\n", count_.load());
+    if (fault)
+      for (const auto& [k, v] : fault->headers) head += fmt::format("{}: {}\r\n", k, v);
+    if (close_after) head += "Connection: close\r\n";
+    head += "\r\n";
+    if (!send_all(fd, head)) return false;
+    std::optional<std::size_t> cut;
+    if (fault && fault->close_after_bytes) cut = fault->close_after_bytes;
+    if (fault && fault->reset_after_bytes) {
+      cut = fault->reset_after_bytes;
+      reset = true;
+    }
+    std::mt19937 rng(static_cast<unsigned>(count_.load()));
+    bool stalled = false;
+    std::size_t sent = 0;
+    while (sent < wire.size()) {
+      std::size_t n = 1 + rng() % std::max<std::size_t>(1, opts_.max_fragment);
+      n = std::min(n, wire.size() - sent);
+      if (cut && sent + n >= *cut) n = *cut - sent;
+      if (fault && fault->stall_after_bytes && !stalled && sent + n >= *fault->stall_after_bytes)
+        n = *fault->stall_after_bytes - sent;
+      if (n > 0) {
+        if (!send_all(fd, fmt::format("{:x}\r\n", n) + wire.substr(sent, n) + "\r\n")) return false;
+        sent += n;
+      }
+      if (cut && sent >= *cut) return false;  // cut mid-stream: close (or reset)
+      if (fault && fault->stall_after_bytes && !stalled && sent >= *fault->stall_after_bytes) {
+        stalled = true;
+        if (!pause(fault->stall)) return false;
+      }
+      const auto max_delay = opts_.max_fragment_delay.count();
+      if (max_delay > 0 && !pause(std::chrono::microseconds(rng() % (max_delay + 1)))) return false;
+    }
+    return send_all(fd, "0\r\n\r\n");
   }
 
   SimulatorOptions opts_;
