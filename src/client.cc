@@ -658,6 +658,7 @@ class TaotokenClient::Impl {
     clean.retry_after = e.retry_after;
     clean.should_retry = e.should_retry;
     clean.attempt_log = std::move(e.attempt_log);
+    clean.partial = std::move(e.partial);
     clean.request_id = call.id;
     clean.upstream_request_id = redact(upstream_id);
     clean.attempts = attempts;

@@ -35,6 +35,8 @@ constexpr const char* kUsage =
     "  --timeout SECONDS    total deadline: every attempt and wait (default 600)\n"
     "  --attempt-timeout SECONDS  time allowed for one attempt\n"
     "  --max-retries N      retries of failed attempts (default 2, the OpenAI SDKs' policy)\n"
+    "  --stream             stream: print tokens as they arrive (with --json: one object at the end)\n"
+    "  --idle-timeout SECONDS  streams: fail when no data arrives for this long\n"
     "  --json               print exactly one JSON object (success or failure)\n"
     "\n"
     "The API key comes from $TAOTOKEN_API_KEY.\n"
@@ -72,6 +74,8 @@ struct Args {
   std::optional<double> timeout_s;
   std::optional<double> attempt_timeout_s;
   std::optional<int> max_retries;
+  std::optional<double> idle_timeout_s;
+  bool stream = false;
   bool json = false;
   std::optional<std::string> prompt;
 };
@@ -136,6 +140,12 @@ Args parse(int argc, char** argv) {
       a.attempt_timeout_s = parse_double(s, value());
       if (!(*a.attempt_timeout_s > 0) || *a.attempt_timeout_s > 1e7)
         usage_error("--attempt-timeout expects a positive number of seconds");
+    } else if (s == "--stream") {
+      a.stream = true;
+    } else if (s == "--idle-timeout") {
+      a.idle_timeout_s = parse_double(s, value());
+      if (!(*a.idle_timeout_s > 0) || *a.idle_timeout_s > 1e7)
+        usage_error("--idle-timeout expects a positive number of seconds");
     } else if (s == "--max-retries") {
       double d = parse_double(s, value());
       if (d < 0 || d > 100 || d != std::floor(d))
@@ -236,6 +246,10 @@ std::string success_json(const taotoken::ChatCompletion& c) {
     w.null();
   }
   common_tail(w, c.request_id, c.upstream_request_id, c.attempts, c.latency.count());
+  if (c.streamed) {
+    w.key("stream").boolean(true).key("ttft_ms");
+    if (c.time_to_first_token) w.number(static_cast<std::int64_t>(c.time_to_first_token->count())); else w.null();
+  }
   w.end_object();
   return out;
 }
@@ -247,6 +261,8 @@ taotoken::Result<taotoken::TaotokenClient> make_client(const Args& a) {
   if (a.timeout_s) opts.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.timeout_s * 1000));
   if (a.attempt_timeout_s)
     opts.attempt_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.attempt_timeout_s * 1000));
+  if (a.idle_timeout_s)
+    opts.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.idle_timeout_s * 1000));
   if (a.max_retries) opts.retry_policy = taotoken::RetryPolicy::standard(*a.max_retries);
   return taotoken::TaotokenClient::create(opts);
 }
@@ -298,6 +314,26 @@ int main(int argc, char** argv) {
   req.temperature = a.temperature;
   req.max_tokens = a.max_tokens;
 
+  if (a.stream) {
+    // Tokens are printed as they arrive (text mode); --json prints one object at the end.
+    auto result = client->chat_stream(req, [&](const taotoken::ChatCompletionChunk& chunk) {
+      if (a.json) return true;
+      for (const auto& d : chunk.choices) {
+        if (d.index != 0) continue;
+        if (d.content) std::fwrite(d.content->data(), 1, d.content->size(), stdout);
+        if (d.refusal) std::fwrite(d.refusal->data(), 1, d.refusal->size(), stdout);
+      }
+      std::fflush(stdout);
+      return true;
+    });
+    if (!result) {
+      if (!a.json) std::printf("\n");
+      return fail(a, result.error(), start);
+    }
+    if (a.json) std::printf("%s\n", success_json(*result).c_str());
+    else std::printf("\n");
+    return 0;
+  }
   auto result = client->chat(req);
   if (!result) return fail(a, result.error(), start);
   if (a.json) {

@@ -170,3 +170,25 @@ TEST_CASE("taotoken rejects bad usage with status 2") {
   CHECK(run("chat --bogus x").status == 2);
   CHECK(run("--version").out == "taotoken " TAOTOKEN_VERSION_STRING "\n");
 }
+
+TEST_CASE("taotoken chat --stream prints tokens as they arrive; --json adds stream and ttft_ms") {
+  SimFixture f;
+  Run text = run("chat --stream --base-url " + f.sim.base_url() + " 'streamed words'");
+  CHECK(text.status == 0);
+  CHECK(text.out == "Echo: streamed words\n");
+  Run json = run("chat --stream --json --idle-timeout 5 --base-url " + f.sim.base_url() + " 'streamed words'");
+  REQUIRE(json.status == 0);
+  simdjson::dom::parser p;
+  simdjson::dom::element j = p.parse(json.out);
+  CHECK(bool(j["stream"]));
+  CHECK(int64_t(j["ttft_ms"]) >= 0);
+  CHECK(std::string_view(j["content"]) == "Echo: streamed words");
+  CHECK(int64_t(j["usage"]["completion_tokens"]) == 3);
+  sim::Fault cut;
+  cut.close_after_bytes = 500;
+  f.sim.push_fault(cut);
+  Run broken = run("chat --stream --json --base-url " + f.sim.base_url() + " 'several words so the stream is long enough'");
+  CHECK(broken.status == 8);
+  simdjson::dom::element b = p.parse(broken.out);
+  CHECK(std::string_view(b["error"]["kind"]) == "stream_truncated");
+}

@@ -1,0 +1,320 @@
+// Streaming through real libcurl against the simulator's event streams.
+#include <simdjson.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <thread>
+
+#include "sim_fixture.h"
+#include "sse.h"
+
+using namespace taotoken;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Collected {
+  std::vector<ChatCompletionChunk> chunks;
+  std::string text;
+  ChunkCallback callback() {
+    return [this](const ChatCompletionChunk& c) {
+      chunks.push_back(c);
+      for (const auto& d : c.choices)
+        if (d.content) text += *d.content;
+      return true;
+    };
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a plain stream: chunks as they arrive, the assembled message, usage and TTFT") {
+  SimFixture f;
+  Collected got;
+  auto r = f.client().chat_stream(SimFixture::ask("hello streaming world"), got.callback());
+  REQUIRE(r.ok());
+  CHECK(r->text() == "Echo: hello streaming world");
+  CHECK(got.text == r->text());
+  CHECK(got.chunks.size() >= 6);  // role, 4 words, finish, usage
+  CHECK(got.chunks.back().choices.empty());  // the usage chunk
+  REQUIRE(r->usage);
+  CHECK(r->usage->completion_tokens == 4);
+  CHECK(r->choices.at(0).finish_reason == std::optional<std::string>("stop"));
+  CHECK(r->streamed);
+  REQUIRE(r->time_to_first_token);
+  CHECK(*r->time_to_first_token <= r->latency);
+  CHECK(r->attempts == 1);
+  CHECK_THAT(r->id, Catch::StartsWith("chatcmpl-sim"));
+  const auto seen = f.sim.requests();
+  CHECK_THAT(seen.at(0).body, Catch::Contains(R"("stream":true,"stream_options":{"include_usage":true})"));
+}
+
+TEST_CASE("include_usage can be turned off") {
+  SimFixture f;
+  auto o = f.options();
+  o.stream_include_usage = false;
+  auto r = TaotokenClient(o).chat_stream(SimFixture::ask("x"), nullptr);
+  REQUIRE(r.ok());
+  CHECK_FALSE(r->usage);
+  CHECK_THAT(f.sim.requests().at(0).body, Catch::Contains(R"("stream_options":{"include_usage":false})"));
+}
+
+TEST_CASE("tool-call deltas assemble into valid JSON arguments") {
+  SimFixture f;
+  ChatRequest req = SimFixture::ask("what's the weather in \"Paris\"?");
+  Tool t;
+  t.name = "get_weather";
+  t.parameters_json = R"({"type":"object","properties":{"text":{"type":"string"}}})";
+  req.tools.push_back(t);
+  auto r = f.client().chat_stream(req, nullptr);
+  REQUIRE(r.ok());
+  const auto& calls = r->choices.at(0).message.tool_calls;
+  REQUIRE(calls.size() == 1);
+  CHECK(calls[0].name == "get_weather");
+  CHECK(calls[0].id == "call_sim_0");
+  simdjson::dom::parser p;
+  simdjson::dom::element args;
+  REQUIRE(p.parse(calls[0].arguments).get(args) == simdjson::SUCCESS);
+  CHECK(std::string_view(args["text"]) == "what's the weather in \"Paris\"?");
+  CHECK(r->choices.at(0).finish_reason == std::optional<std::string>("tool_calls"));
+  CHECK_FALSE(r->choices.at(0).message.content);
+}
+
+TEST_CASE("comments and CRLF line endings change nothing") {
+  SimFixture f;
+  sim::Fault odd;
+  odd.stream_comments = true;
+  odd.stream_crlf = true;
+  f.sim.push_fault(odd);
+  auto r = f.client().chat_stream(SimFixture::ask("same words here"), nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->text() == "Echo: same words here");
+}
+
+TEST_CASE("an error object mid-stream fails the call with the upstream's error and the partial text") {
+  SimFixture f;
+  sim::Fault err;
+  err.stream_error_after = 2;
+  f.sim.push_fault(err);
+  auto r = TaotokenClient(f.options(true)).chat_stream(SimFixture::ask("one two three four"), nullptr);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().kind() == ErrorKind::server_error);
+  CHECK(r.error().message() == "simulated mid-stream error");
+  CHECK(r.error().code == std::optional<std::string>("sim_stream_error"));
+  REQUIRE(r.error().partial);
+  CHECK(r.error().partial->text() == "Echo: one");
+  CHECK(f.sim.request_count() == 1);  // not retried
+}
+
+TEST_CASE("a stream cut after data reached the caller is stream_truncated, never retried") {
+  SimFixture f;
+  auto client = TaotokenClient(f.options(true));
+  for (bool reset : {false, true}) {
+    DYNAMIC_SECTION((reset ? "reset" : "closed")) {
+      sim::Fault cut;
+      (reset ? cut.reset_after_bytes : cut.close_after_bytes) = 600;
+      f.sim.push_fault(cut);
+      Collected got;
+      auto r = client.chat_stream(SimFixture::ask("many words make a longer stream than six hundred bytes"),
+                                  got.callback());
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().kind() == ErrorKind::stream_truncated);
+      REQUIRE(r.error().partial);
+      CHECK_FALSE(got.chunks.empty());
+      CHECK(r.error().partial->text() == got.text);
+      CHECK(f.sim.request_count() == 1);
+    }
+  }
+  SECTION("a clean end without [DONE]") {
+    sim::Fault no_done;
+    no_done.stream_no_done = true;
+    f.sim.push_fault(no_done);
+    auto r = client.chat_stream(SimFixture::ask("a b"), nullptr);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().kind() == ErrorKind::stream_truncated);
+    REQUIRE(r.error().partial);
+    CHECK(r.error().partial->text() == "Echo: a b");
+    CHECK(r.error().partial->usage);  // the usage chunk came before the cut
+  }
+}
+
+TEST_CASE("returning false from the chunk callback cancels promptly") {
+  SimFixture f;
+  int seen = 0;
+  auto r = f.client().chat_stream(SimFixture::ask("one two three four five six"),
+                                  [&](const ChatCompletionChunk&) { return ++seen < 2; });
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().kind() == ErrorKind::cancelled);
+  CHECK(seen == 2);
+  REQUIRE(r.error().partial);
+  CHECK(f.sim.request_count() == 1);
+  // The client is fine afterwards.
+  CHECK(f.client().chat_stream(SimFixture::ask("again"), nullptr).ok());
+}
+
+TEST_CASE("an exception from the chunk callback stops the stream and propagates") {
+  SimFixture f;
+  auto client = f.client();
+  CHECK_THROWS_WITH(client.chat_stream(SimFixture::ask("x y z"),
+                                       [](const ChatCompletionChunk&) -> bool { throw std::runtime_error("boom"); }),
+                    "boom");
+  CHECK(client.chat_stream(SimFixture::ask("after"), nullptr).ok());
+}
+
+TEST_CASE("the idle timeout ends a stalled stream but never a flowing one") {
+  sim::SimulatorOptions so;
+  so.max_fragment_delay = 20ms;  // gaps well below the idle timeout
+  so.max_fragment = 512;
+  SimFixture f(so);
+  auto o = f.options();
+  o.idle_timeout = 300ms;
+  TaotokenClient client(o);
+  std::string words;
+  for (int i = 0; i < 60; ++i) words += "word ";
+  const auto start = std::chrono::steady_clock::now();
+  auto flowing = client.chat_stream(SimFixture::ask(words), nullptr);
+  REQUIRE(flowing.ok());
+  // Only meaningful if the stream outlived the idle timeout (a slow machine only makes it longer).
+  CHECK(std::chrono::steady_clock::now() - start > 300ms);
+  INFO("the flowing stream took " << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count() << " ms");
+  CHECK(flowing->text() == "Echo: " + words);
+
+  sim::Fault stall;
+  stall.stall_after_bytes = 500;
+  stall.stall = 10s;
+  f.sim.push_fault(stall);
+  auto stalled = client.chat_stream(SimFixture::ask(words), nullptr);
+  REQUIRE_FALSE(stalled.ok());
+  CHECK(stalled.error().kind() == ErrorKind::timeout);
+  CHECK_THAT(stalled.error().message(), Catch::Contains("idle"));
+  REQUIRE(stalled.error().partial);
+}
+
+TEST_CASE("an HTTP error before the stream starts is retried like any other") {
+  SimFixture f;
+  sim::Fault limited;
+  limited.status = 429;
+  limited.replace_body = true;
+  limited.body = R"({"error":{"message":"slow down","type":"rate_limit_error"}})";
+  limited.headers = {{"retry-after-ms", "10"}};
+  f.sim.push_fault(limited);
+  Collected got;
+  auto r = TaotokenClient(f.options(true)).chat_stream(SimFixture::ask("patience"), got.callback());
+  REQUIRE(r.ok());
+  CHECK(r->attempts == 2);
+  CHECK(got.text == "Echo: patience");  // no duplicated chunks from the failed attempt
+}
+
+TEST_CASE("an upstream that answers a stream request with JSON is accepted") {
+  SimFixture f;
+  sim::Fault json;
+  json.replace_body = true;
+  json.body = R"({"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"plain json"},"finish_reason":"stop"}]})";
+  f.sim.push_fault(json);
+  int chunks = 0;
+  auto r = f.client().chat_stream(SimFixture::ask("x"), [&](const ChatCompletionChunk&) { return ++chunks > 0; });
+  REQUIRE(r.ok());
+  CHECK(r->text() == "plain json");
+  CHECK(chunks == 0);
+}
+
+TEST_CASE("pull-style: iterate a ChatStream") {
+  SimFixture f;
+  auto client = f.client();
+  SECTION("to the end") {
+    ChatStream s = client.stream(SimFixture::ask("pull these words"));
+    std::string text;
+    int n = 0;
+    for (auto& chunk : s) {
+      REQUIRE(chunk.ok());
+      ++n;
+      for (const auto& d : chunk->choices)
+        if (d.content) text += *d.content;
+    }
+    CHECK(n >= 5);
+    auto r = s.result();
+    REQUIRE(r.ok());
+    CHECK(r->text() == text);
+  }
+  SECTION("an error is the last element") {
+    sim::Fault err;
+    err.stream_error_after = 1;
+    f.sim.push_fault(err);
+    ChatStream s = client.stream(SimFixture::ask("a b c"));
+    std::optional<Error> last;
+    for (auto& chunk : s)
+      if (!chunk.ok()) last = chunk.error();
+    REQUIRE(last);
+    CHECK(last->message() == "simulated mid-stream error");
+    CHECK_FALSE(s.result().ok());
+  }
+  SECTION("leaving early cancels the transfer without hanging") {
+    sim::Fault stall;
+    stall.stall_after_bytes = 400;
+    stall.stall = 30s;
+    f.sim.push_fault(stall);
+    {
+      ChatStream s = client.stream(SimFixture::ask("one two three four five six seven"));
+      auto first = s.next();
+      REQUIRE(first);
+      REQUIRE(first->ok());
+    }  // destroyed mid-stall: must return promptly
+    CHECK(client.chat(SimFixture::ask("still fine")).ok());
+  }
+}
+
+TEST_CASE("forward_stream() passes the bytes through unchanged and learns usage") {
+  SimFixture f;
+  auto client = TaotokenClient(f.options(true));
+  int status = 0;
+  std::string content_type, bytes;
+  ForwardSink sink;
+  sink.on_start = [&](int s, const std::vector<Header>& headers) {
+    status = s;
+    for (const auto& [k, v] : headers)
+      if (k == "Content-Type") content_type = v;
+  };
+  sink.on_data = [&](std::string_view b) {
+    bytes.append(b);
+    return true;
+  };
+  auto r = client.forward_stream(
+      R"({"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"relay me"}]})", sink);
+  REQUIRE(r.ok());
+  CHECK(status == 200);
+  CHECK_THAT(content_type, Catch::StartsWith("text/event-stream"));
+  CHECK(r->body.empty());
+  REQUIRE(r->decoded);
+  CHECK(r->decoded->text() == "Echo: relay me");
+  REQUIRE(r->decoded->usage);
+  CHECK(r->decoded->usage->completion_tokens == 3);
+  // What the sink got decodes to the same events.
+  detail::SseDecoder d;
+  int events = 0;
+  bool done = false;
+  d.feed(bytes, [&](const detail::SseEvent& ev) {
+    ++events;
+    done = ev.data == "[DONE]";
+    return true;
+  });
+  CHECK(done);
+  CHECK(events >= 6);
+  CHECK_THAT(f.sim.requests().at(0).body, Catch::StartsWith(R"({"model":"claude-sonnet-4-6","stream":true)"));
+
+  SECTION("an error status is retried, then passed to the sink as it came") {
+    sim::Fault busy;
+    busy.status = 503;
+    busy.replace_body = true;
+    busy.body = R"({"error":{"message":"busy"}})";
+    f.sim.push_fault(busy, 3);
+    auto o = f.options(true);
+    o.sleep_for = [](std::chrono::milliseconds) {};
+    status = 0;
+    bytes.clear();
+    auto e = TaotokenClient(o).forward_stream(R"({"stream":true,"messages":[{"role":"user","content":"x"}]})", sink);
+    REQUIRE(e.ok());
+    CHECK(e->attempts == 3);
+    CHECK(status == 503);
+    CHECK(bytes == busy.body);
+  }
+}
