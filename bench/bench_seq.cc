@@ -1,0 +1,450 @@
+// End-to-end sequential benchmark: a hand-written libcurl keep-alive loop
+// versus TaotokenClient::chat(), same upstream, same request body.
+//
+// Usage:
+//   taotoken_bench_seq --base-url http://127.0.0.1:PORT/v1
+//                      [--rounds 15] [--requests 2000] [--warmup 1000]
+//                      [--status-url http://127.0.0.1:PORT/nginx_status]
+//   taotoken_bench_seq --print-response   # the canned upstream body
+//   --only raw|chat runs one side alone (for profiling); no ratio then.
+//
+// The two loops run alternately in each round (the order flips every
+// round), so machine noise hits both sides alike. Output:
+//   RESULT name=raw_curl_seq rps=<x> us_per_req=<y>
+//   RESULT name=chat_seq rps=<x> us_per_req=<y>
+//   RESULT name=chat_seq_vs_raw ratio=<chat rps / raw rps>
+// rps is the median of the per-round rates; the ratio is chat rps / raw rps
+// of those medians. Exit status 1 when any request fails, 2 on bad usage.
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "taotoken/client.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// ---- the request and the canned response ---------------------------------
+
+constexpr const char* kModel = "gpt-4o-mini";
+constexpr const char* kSystem = "You are a concise assistant for backend engineers.";
+constexpr const char* kUser = "In two sentences, why does HTTP keep-alive matter for an API client?";
+
+// Plain ASCII without quotes, backslashes, apostrophes or dollar signs: it is
+// embedded in JSON here and in an nginx `return` string by bench/run.
+constexpr const char* kContent =
+    "Keep-alive reuses one TCP connection for many requests, so each call skips the handshake and "
+    "slow start. With TLS it also avoids a full handshake per request.";
+
+// The body a careful hand-written program sends: built once, byte-identical
+// to what the library encodes for the ChatRequest below (checked at start).
+std::string raw_request_body() {
+  return std::string("{\"model\":\"") + kModel + "\",\"messages\":[{\"role\":\"system\",\"content\":\"" + kSystem +
+         "\"},{\"role\":\"user\",\"content\":\"" + kUser + "\"}]}";
+}
+
+taotoken::ChatRequest chat_request() {
+  taotoken::ChatRequest req;
+  req.model = kModel;
+  req.messages.push_back(taotoken::Message::system(kSystem));
+  req.messages.push_back(taotoken::Message::user(kUser));
+  return req;
+}
+
+// A realistic non-streaming chat.completion (~700 bytes, with usage).
+std::string canned_response() {
+  return std::string(
+             "{\"id\":\"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT\",\"object\":\"chat.completion\","
+             "\"created\":1741569952,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,"
+             "\"message\":{\"role\":\"assistant\",\"content\":\"") +
+         kContent +
+         "\",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"stop\"}],"
+         "\"usage\":{\"prompt_tokens\":38,\"completion_tokens\":61,\"total_tokens\":99,"
+         "\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
+         "\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
+         "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}},"
+         "\"service_tier\":\"default\",\"system_fingerprint\":\"fp_06737a9306\"}";
+}
+
+// ---- the raw libcurl loop --------------------------------------------------
+
+size_t append_body(char* data, size_t size, size_t nmemb, void* user) {
+  static_cast<std::string*>(user)->append(data, size * nmemb);
+  return size * nmemb;
+}
+
+class RawCurl {
+ public:
+  RawCurl(const std::string& url, const std::string& body, const std::string& api_key) : body_(body) {
+    h_ = curl_easy_init();
+    headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
+    headers_ = curl_slist_append(headers_, "Content-Type: application/json");
+    headers_ = curl_slist_append(headers_, "Accept: application/json");
+    curl_easy_setopt(h_, CURLOPT_URL, url.c_str());
+    // What careful libcurl code sets (and the library sets too): without it
+    // libcurl swaps the SIGPIPE handler around every transfer (6
+    // rt_sigaction syscalls per request), which would handicap this side.
+    curl_easy_setopt(h_, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h_, CURLOPT_HTTPHEADER, headers_);
+    curl_easy_setopt(h_, CURLOPT_POSTFIELDS, body_.data());
+    curl_easy_setopt(h_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+    curl_easy_setopt(h_, CURLOPT_WRITEFUNCTION, &append_body);
+    curl_easy_setopt(h_, CURLOPT_WRITEDATA, &response_);
+    response_.reserve(4096);
+  }
+  ~RawCurl() {
+    curl_easy_cleanup(h_);
+    curl_slist_free_all(headers_);
+  }
+  RawCurl(const RawCurl&) = delete;
+  RawCurl& operator=(const RawCurl&) = delete;
+
+  // One request; false (with a message) unless it got a 200 with a body.
+  bool once(std::string& why) {
+    response_.clear();
+    const CURLcode rc = curl_easy_perform(h_);
+    if (rc != CURLE_OK) {
+      why = std::string("curl: ") + curl_easy_strerror(rc);
+      return false;
+    }
+    long status = 0;
+    curl_easy_getinfo(h_, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200 || response_.empty()) {
+      why = "HTTP " + std::to_string(status) + ", " + std::to_string(response_.size()) + " body bytes";
+      return false;
+    }
+    return true;
+  }
+  const std::string& response() const { return response_; }
+
+ private:
+  std::string body_;
+  std::string response_;
+  CURL* h_ = nullptr;
+  curl_slist* headers_ = nullptr;
+};
+
+// ---- the library loop ------------------------------------------------------
+
+bool chat_once(const taotoken::TaotokenClient& client, const taotoken::ChatRequest& req, std::string& why) {
+  auto r = client.chat(req);
+  if (!r.ok()) {
+    why = r.error().describe();
+    return false;
+  }
+  if (r->text() != kContent) {
+    why = "unexpected content: " + r->text().substr(0, 80);
+    return false;
+  }
+  return true;
+}
+
+// ---- one-shot capture server: checks both sides send the same body --------
+
+struct Captured {
+  std::string head;  // request line and headers
+  std::string body;
+};
+
+// Accepts one connection on a loopback port, reads one request, answers it
+// with `response` and closes. Returns the port; the thread fills `out`.
+class CaptureServer {
+ public:
+  explicit CaptureServer(std::string response) : response_(std::move(response)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 4) != 0) {
+      std::perror("capture server");
+      std::exit(1);
+    }
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  ~CaptureServer() { ::close(fd_); }
+  CaptureServer(const CaptureServer&) = delete;
+  CaptureServer& operator=(const CaptureServer&) = delete;
+
+  int port() const { return port_; }
+
+  Captured serve_one() {
+    Captured c;
+    const int conn = ::accept(fd_, nullptr, nullptr);
+    if (conn < 0) return c;
+    std::string in;
+    char buf[4096];
+    std::size_t head_end = std::string::npos;
+    std::size_t want = 0;
+    for (;;) {
+      const ssize_t n = ::recv(conn, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      in.append(buf, static_cast<std::size_t>(n));
+      if (head_end == std::string::npos && (head_end = in.find("\r\n\r\n")) != std::string::npos) {
+        std::string lower = in.substr(0, head_end);
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+        const auto p = lower.find("\r\ncontent-length:");
+        if (p != std::string::npos) want = std::strtoul(lower.c_str() + p + 17, nullptr, 10);
+      }
+      if (head_end != std::string::npos && in.size() >= head_end + 4 + want) break;
+    }
+    if (head_end != std::string::npos) {
+      c.head = in.substr(0, head_end);
+      c.body = in.substr(head_end + 4, want);
+    }
+    const std::string out = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                            std::to_string(response_.size()) + "\r\nConnection: close\r\n\r\n" + response_;
+    std::size_t sent = 0;
+    while (sent < out.size()) {
+      const ssize_t n = ::send(conn, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<std::size_t>(n);
+    }
+    ::close(conn);
+    return c;
+  }
+
+ private:
+  std::string response_;
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+void print_head(const char* who, const std::string& head) {
+  std::size_t start = 0;
+  while (start < head.size()) {
+    auto end = head.find("\r\n", start);
+    if (end == std::string::npos) end = head.size();
+    std::printf("INFO request %s: %.*s\n", who, static_cast<int>(end - start), head.data() + start);
+    start = end + 2;
+  }
+}
+
+// Sends one request from each side to a capture server; false when the
+// bodies differ.
+bool check_same_body(const std::string& raw_body, const taotoken::ChatRequest& req, const std::string& api_key) {
+  Captured lib, raw;
+  {
+    CaptureServer server(canned_response());
+    std::thread t([&] { lib = server.serve_one(); });
+    taotoken::ClientOptions o;
+    o.base_url = "http://127.0.0.1:" + std::to_string(server.port()) + "/v1";
+    o.api_key = api_key;
+    taotoken::TaotokenClient client(o);
+    std::string why;
+    const bool ok = chat_once(client, req, why);
+    t.join();
+    if (!ok) {
+      std::fprintf(stderr, "body check: chat() failed: %s\n", why.c_str());
+      return false;
+    }
+  }
+  {
+    CaptureServer server(canned_response());
+    std::thread t([&] { raw = server.serve_one(); });
+    RawCurl curl("http://127.0.0.1:" + std::to_string(server.port()) + "/v1/chat/completions", raw_body, api_key);
+    std::string why;
+    const bool ok = curl.once(why);
+    t.join();
+    if (!ok) {
+      std::fprintf(stderr, "body check: raw request failed: %s\n", why.c_str());
+      return false;
+    }
+  }
+  print_head("raw_curl", raw.head);
+  print_head("chat", lib.head);
+  if (lib.body != raw.body || raw.body != raw_body) {
+    std::fprintf(stderr, "body check: the bodies differ\n  chat: %s\n  raw:  %s\n", lib.body.c_str(),
+                 raw.body.c_str());
+    return false;
+  }
+  std::printf("INFO same request body on both sides (%zu bytes): %s\n", raw_body.size(), raw_body.c_str());
+  return true;
+}
+
+// ---- nginx stub_status -----------------------------------------------------
+
+// Accepted connections so far, or -1.
+long nginx_accepts(const std::string& status_url) {
+  if (status_url.empty()) return -1;
+  std::string out;
+  CURL* h = curl_easy_init();
+  curl_easy_setopt(h, CURLOPT_URL, status_url.c_str());
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &append_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
+  const CURLcode rc = curl_easy_perform(h);
+  curl_easy_cleanup(h);
+  if (rc != CURLE_OK) return -1;
+  // "Active connections: 1 \nserver accepts handled requests\n 5 5 17 \n..."
+  const auto p = out.find("requests\n");
+  if (p == std::string::npos) return -1;
+  return std::strtol(out.c_str() + p + 9, nullptr, 10);
+}
+
+// ---- driver ----------------------------------------------------------------
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+[[noreturn]] void usage() {
+  std::fprintf(stderr,
+               "usage: taotoken_bench_seq --base-url URL [--rounds N] [--requests N] [--warmup N] "
+               "[--status-url URL] [--only raw|chat]\n       taotoken_bench_seq --print-response\n");
+  std::exit(2);
+}
+
+long parse_count(const char* s) {
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  if (!end || *end || v <= 0 || v > 10000000) usage();
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string base_url, status_url, only;
+  long rounds = 15, requests = 2000, warmup = 1000;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--print-response") {
+      std::fputs(canned_response().c_str(), stdout);
+      return 0;
+    } else if (a == "--base-url" && has_value) {
+      base_url = argv[++i];
+    } else if (a == "--status-url" && has_value) {
+      status_url = argv[++i];
+    } else if (a == "--only" && has_value) {
+      only = argv[++i];
+      if (only != "raw" && only != "chat") usage();
+    } else if (a == "--rounds" && has_value) {
+      rounds = parse_count(argv[++i]);
+    } else if (a == "--requests" && has_value) {
+      requests = parse_count(argv[++i]);
+    } else if (a == "--warmup" && has_value) {
+      warmup = parse_count(argv[++i]);
+    } else {
+      usage();
+    }
+  }
+  if (base_url.empty()) usage();
+  while (!base_url.empty() && base_url.back() == '/') base_url.pop_back();
+
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  const std::string api_key = "bench-key";
+  const std::string raw_body = raw_request_body();
+  const taotoken::ChatRequest req = chat_request();
+  if (!check_same_body(raw_body, req, api_key)) return 1;
+
+  taotoken::ClientOptions opts;
+  opts.base_url = base_url;
+  opts.api_key = api_key;
+  const taotoken::TaotokenClient client(opts);
+  RawCurl raw(base_url + "/chat/completions", raw_body, api_key);
+
+  std::string why;
+  auto run_raw = [&](long n) {
+    for (long i = 0; i < n; ++i)
+      if (!raw.once(why)) {
+        std::fprintf(stderr, "raw_curl_seq: request failed: %s\n", why.c_str());
+        std::exit(1);
+      }
+  };
+  auto run_chat = [&](long n) {
+    for (long i = 0; i < n; ++i)
+      if (!chat_once(client, req, why)) {
+        std::fprintf(stderr, "chat_seq: request failed: %s\n", why.c_str());
+        std::exit(1);
+      }
+  };
+  const bool do_raw = only != "chat", do_chat = only != "raw";
+  auto timed = [](auto&& fn, long n) {
+    const auto t0 = Clock::now();
+    fn(n);
+    const std::chrono::duration<double> dt = Clock::now() - t0;
+    return static_cast<double>(n) / dt.count();
+  };
+
+  // Warm-up: connections, allocator, caches, CPU frequency.
+  if (do_raw) run_raw(warmup);
+  if (do_chat) run_chat(warmup);
+  if (do_raw && raw.response() != canned_response()) {
+    std::fprintf(stderr, "raw_curl_seq: the upstream does not serve the expected body (%zu bytes)\n",
+                 raw.response().size());
+    return 1;
+  }
+  std::printf("INFO upstream %s, response %zu bytes, %ld rounds x %ld requests per side, warm-up %ld\n",
+              base_url.c_str(), canned_response().size(), rounds, requests, warmup);
+
+  const long accepts_before = nginx_accepts(status_url);
+  std::vector<double> raw_rps, chat_rps, ratios;
+  double raw_secs = 0, chat_secs = 0;
+  for (long r = 0; r < rounds; ++r) {
+    double a = 0, b = 0;
+    if (r % 2 == 0) {
+      if (do_raw) a = timed(run_raw, requests);
+      if (do_chat) b = timed(run_chat, requests);
+    } else {
+      if (do_chat) b = timed(run_chat, requests);
+      if (do_raw) a = timed(run_raw, requests);
+    }
+    if (!do_raw || !do_chat) {
+      const double x = do_raw ? a : b;
+      (do_raw ? raw_rps : chat_rps).push_back(x);
+      std::printf("INFO round %ld: %s rps=%.0f\n", r + 1, do_raw ? "raw_curl_seq" : "chat_seq", x);
+      continue;
+    }
+    raw_secs += static_cast<double>(requests) / a;
+    chat_secs += static_cast<double>(requests) / b;
+    raw_rps.push_back(a);
+    chat_rps.push_back(b);
+    ratios.push_back(b / a);
+    std::printf("INFO round %ld: raw_curl_seq rps=%.0f chat_seq rps=%.0f ratio=%.3f\n", r + 1, a, b, b / a);
+  }
+  const long accepts_after = nginx_accepts(status_url);
+  if (accepts_before >= 0 && accepts_after >= 0)
+    // The second query's own connection counts as one.
+    std::printf("INFO new upstream connections during the measured rounds: %ld (0 = keep-alive held)\n",
+                accepts_after - accepts_before - 1);
+
+  if (!do_raw || !do_chat) {
+    const double m = median(do_raw ? raw_rps : chat_rps);
+    std::printf("RESULT name=%s rps=%.1f us_per_req=%.2f\n", do_raw ? "raw_curl_seq" : "chat_seq", m, 1e6 / m);
+    curl_global_cleanup();
+    return 0;
+  }
+  const double raw_m = median(raw_rps), chat_m = median(chat_rps);
+  std::printf("INFO median of per-round ratios: %.3f (min %.3f, max %.3f)\n", median(ratios),
+              *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
+  const double total = static_cast<double>(rounds * requests);
+  std::printf("INFO totals: raw_curl_seq rps=%.0f chat_seq rps=%.0f ratio=%.3f\n", total / raw_secs,
+              total / chat_secs, raw_secs / chat_secs);
+  std::printf("RESULT name=raw_curl_seq rps=%.1f us_per_req=%.2f\n", raw_m, 1e6 / raw_m);
+  std::printf("RESULT name=chat_seq rps=%.1f us_per_req=%.2f\n", chat_m, 1e6 / chat_m);
+  std::printf("RESULT name=chat_seq_vs_raw ratio=%.3f\n", chat_m / raw_m);
+  std::printf("INFO target chat_seq_vs_raw >= 0.90: %s\n", chat_m / raw_m >= 0.90 ? "met" : "NOT met");
+  curl_global_cleanup();
+  return 0;
+}
