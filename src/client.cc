@@ -191,7 +191,7 @@ class TaotokenClient::Impl {
     auto body = detail::encode_chat_request(request, opts_.default_model, false);
     if (!body) return finish_error(std::move(body.error()), call, 0);
     return execute<ChatCompletion>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, true,
+        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/false,
         [](HttpResponse& r) -> Result<ChatCompletion> {
           if (r.status < 200 || r.status >= 300) return status_error(r);
           auto decoded = detail::decode_chat_completion(r.body);
@@ -217,7 +217,7 @@ class TaotokenClient::Impl {
     // Retryable HTTP errors go through the policy like any failure; when it
     // gives up, the upstream's response is passed through as it came.
     return execute<RawResponse>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, false,
+        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/true,
         [&](HttpResponse& r) -> Result<RawResponse> {
           if (r.status >= 400) {
             Error e = status_error(r);
@@ -328,7 +328,7 @@ class TaotokenClient::Impl {
     } hooks(on_chunk, call.start, opts_.max_response_bytes);
 
     auto result = execute<ChatCompletion>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, true,
+        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/false,
         [&](HttpResponse& r) -> Result<ChatCompletion> {
           if (r.status < 200 || r.status >= 300) return status_error(r);
           auto c = hooks.finish(r);
@@ -401,7 +401,7 @@ class TaotokenClient::Impl {
       return out;
     };
     auto result = execute<RawResponse>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, false,
+        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/true,
         [&](HttpResponse& r) -> Result<RawResponse> {
           if (r.status >= 400) {
             Error e = status_error(r);
@@ -418,7 +418,7 @@ class TaotokenClient::Impl {
     Call call(ro);
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
     return execute<std::vector<Model>>(
-        HttpRequest::Method::get, models_url_, {}, ro, call, true,
+        HttpRequest::Method::get, models_url_, {}, ro, call, /*passthrough=*/false,
         [](HttpResponse& r) -> Result<std::vector<Model>> {
           if (r.status < 200 || r.status >= 300) return status_error(r);
           auto models = detail::decode_models(r.body);
@@ -434,11 +434,13 @@ class TaotokenClient::Impl {
         chat_url_(opts_.base_url + "/chat/completions"),
         models_url_(opts_.base_url + "/models"),
         loopback_(is_loopback_url(opts_.base_url)),
-        transport_(detail::make_curl_transport({opts_.user_agent, opts_.proxy, opts_.ca_bundle, opts_.ca_path})) {
+        transport_(detail::make_curl_transport({opts_.proxy, opts_.ca_bundle, opts_.ca_path})) {
     base_headers_.reserve(opts_.default_headers.size() + 3);
     if (!opts_.api_key.empty()) base_headers_.emplace_back("Authorization", "Bearer " + opts_.api_key);
     base_headers_.emplace_back("Content-Type", "application/json");
     base_headers_.emplace_back("Accept", "application/json");
+    // As a header line rather than CURLOPT_USERAGENT: cheaper per request.
+    base_headers_.emplace_back("User-Agent", opts_.user_agent);
     for (const auto& h : opts_.default_headers) put_header(base_headers_, h);
   }
 
@@ -498,9 +500,9 @@ class TaotokenClient::Impl {
   // `give_up` may still turn the last response into a result.
   template <typename T, typename Interpret, typename GiveUp>
   Result<T> execute(HttpRequest::Method method, const std::string& url, std::string_view body,
-                    const RequestOptions& ro, Call& call, bool accept_compressed, Interpret interpret,
+                    const RequestOptions& ro, Call& call, bool passthrough, Interpret interpret,
                     GiveUp give_up, StreamHooks* hooks = nullptr) const {
-    std::unique_ptr<RetryPolicy> policy = make_policy(ro);
+    std::unique_ptr<RetryPolicy> policy;  // made at the first failure: successes never pay for it
     const auto deadline = call.start + ro.timeout.value_or(opts_.timeout);
     const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : opts_.attempt_timeout;
     const auto first_byte = ro.first_byte_timeout ? ro.first_byte_timeout : opts_.first_byte_timeout;
@@ -512,12 +514,25 @@ class TaotokenClient::Impl {
     req.connect_timeout = opts_.connect_timeout;
     req.first_byte_timeout = first_byte.value_or(std::chrono::milliseconds(0));
     req.max_response_bytes = opts_.max_response_bytes;
-    req.accept_compressed = accept_compressed;
+    // Pass-through (forward): no compression asked for, so the bytes stay as
+    // sent, and every response header kept for the caller.
+    req.accept_compressed = !passthrough;
+    req.all_headers = passthrough;
     req.cancel = ro.cancel ? &ro.cancel->flag() : nullptr;
     if (hooks) req.idle_timeout = (ro.idle_timeout ? ro.idle_timeout : opts_.idle_timeout).value_or(std::chrono::milliseconds(0));
-    req.headers.reserve(base_headers_.size() + ro.headers.size() + 1);
-    req.headers = base_headers_;
-    req.headers.emplace_back("X-Client-Request-Id", call.id);
+    // The client's fixed headers go by reference (the transport caches
+    // them) unless this call overrides one of them.
+    bool overrides = false;
+    for (const auto& h : ro.headers)
+      for (const auto& b : base_headers_)
+        if (h.first.size() == b.first.size() && starts_with_icase(h.first, lower(b.first))) overrides = true;
+    if (overrides) {
+      req.headers = base_headers_;
+    } else {
+      req.base_headers = &base_headers_;
+      req.headers.reserve(ro.headers.size() + 1);
+    }
+    if (opts_.send_request_id) put_header(req.headers, {"X-Client-Request-Id", call.id});
     for (const auto& h : ro.headers) put_header(req.headers, h);
 
     std::vector<AttemptRecord> log;
@@ -562,6 +577,7 @@ class TaotokenClient::Impl {
       rec.error = err.kind();
       log.push_back(rec);
 
+      if (!policy) policy = make_policy(ro);
       std::optional<std::chrono::milliseconds> wait = policy->on_failure(err, attempt);
       if (hooks && hooks->delivered()) wait.reset();  // data reached the caller: never retried
       if (wait && Clock::now() + *wait >= deadline) wait.reset();  // would cross the deadline

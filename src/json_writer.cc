@@ -96,16 +96,31 @@ JsonWriter& JsonWriter::raw(std::string_view json) {
   return *this;
 }
 
+namespace {
+// Bytes that need escaping in a JSON string: control characters, quote, backslash.
+constexpr bool needs_escape(unsigned char c) { return c < 0x20 || c == '"' || c == '\\'; }
+struct EscapeTable {
+  bool v[256];
+  constexpr EscapeTable() : v() {
+    for (int c = 0; c < 256; ++c) v[c] = needs_escape(static_cast<unsigned char>(c));
+  }
+};
+constexpr EscapeTable kEscape;
+}  // namespace
+
 void JsonWriter::append_quoted(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.reserve(out.size() + s.size() + 2);
   out.push_back('"');
-  std::size_t run = 0;  // start of the pending run of bytes needing no escape
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    out.append(s.data() + run, i - run);
-    run = i + 1;
+  const char* p = s.data();
+  const char* const end = p + s.size();
+  while (p < end) {
+    // The common case: a run of bytes that need no escape, copied at once.
+    const char* run = p;
+    while (p < end && !kEscape.v[static_cast<unsigned char>(*p)]) ++p;
+    out.append(run, static_cast<std::size_t>(p - run));
+    if (p == end) break;
+    const auto c = static_cast<unsigned char>(*p++);
     switch (c) {
       case '"': out.append("\\\""); break;
       case '\\': out.append("\\\\"); break;
@@ -114,13 +129,12 @@ void JsonWriter::append_quoted(std::string& out, std::string_view s) {
       case '\t': out.append("\\t"); break;
       case '\b': out.append("\\b"); break;
       case '\f': out.append("\\f"); break;
-      default:
-        out.append("\\u00");
-        out.push_back(kHex[c >> 4]);
-        out.push_back(kHex[c & 0xF]);
+      default: {
+        const char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xF]};
+        out.append(esc, sizeof esc);
+      }
     }
   }
-  out.append(s.data() + run, s.size() - run);
   out.push_back('"');
 }
 

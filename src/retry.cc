@@ -9,10 +9,16 @@ TAOTOKEN_BEGIN_NAMESPACE
 
 namespace {
 
+// One random_device read per thread (it can cost tens of microseconds on a
+// VM), then a counter: seeds differ per backoff, and seeding happens only
+// when a retry is actually scheduled.
 std::uint64_t fresh_seed() {
+  thread_local std::uint64_t base = [] {
+    std::random_device rd;
+    return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+  }();
   static std::atomic<std::uint64_t> counter{0};
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ (++counter * 0x9E3779B97F4A7C15ULL);
+  return base ^ (++counter * 0x9E3779B97F4A7C15ULL);
 }
 
 // splitmix64: tiny, good enough for jitter, no shared state.
@@ -58,7 +64,7 @@ ExponentialBackoff::ExponentialBackoff(std::chrono::milliseconds initial, std::c
       maximum_(std::max(initial, maximum)),
       multiplier_(multiplier < 1 ? 1 : multiplier),
       jitter_(std::clamp(jitter, 0.0, 0.99)),
-      rng_state_(fresh_seed()) {}
+      rng_state_(0) {}
 
 std::unique_ptr<BackoffPolicy> ExponentialBackoff::clone() const {
   return std::make_unique<ExponentialBackoff>(initial_, maximum_, multiplier_, jitter_);
@@ -67,7 +73,8 @@ std::unique_ptr<BackoffPolicy> ExponentialBackoff::clone() const {
 std::chrono::milliseconds ExponentialBackoff::delay(int retry) {
   const double base = std::min(static_cast<double>(initial_.count()) * std::pow(multiplier_, std::max(0, retry - 1)),
                                static_cast<double>(maximum_.count()));
-  const double factor = 1.0 - jitter_ * next_unit(rng_state_);
+  if (rng_state_ == 0) rng_state_ = fresh_seed() | 1;
+  const double factor = jitter_ > 0 ? 1.0 - jitter_ * next_unit(rng_state_) : 1.0;
   return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(base * factor)));
 }
 

@@ -25,7 +25,10 @@ struct HttpRequest {
   enum class Method { get, post };
   Method method = Method::post;
   std::string url;
-  // Complete list, already checked for CR/LF.
+  // Headers, already checked for CR/LF: `*base_headers` (fixed for the
+  // client's life, so the transport may cache its libcurl list) followed by
+  // `headers` (this call's). base_headers may be null.
+  const std::vector<Header>* base_headers = nullptr;
   std::vector<Header> headers;
   std::string_view body;
   std::chrono::milliseconds connect_timeout{10000};
@@ -46,6 +49,9 @@ struct HttpRequest {
   std::function<bool(std::string_view bytes)> on_data;
   // When set and true, the transfer is aborted (Error kind cancelled).
   const std::atomic<bool>* cancel = nullptr;
+  // Keep every response header (forwarding); otherwise only those the
+  // client reads (content type, request ids, retry hints).
+  bool all_headers = false;
   // Ask for gzip/deflate/br and let libcurl decode; off for byte-exact forwarding.
   bool accept_compressed = true;
 };
@@ -61,7 +67,6 @@ const std::string* find_header(const std::vector<Header>& headers, std::string_v
 
 // Settings fixed for the life of a transport.
 struct TransportConfig {
-  std::string user_agent;
   std::string proxy;
   std::string ca_bundle;
   std::string ca_path;

@@ -90,6 +90,10 @@ struct ClientOptions {
   std::string ca_bundle;
   /// CA directory (`CURLOPT_CAPATH`); empty: the system default.
   std::string ca_path;
+  /// Send our request id upstream as `X-Client-Request-Id` (OpenAI logs it
+  /// and quotes it in support cases). Off by default, like the official SDKs:
+  /// the id is still made, returned and recorded either way.
+  bool send_request_id = false;
   /// Responses larger than this fail with `bad_response` instead of using
   /// unbounded memory.
   std::size_t max_response_bytes = kDefaultMaxResponseBytes;

@@ -49,6 +49,16 @@ TEST_CASE("chat() returns the completion and the simulator sees the right reques
   CHECK(q.body == R"({"model":"claude-sonnet-4-6","messages":[{"role":"user","content":"hello there"}],"temperature":0.5})");
 }
 
+TEST_CASE("the request id is sent upstream only when asked") {
+  SimFixture f;
+  auto o = f.options();
+  o.send_request_id = false;
+  auto r = TaotokenClient(o).chat(SimFixture::ask("quiet"));
+  REQUIRE(r.ok());
+  CHECK_FALSE(r->request_id.empty());
+  CHECK(f.sim.requests().at(0).header("x-client-request-id") == nullptr);
+}
+
 TEST_CASE("base URLs with trailing slashes, default headers and per-call headers") {
   SimFixture f;
   auto opts = f.options();

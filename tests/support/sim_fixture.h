@@ -15,6 +15,7 @@ struct SimFixture {
     taotoken::ClientOptions o;
     o.base_url = sim.base_url();
     o.api_key = "sk-test-secret-key-123";
+    o.send_request_id = true;  // lets tests match the simulator's records to results
     if (!retries) o.retry_policy = taotoken::RetryPolicy::none();
     return o;
   }
