@@ -218,13 +218,7 @@ class TaotokenClient::Impl {
     // gives up, the upstream's response is passed through as it came.
     return execute<RawResponse>(
         HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/true,
-        [&](HttpResponse& r) -> Result<RawResponse> {
-          if (r.status >= 400) {
-            Error e = status_error(r);
-            if (RetryPolicy::is_retryable(e)) return e;
-          }
-          return to_raw(r);
-        },
+        [&](HttpResponse& r) { return retry_or_pass(r, to_raw); },
         [&](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); });
   }
 
@@ -402,13 +396,7 @@ class TaotokenClient::Impl {
     };
     auto result = execute<RawResponse>(
         HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/true,
-        [&](HttpResponse& r) -> Result<RawResponse> {
-          if (r.status >= 400) {
-            Error e = status_error(r);
-            if (RetryPolicy::is_retryable(e)) return e;
-          }
-          return pass_through(r);
-        },
+        [&](HttpResponse& r) { return retry_or_pass(r, pass_through); },
         [&](HttpResponse& r) -> std::optional<RawResponse> { return pass_through(r); }, &hooks);
     if (hooks.user_exception) std::rethrow_exception(hooks.user_exception);
     return result;
@@ -604,6 +592,17 @@ class TaotokenClient::Impl {
     for (const char* name : {"x-request-id", "request-id", "apim-request-id"})
       if (const auto* v = detail::find_header(headers, name)) return *v;
     return {};
+  }
+
+  // forward(): a retryable error status is a failure the policy may retry;
+  // anything else is passed through as it came.
+  template <typename Pass>
+  static Result<RawResponse> retry_or_pass(HttpResponse& r, Pass& pass) {
+    if (r.status >= 400) {
+      Error e = status_error(r);
+      if (RetryPolicy::is_retryable(e)) return e;
+    }
+    return pass(r);
   }
 
   static void read_retry_headers(Error& e, const HttpResponse& r) {

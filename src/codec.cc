@@ -252,6 +252,21 @@ Error decode_error_value(dom::element v, ErrorKind kind) {
   return e;
 }
 
+// The top-level fields a completion and a chunk share; false for others.
+template <typename T>
+bool decode_envelope(std::string_view k, dom::element v, T& c) {
+  if (k == "id") c.id = opt_string(v).value_or("");
+  else if (k == "object") c.object = opt_string(v).value_or("");
+  else if (k == "created") c.created = opt_int(v).value_or(0);
+  else if (k == "model") c.model = opt_string(v).value_or("");
+  else if (k == "usage") {
+    if (v.is_object()) c.usage = decode_usage(v);
+  } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
+  else if (k == "provider") c.provider = opt_scalar_text(v);
+  else return false;
+  return true;
+}
+
 // An error object inside a 2xx body. Aggregators put the upstream's HTTP
 // status in a numeric code; that picks the kind.
 Error in_body_error_result(Error e) {
@@ -416,18 +431,11 @@ Result<ChatCompletion> decode_chat_completion(std::string& body) {
     for (dom::key_value_pair f : root.get_object()) {
       const std::string_view k = f.key;
       dom::element v = f.value;
-      if (k == "id") c.id = opt_string(v).value_or("");
-      else if (k == "object") c.object = opt_string(v).value_or("");
-      else if (k == "created") c.created = opt_int(v).value_or(0);
-      else if (k == "model") c.model = opt_string(v).value_or("");
-      else if (k == "choices") {
+      if (decode_envelope(k, v, c)) continue;
+      if (k == "choices") {
         if (!v.is_null())
           for (dom::element ch : v.get_array()) c.choices.push_back(decode_choice(ch));
-      } else if (k == "usage") {
-        if (v.is_object()) c.usage = decode_usage(v);
-      } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
-      else if (k == "service_tier") c.service_tier = opt_string(v);
-      else if (k == "provider") c.provider = opt_scalar_text(v);
+      } else if (k == "service_tier") c.service_tier = opt_string(v);
       else if (k == "error") {
         if (!v.is_null()) in_body_error = decode_error_value(v, ErrorKind::server_error);
       }
@@ -496,18 +504,11 @@ Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>
     for (dom::key_value_pair f : root.get_object()) {
       const std::string_view k = f.key;
       dom::element v = f.value;
-      if (k == "id") c.id = opt_string(v).value_or("");
-      else if (k == "object") c.object = opt_string(v).value_or("");
-      else if (k == "created") c.created = opt_int(v).value_or(0);
-      else if (k == "model") c.model = opt_string(v).value_or("");
-      else if (k == "choices") {
+      if (decode_envelope(k, v, c)) continue;
+      if (k == "choices") {
         if (!v.is_null())
           for (dom::element ch : v.get_array()) c.choices.push_back(decode_choice_delta(ch));
-      } else if (k == "usage") {
-        if (v.is_object()) c.usage = decode_usage(v);
-      } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
-      else if (k == "provider") c.provider = opt_scalar_text(v);
-      else if (k == "error") {
+      } else if (k == "error") {
         if (!v.is_null()) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
       }
     }
