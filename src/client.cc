@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <random>
@@ -12,6 +13,7 @@
 
 #include "chat_stream.h"
 #include "codec.h"
+#include "json_writer.h"
 #include "sse.h"
 #include "stream_assembler.h"
 #include "transport.h"
@@ -156,6 +158,17 @@ struct StreamHooks {
 
 class TaotokenClient::Impl {
  public:
+  // Per-call bookkeeping.
+  struct Call {
+    explicit Call(const RequestOptions& ro) : id(ro.request_id ? *ro.request_id : make_request_id()) {}
+    std::chrono::milliseconds elapsed() const {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    }
+    Clock::time_point start = Clock::now();
+    std::chrono::system_clock::time_point started_at = std::chrono::system_clock::now();
+    std::string id;
+  };
+
   static Result<std::shared_ptr<const Impl>> create(ClientOptions o) {
     if (o.base_url.empty()) o.base_url = env_or_empty("TAOTOKEN_BASE_URL");
     if (o.base_url.empty()) o.base_url = kDefaultBaseUrl;
@@ -183,10 +196,31 @@ class TaotokenClient::Impl {
     return std::shared_ptr<const Impl>(new Impl(std::move(o)));
   }
 
+  // The last handle is gone: drain every recorder's queue so a clean
+  // shutdown loses no record.
+  ~Impl() {
+    for (const auto& recorder : opts_.recorders) {
+      try {
+        recorder->flush();
+      } catch (const std::exception& e) {
+        report_recorder_error("recorder", e.what());
+      } catch (...) {
+      }
+    }
+  }
+
   const ClientOptions& options() const noexcept { return opts_; }
 
   Result<ChatCompletion> chat(const ChatRequest& request, const RequestOptions& ro) const {
     Call call(ro);
+    auto r = chat_impl(request, ro, call);
+    if (!opts_.recorders.empty())
+      emit(call, "chat", requested_model(request), false, ro, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(),
+           summary_of(request));
+    return r;
+  }
+
+  Result<ChatCompletion> chat_impl(const ChatRequest& request, const RequestOptions& ro, Call& call) const {
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
     auto body = detail::encode_chat_request(request, opts_.default_model, false);
     if (!body) return finish_error(std::move(body.error()), call, 0);
@@ -204,8 +238,16 @@ class TaotokenClient::Impl {
 
   Result<RawResponse> forward(std::string_view json_body, const RequestOptions& ro) const {
     Call call(ro);
+    std::string model;
+    auto r = forward_impl(json_body, ro, call, model);
+    if (!opts_.recorders.empty()) emit_forward(call, "forward", model, false, ro, r, json_body.size());
+    return r;
+  }
+
+  Result<RawResponse> forward_impl(std::string_view json_body, const RequestOptions& ro, Call& call,
+                                   std::string& model) const {
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
-    auto body = detail::fill_default_model(json_body, opts_.default_model);
+    auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
     if (!body) return finish_error(std::move(body.error()), call, 0);
     auto to_raw = [](HttpResponse& r) {
       RawResponse out;
@@ -225,6 +267,26 @@ class TaotokenClient::Impl {
   Result<ChatCompletion> chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
                                      const RequestOptions& ro) const {
     Call call(ro);
+    std::optional<Result<ChatCompletion>> r;
+    try {
+      r.emplace(chat_stream_impl(request, on_chunk, ro, call));
+    } catch (...) {
+      // The chunk callback threw: still one record (cancelled), then rethrow.
+      if (!opts_.recorders.empty()) {
+        Error e(ErrorKind::cancelled, "the chunk callback threw an exception");
+        e.request_id = call.id;
+        emit(call, "chat_stream", requested_model(request), true, ro, nullptr, &e, summary_of(request));
+      }
+      throw;
+    }
+    if (!opts_.recorders.empty())
+      emit(call, "chat_stream", requested_model(request), true, ro, r->ok() ? &**r : nullptr,
+           r->ok() ? nullptr : &r->error(), summary_of(request));
+    return std::move(*r);
+  }
+
+  Result<ChatCompletion> chat_stream_impl(const ChatRequest& request, const ChunkCallback& on_chunk,
+                                          const RequestOptions& ro, Call& call) const {
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
     auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
     if (!body) return finish_error(std::move(body.error()), call, 0);
@@ -337,8 +399,26 @@ class TaotokenClient::Impl {
   Result<RawResponse> forward_stream(std::string_view json_body, const ForwardSink& sink,
                                      const RequestOptions& ro) const {
     Call call(ro);
+    std::string model;
+    std::optional<Result<RawResponse>> r;
+    try {
+      r.emplace(forward_stream_impl(json_body, sink, ro, call, model));
+    } catch (...) {
+      if (!opts_.recorders.empty()) {
+        Result<RawResponse> failed(Error(ErrorKind::cancelled, "the sink threw an exception"));
+        failed.error().request_id = call.id;
+        emit_forward(call, "forward_stream", model, true, ro, failed, json_body.size());
+      }
+      throw;
+    }
+    if (!opts_.recorders.empty()) emit_forward(call, "forward_stream", model, true, ro, *r, json_body.size());
+    return std::move(*r);
+  }
+
+  Result<RawResponse> forward_stream_impl(std::string_view json_body, const ForwardSink& sink,
+                                          const RequestOptions& ro, Call& call, std::string& model) const {
     if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
-    auto body = detail::fill_default_model(json_body, opts_.default_model);
+    auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
     if (!body) return finish_error(std::move(body.error()), call, 0);
 
     struct Hooks final : StreamHooks {
@@ -432,15 +512,147 @@ class TaotokenClient::Impl {
     for (const auto& h : opts_.default_headers) put_header(base_headers_, h);
   }
 
-  // Per-call bookkeeping.
-  struct Call {
-    explicit Call(const RequestOptions& ro) : id(ro.request_id ? *ro.request_id : make_request_id()) {}
-    std::chrono::milliseconds elapsed() const {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+
+  // ---- usage records
+
+  std::string requested_model(const ChatRequest& r) const { return r.model.empty() ? opts_.default_model : r.model; }
+
+  std::optional<std::string> summary_of(const ChatRequest& r) const {
+    if (!opts_.record_request_summary) return std::nullopt;
+    std::string out;
+    detail::JsonWriter w(out);
+    w.begin_object().key("model").string(requested_model(r));
+    w.key("message_count").number(static_cast<std::int64_t>(r.messages.size()));
+    w.key("messages").begin_array();
+    for (const auto& m : r.messages) {
+      std::size_t chars = m.content ? m.content->size() : 0;
+      for (const auto& p : m.parts) chars += p.text.size();
+      w.begin_object().key("role").string(m.role).key("chars").number(static_cast<std::int64_t>(chars));
+      if (opts_.record_message_text && m.content) w.key("text").string(*m.content);
+      w.end_object();
     }
-    Clock::time_point start = Clock::now();
-    std::string id;
-  };
+    w.end_array();
+    if (r.temperature) w.key("temperature").number(*r.temperature);
+    if (r.max_tokens) w.key("max_tokens").number(*r.max_tokens);
+    if (r.max_completion_tokens) w.key("max_completion_tokens").number(*r.max_completion_tokens);
+    if (!r.tools.empty()) w.key("tools").number(static_cast<std::int64_t>(r.tools.size()));
+    if (r.response_format) w.key("response_format").string(r.response_format->type);
+    w.end_object();
+    return out;
+  }
+
+  static void fill_usage(RequestRecord& rec, const ChatCompletion& c) {
+    rec.model = c.model;
+    rec.provider = c.provider;
+    rec.time_to_first_token = c.time_to_first_token;
+    if (c.usage) {
+      rec.prompt_tokens = c.usage->prompt_tokens;
+      rec.completion_tokens = c.usage->completion_tokens;
+      rec.total_tokens = c.usage->total_tokens;
+      rec.cached_tokens = c.usage->cached_tokens;
+      rec.reasoning_tokens = c.usage->reasoning_tokens;
+      rec.upstream_cost = c.usage->cost;
+    }
+  }
+
+  static void fill_error(RequestRecord& rec, const Error& e) {
+    rec.status = e.kind() == ErrorKind::cancelled ? RequestStatus::cancelled : RequestStatus::error;
+    rec.error_kind = e.kind();
+    rec.error_message = e.message();
+    rec.http_status = e.http_status;
+    rec.request_id = e.request_id;
+    rec.upstream_request_id = e.upstream_request_id;
+    rec.attempts = e.attempt_log;
+    if (e.partial) fill_usage(rec, *e.partial);
+  }
+
+  RequestRecord base_record(const Call& call, std::string_view endpoint, std::string model, bool streamed,
+                            const RequestOptions& ro) const {
+    RequestRecord rec;
+    rec.started_at = call.started_at;
+    rec.endpoint = std::string(endpoint);
+    rec.requested_model = std::move(model);
+    rec.streamed = streamed;
+    rec.tags = ro.tags;
+    rec.latency = call.elapsed();
+    return rec;
+  }
+
+  void emit(const Call& call, std::string_view endpoint, std::string model, bool streamed, const RequestOptions& ro,
+            const ChatCompletion* ok, const Error* err, std::optional<std::string> summary) const {
+    RequestRecord rec = base_record(call, endpoint, std::move(model), streamed, ro);
+    rec.request_summary = std::move(summary);
+    if (ok) {
+      rec.request_id = ok->request_id;
+      rec.upstream_request_id = ok->upstream_request_id;
+      rec.http_status = ok->http_status;
+      rec.attempts = ok->attempt_log;
+      fill_usage(rec, *ok);
+    } else if (err) {
+      fill_error(rec, *err);
+    }
+    deliver(rec);
+  }
+
+  void emit_forward(const Call& call, std::string_view endpoint, std::string model, bool streamed,
+                    const RequestOptions& ro, const Result<RawResponse>& r, std::size_t body_bytes) const {
+    RequestRecord rec = base_record(call, endpoint, std::move(model), streamed, ro);
+    if (opts_.record_request_summary)
+      rec.request_summary = fmt::format(R"({{"model":"{}","body_bytes":{}}})", rec.requested_model, body_bytes);
+    if (!r) {
+      fill_error(rec, r.error());
+      deliver(rec);
+      return;
+    }
+    rec.request_id = r->request_id;
+    rec.upstream_request_id = r->upstream_request_id;
+    rec.http_status = r->status;
+    rec.attempts = r->attempt_log;
+    if (r->status >= 400) {
+      rec.status = RequestStatus::error;
+      rec.error_kind = detail::kind_for_status(r->status);
+      rec.error_message = fmt::format("upstream returned HTTP {}", r->status);
+    }
+    if (r->decoded) {
+      fill_usage(rec, *r->decoded);
+    } else if (r->status >= 200 && r->status < 300 && !r->body.empty()) {
+      // The bytes went to the caller unchanged; a copy is decoded for the record.
+      std::string copy = r->body;
+      if (auto c = detail::decode_chat_completion(copy)) fill_usage(rec, *c);
+    }
+    deliver(rec);
+  }
+
+  void deliver(RequestRecord& rec) const {
+    if (opts_.prices) {
+      Usage u;
+      u.prompt_tokens = rec.prompt_tokens;
+      u.completion_tokens = rec.completion_tokens;
+      u.cached_tokens = rec.cached_tokens;
+      rec.estimated_cost = opts_.prices->cost(rec.model.empty() ? rec.requested_model : rec.model, u);
+    }
+    for (const auto& recorder : opts_.recorders) {
+      try {
+        recorder->record(rec);
+      } catch (const std::exception& e) {
+        report_recorder_error("recorder", e.what());
+      } catch (...) {
+        report_recorder_error("recorder", "unknown exception");
+      }
+    }
+  }
+
+  void report_recorder_error(std::string_view recorder, std::string_view message) const {
+    if (opts_.on_recorder_error) {
+      try {
+        opts_.on_recorder_error(recorder, message);
+      } catch (...) {
+      }
+    } else {
+      std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(recorder.size()), recorder.data(),
+                   static_cast<int>(message.size()), message.data());
+    }
+  }
 
   std::optional<Error> precheck(const RequestOptions& ro, const Call& call) const {
     if (ro.request_id)

@@ -677,7 +677,8 @@ std::optional<std::chrono::milliseconds> parse_retry_after(const std::string* re
   return std::nullopt;
 }
 
-Result<std::string> fill_default_model(std::string_view body, std::string_view default_model) {
+Result<std::string> fill_default_model(std::string_view body, std::string_view default_model,
+                                       std::string* model_out) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element root;
   if (auto err = parser.parse(body.data(), body.size(), true).get(root))
@@ -685,7 +686,11 @@ Result<std::string> fill_default_model(std::string_view body, std::string_view d
   simdjson::dom::object obj;
   if (root.get_object().get(obj) != simdjson::SUCCESS) return invalid("the request body must be a JSON object");
   simdjson::dom::element model;
-  if (obj["model"].get(model) == simdjson::SUCCESS) return std::string(body);
+  if (obj["model"].get(model) == simdjson::SUCCESS) {
+    if (model_out) model_out->assign(model.is_string() ? std::string_view(model) : std::string_view());
+    return std::string(body);
+  }
+  if (model_out) model_out->assign(default_model);
   if (default_model.empty()) return invalid("the request body names no model and the client has no default model");
   const auto brace = body.find('{');
   std::string out;

@@ -57,7 +57,9 @@ std::optional<std::chrono::milliseconds> parse_retry_after(const std::string* re
 
 // Adds `"model":<default_model>` to a JSON object body that has no top-level
 // "model" key; validates the body. Returns the body to send.
-Result<std::string> fill_default_model(std::string_view body, std::string_view default_model);
+// `model_out`, when given, receives the model the body names (or the default).
+Result<std::string> fill_default_model(std::string_view body, std::string_view default_model,
+                                       std::string* model_out = nullptr);
 
 // The ErrorKind for an HTTP status >= 400.
 ErrorKind kind_for_status(int status) noexcept;

@@ -15,6 +15,7 @@
 
 #include "taotoken/cancel.h"
 #include "taotoken/retry.h"
+#include "taotoken/usage.h"
 #include "taotoken/version.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
@@ -94,6 +95,19 @@ struct ClientOptions {
   /// and quotes it in support cases). Off by default, like the official SDKs:
   /// the id is still made, returned and recorded either way.
   bool send_request_id = false;
+  /// Recorders that receive one `RequestRecord` per chat request (chat,
+  /// chat_stream, forward, forward_stream), whatever its outcome.
+  std::vector<std::shared_ptr<UsageRecorder>> recorders;
+  /// Prices for `RequestRecord::estimated_cost`; null: no estimate.
+  std::shared_ptr<const PriceTable> prices;
+  /// Where recorder failures go (default: one line on stderr).
+  RecorderErrorHook on_recorder_error;
+  /// Add a redacted request summary (model, parameters, message count and
+  /// sizes) to each record.
+  bool record_request_summary = false;
+  /// Include message text in that summary. Off by default: records are
+  /// often kept longer and wider than prompts should be.
+  bool record_message_text = false;
   /// Responses larger than this fail with `bad_response` instead of using
   /// unbounded memory.
   std::size_t max_response_bytes = kDefaultMaxResponseBytes;
@@ -114,6 +128,8 @@ struct RequestOptions {
   std::optional<int> max_retries;
   /// A policy prototype for this call.
   std::shared_ptr<const RetryPolicy> retry_policy;
+  /// Tags copied into this request's `RequestRecord` (user, feature, tenant…).
+  std::vector<std::pair<std::string, std::string>> tags;
   /// Cancels this call from another thread (see `CancelToken`).
   std::shared_ptr<CancelToken> cancel;
   /// Extra headers for this call (added after the default headers).

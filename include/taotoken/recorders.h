@@ -1,0 +1,91 @@
+#ifndef TAOTOKEN_RECORDERS_H
+#define TAOTOKEN_RECORDERS_H
+
+/// @file
+/// Built-in recorders of the core library: memory, JSONL file, callback.
+/// (SQLite: taotoken/sqlite_recorder.h; PostgreSQL: taotoken/postgres_recorder.h.)
+
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "taotoken/usage.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+
+/// Keeps the most recent records in a bounded ring and a running summary of
+/// everything it has seen (what the proxy's admin view shows).
+/// Thread-safe.
+class MemoryRecorder final : public UsageRecorder {
+ public:
+  explicit MemoryRecorder(std::size_t capacity = 1000);
+  void record(const RequestRecord& record) override;
+  /// Up to `n` records, newest first.
+  std::vector<RequestRecord> recent(std::size_t n) const;
+  /// The summary of every record seen since construction.
+  UsageSummary summary() const;
+  std::size_t count() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::size_t capacity_;
+  std::deque<RequestRecord> ring_;
+  SummaryBuilder summary_;
+  std::size_t count_ = 0;
+};
+
+/// Calls a function for each record (on the calling thread). Thread-safe if
+/// the function is.
+class CallbackRecorder final : public UsageRecorder {
+ public:
+  explicit CallbackRecorder(std::function<void(const RequestRecord&)> fn) : fn_(std::move(fn)) {}
+  void record(const RequestRecord& record) override { fn_(record); }
+
+ private:
+  std::function<void(const RequestRecord&)> fn_;
+};
+
+/// Settings of a `JsonlRecorder`.
+struct JsonlOptions {
+  /// Rotate when the file would grow past this many bytes (0: never).
+  std::size_t max_bytes = std::size_t{64} << 20;
+  /// Rotate when the UTC day changes.
+  bool daily = true;
+  /// Rotated files kept: path.1 (newest) … path.N; older ones are deleted.
+  int keep = 7;
+  /// The clock used for daily rotation (tests inject one).
+  std::function<std::chrono::system_clock::time_point()> now = [] { return std::chrono::system_clock::now(); };
+};
+
+/// Appends one JSON object per line to a file, rotating by size and by day.
+/// Each record is written and flushed before `record()` returns. Write
+/// failures go to the error hook; the request is never affected.
+/// Thread-safe.
+class JsonlRecorder final : public UsageRecorder {
+ public:
+  /// Opens (creates) the file. Throws `Error` (`invalid_argument`) when it
+  /// cannot be opened.
+  explicit JsonlRecorder(std::string path, JsonlOptions options = {}, RecorderErrorHook on_error = {});
+  ~JsonlRecorder() override;
+  void record(const RequestRecord& record) override;
+  void flush() override;
+
+ private:
+  void rotate_locked();
+  std::mutex mu_;
+  std::string path_;
+  JsonlOptions opts_;
+  RecorderErrorHook on_error_;
+  std::FILE* file_ = nullptr;
+  std::size_t size_ = 0;
+  std::string day_;
+};
+
+TAOTOKEN_END_NAMESPACE
+
+#endif  // TAOTOKEN_RECORDERS_H

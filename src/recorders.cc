@@ -1,0 +1,119 @@
+#include "taotoken/recorders.h"
+
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+TAOTOKEN_BEGIN_NAMESPACE
+
+// ---- memory
+
+MemoryRecorder::MemoryRecorder(std::size_t capacity) : capacity_(capacity == 0 ? 1 : capacity) {}
+
+void MemoryRecorder::record(const RequestRecord& record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (ring_.size() == capacity_) ring_.pop_front();
+  ring_.push_back(record);
+  summary_.add(record);
+  ++count_;
+}
+
+std::vector<RequestRecord> MemoryRecorder::recent(std::size_t n) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<RequestRecord> out;
+  out.reserve(std::min(n, ring_.size()));
+  for (auto it = ring_.rbegin(); it != ring_.rend() && out.size() < n; ++it) out.push_back(*it);
+  return out;
+}
+
+UsageSummary MemoryRecorder::summary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return summary_.build();
+}
+
+std::size_t MemoryRecorder::count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return count_;
+}
+
+// ---- JSONL
+
+namespace {
+
+std::string utc_day(std::chrono::system_clock::time_point t) {
+  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
+  return buf;
+}
+
+}  // namespace
+
+JsonlRecorder::JsonlRecorder(std::string path, JsonlOptions options, RecorderErrorHook on_error)
+    : path_(std::move(path)), opts_(std::move(options)), on_error_(std::move(on_error)) {
+  file_ = std::fopen(path_.c_str(), "ab");
+  if (!file_)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("cannot open usage log '{}': {}", path_, std::strerror(errno)));
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0) {
+    size_ = static_cast<std::size_t>(st.st_size);
+    // A file left from an earlier day rotates at the first record.
+    day_ = utc_day(std::chrono::system_clock::from_time_t(st.st_mtime));
+  }
+  if (size_ == 0) day_ = utc_day(opts_.now());
+}
+
+JsonlRecorder::~JsonlRecorder() {
+  if (file_) std::fclose(file_);
+}
+
+void JsonlRecorder::rotate_locked() {
+  if (file_) std::fclose(file_);
+  file_ = nullptr;
+  if (opts_.keep <= 0) {
+    std::remove(path_.c_str());
+  } else {
+    std::remove(fmt::format("{}.{}", path_, opts_.keep).c_str());
+    for (int i = opts_.keep - 1; i >= 1; --i)
+      std::rename(fmt::format("{}.{}", path_, i).c_str(), fmt::format("{}.{}", path_, i + 1).c_str());
+    std::rename(path_.c_str(), (path_ + ".1").c_str());
+  }
+  file_ = std::fopen(path_.c_str(), "ab");
+  size_ = 0;
+  if (!file_ && on_error_) on_error_("jsonl", fmt::format("cannot reopen '{}': {}", path_, std::strerror(errno)));
+}
+
+void JsonlRecorder::record(const RequestRecord& record) {
+  std::string line = record.to_json();
+  line.push_back('\n');
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string today = opts_.daily ? utc_day(opts_.now()) : day_;
+  if ((opts_.daily && today != day_ && size_ > 0) || (opts_.max_bytes > 0 && size_ > 0 && size_ + line.size() > opts_.max_bytes))
+    rotate_locked();
+  day_ = today;
+  if (!file_) {
+    file_ = std::fopen(path_.c_str(), "ab");
+    if (!file_) {
+      if (on_error_) on_error_("jsonl", fmt::format("cannot open '{}': {}", path_, std::strerror(errno)));
+      return;
+    }
+  }
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+    if (on_error_) on_error_("jsonl", fmt::format("write to '{}' failed: {}", path_, std::strerror(errno)));
+    return;
+  }
+  size_ += line.size();
+}
+
+void JsonlRecorder::flush() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (file_) std::fflush(file_);
+}
+
+TAOTOKEN_END_NAMESPACE

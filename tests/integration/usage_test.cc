@@ -1,0 +1,328 @@
+// Usage recording through real requests: exactly one record per request,
+// whatever happened, with the right fields; JSONL files; prices; summaries.
+#include <simdjson.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "fixtures.h"
+#include "sim_fixture.h"
+#include "taotoken/recorders.h"
+
+using namespace taotoken;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Recorded {
+  std::shared_ptr<MemoryRecorder> memory = std::make_shared<MemoryRecorder>(10000);
+  ClientOptions options(const SimFixture& f, bool retries = false) const {
+    auto o = f.options(retries);
+    o.recorders = {memory};
+    o.sleep_for = [](std::chrono::milliseconds) {};
+    return o;
+  }
+  RequestRecord only() const {
+    REQUIRE(memory->count() == 1);
+    return memory->recent(1).at(0);
+  }
+};
+
+fs::path temp_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("taotoken-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("a successful chat is recorded once with its usage, cost and tags") {
+  SimFixture f;
+  Recorded rec;
+  auto o = rec.options(f);
+  auto prices = std::make_shared<PriceTable>();
+  prices->set("claude-sonnet-4-6", {3.0, 15.0, 0.3});
+  o.prices = prices;
+  o.record_request_summary = true;
+  RequestOptions ro;
+  ro.tags = {{"user", "alice"}, {"feature", "search"}};
+  auto r = TaotokenClient(o).chat(SimFixture::ask("hello there"), ro);
+  REQUIRE(r.ok());
+  RequestRecord x = rec.only();
+  CHECK(x.request_id == r->request_id);
+  CHECK(x.upstream_request_id == "sim-1");
+  CHECK(x.endpoint == "chat");
+  CHECK(x.requested_model == "claude-sonnet-4-6");
+  CHECK(x.model == "claude-sonnet-4-6");
+  CHECK(x.status == RequestStatus::success);
+  CHECK(x.http_status == 200);
+  CHECK_FALSE(x.error_kind);
+  CHECK(x.attempts.size() == 1);
+  CHECK(x.prompt_tokens == 6);
+  CHECK(x.completion_tokens == 3);
+  CHECK(x.total_tokens == 9);
+  CHECK(x.cached_tokens == 0);
+  REQUIRE(x.estimated_cost);
+  CHECK(*x.estimated_cost == Approx((6 * 3.0 + 3 * 15.0) / 1e6));
+  CHECK(x.tags == ro.tags);
+  REQUIRE(x.request_summary);
+  CHECK_THAT(*x.request_summary, Catch::Contains(R"("message_count":1)"));
+  CHECK(x.request_summary->find("hello there") == std::string::npos);  // no text unless enabled
+  CHECK_FALSE(x.streamed);
+  CHECK_THAT(x.started_at_iso(), Catch::Matches(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)"));
+}
+
+TEST_CASE("every kind of ending gives exactly one record") {
+  SimFixture f;
+  Recorded rec;
+  TaotokenClient client(rec.options(f, true));
+  auto last = [&] { return rec.memory->recent(1).at(0); };
+  std::size_t expected = 0;
+
+  SECTION("each error kind") {
+    for (int status : {400, 401, 403, 404, 409, 422, 429, 500}) {
+      sim::Fault fault;
+      fault.status = status;
+      fault.replace_body = true;
+      fault.body = R"({"error":{"message":"no"}})";
+      f.sim.push_fault(fault, 3);
+      auto r = client.chat(SimFixture::ask("x"));
+      REQUIRE_FALSE(r.ok());
+      CHECK(rec.memory->count() == ++expected);
+      CHECK(last().status == RequestStatus::error);
+      CHECK(last().error_kind == r.error().kind());
+      CHECK(last().http_status == status);
+      CHECK(last().attempts.size() == static_cast<std::size_t>(r.error().attempts));
+      f.sim.clear_faults();
+    }
+    ClientOptions bad = rec.options(f);
+    bad.base_url = "https://api.example.invalid/v1";
+    bad.api_key.clear();
+    ::unsetenv("TAOTOKEN_API_KEY");
+    auto r = TaotokenClient(bad).chat(SimFixture::ask("x"));
+    CHECK(rec.memory->count() == ++expected);
+    CHECK(last().error_kind == ErrorKind::invalid_argument);
+    CHECK(last().attempts.empty());
+  }
+  SECTION("retried, then succeeded: the attempts are listed") {
+    sim::Fault busy;
+    busy.status = 503;
+    f.sim.push_fault(busy, 2);
+    REQUIRE(client.chat(SimFixture::ask("x")).ok());
+    RequestRecord x = rec.only();
+    CHECK(x.status == RequestStatus::success);
+    REQUIRE(x.attempts.size() == 3);
+    CHECK(x.attempts[0].http_status == 503);
+    CHECK(x.attempts[0].error == ErrorKind::server_error);
+    CHECK_FALSE(x.attempts[2].error);
+  }
+  SECTION("a timeout") {
+    auto o = rec.options(f);
+    o.timeout = 200ms;
+    sim::Fault slow;
+    slow.delay = 3s;
+    f.sim.push_fault(slow);
+    REQUIRE_FALSE(TaotokenClient(o).chat(SimFixture::ask("x")).ok());
+    CHECK(rec.only().error_kind == ErrorKind::timeout);
+  }
+  SECTION("a stream cancelled by its callback") {
+    auto r = client.chat_stream(SimFixture::ask("a b c d"), [](const ChatCompletionChunk&) { return false; });
+    REQUIRE_FALSE(r.ok());
+    RequestRecord x = rec.only();
+    CHECK(x.status == RequestStatus::cancelled);
+    CHECK(x.streamed);
+    CHECK(x.endpoint == "chat_stream");
+  }
+  SECTION("a truncated stream keeps the usage that arrived") {
+    sim::Fault no_done;
+    no_done.stream_no_done = true;
+    f.sim.push_fault(no_done);
+    REQUIRE_FALSE(client.chat_stream(SimFixture::ask("a b"), nullptr).ok());
+    RequestRecord x = rec.only();
+    CHECK(x.status == RequestStatus::error);
+    CHECK(x.error_kind == ErrorKind::stream_truncated);
+    CHECK(x.completion_tokens == 3);
+  }
+  SECTION("a stream that throws from its callback") {
+    CHECK_THROWS(client.chat_stream(SimFixture::ask("a"), [](const ChatCompletionChunk&) -> bool { throw 1; }));
+    CHECK(rec.only().status == RequestStatus::cancelled);
+  }
+  SECTION("a successful stream has usage and time to first token") {
+    REQUIRE(client.chat_stream(SimFixture::ask("a b c"), nullptr).ok());
+    RequestRecord x = rec.only();
+    CHECK(x.status == RequestStatus::success);
+    CHECK(x.time_to_first_token);
+    CHECK(x.completion_tokens == 4);
+  }
+  SECTION("forward and forward_stream") {
+    auto fw = client.forward(R"({"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]})");
+    REQUIRE(fw.ok());
+    CHECK(rec.memory->count() == 1);
+    CHECK(last().endpoint == "forward");
+    CHECK(last().requested_model == "gpt-4o-mini");
+    CHECK(last().completion_tokens == 2);
+    ForwardSink sink;
+    REQUIRE(client.forward_stream(R"({"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]})", sink).ok());
+    CHECK(rec.memory->count() == 2);
+    CHECK(last().endpoint == "forward_stream");
+    CHECK(last().requested_model == "claude-sonnet-4-6");
+    CHECK(last().completion_tokens == 2);
+  }
+}
+
+TEST_CASE("16 threads share recorders; every request is recorded exactly once") {
+  SimFixture f;
+  Recorded rec;
+  const auto dir = temp_dir("jsonl-threads");
+  auto jsonl = std::make_shared<JsonlRecorder>((dir / "usage.jsonl").string());
+  auto o = rec.options(f);
+  o.recorders.push_back(jsonl);
+  {
+    TaotokenClient client(o);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 16; ++t)
+      threads.emplace_back([&, t] {
+        RequestOptions ro;
+        ro.tags = {{"thread", std::to_string(t)}};
+        for (int i = 0; i < 25; ++i) (void)client.chat(SimFixture::ask("x"), ro);
+      });
+    for (auto& th : threads) th.join();
+  }
+  CHECK(rec.memory->count() == 400);
+  auto s = rec.memory->summary();
+  CHECK(s.total.requests == 400);
+  CHECK(s.total.completion_tokens == 800);
+  CHECK(s.by_tag.size() == 16);
+  CHECK(s.by_tag.at("thread=3").requests == 25);
+  std::ifstream in(dir / "usage.jsonl");
+  std::string line;
+  int lines = 0;
+  simdjson::dom::parser p;
+  while (std::getline(in, line)) {
+    simdjson::dom::element e;
+    REQUIRE(p.parse(line).get(e) == simdjson::SUCCESS);
+    ++lines;
+  }
+  CHECK(lines == 400);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("JSONL rotates by size and by day, keeping N files that parse back") {
+  const auto dir = temp_dir("jsonl-rotate");
+  const std::string path = (dir / "u.jsonl").string();
+  auto now = std::chrono::system_clock::from_time_t(1795000000);  // a fixed day
+  JsonlOptions opts;
+  opts.max_bytes = 2000;
+  opts.keep = 2;
+  opts.now = [&] { return now; };
+  JsonlRecorder rec(path, opts);
+  RequestRecord r;
+  r.request_id = "req_1";
+  r.model = "m";
+  for (int i = 0; i < 20; ++i) rec.record(r);  // ~600 bytes each: rotates by size
+  CHECK(fs::exists(path + ".1"));
+  CHECK(fs::exists(path + ".2"));
+  CHECK_FALSE(fs::exists(path + ".3"));  // keep = 2
+  CHECK(fs::file_size(path) <= 2000);
+  fs::remove(path + ".1");
+  fs::remove(path + ".2");
+  now += std::chrono::hours(24);  // a new day rotates even a small file
+  rec.record(r);
+  CHECK(fs::exists(path + ".1"));
+  simdjson::dom::parser p;
+  for (const auto& f : {path, path + ".1"}) {
+    std::ifstream in(f);
+    std::string line;
+    while (std::getline(in, line)) CHECK(p.parse(line).error() == simdjson::SUCCESS);
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("an unwritable JSONL path is a clear error at construction") {
+  CHECK_THROWS_AS(JsonlRecorder("/nonexistent-dir/x/usage.jsonl"), Error);
+}
+
+TEST_CASE("a throwing recorder never fails a request; the hook hears about it") {
+  SimFixture f;
+  auto o = f.options();
+  std::vector<std::string> errors;
+  o.recorders = {std::make_shared<CallbackRecorder>([](const RequestRecord&) { throw std::runtime_error("disk full"); })};
+  o.on_recorder_error = [&](std::string_view, std::string_view m) { errors.emplace_back(m); };
+  CHECK(TaotokenClient(o).chat(SimFixture::ask("x")).ok());
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0] == "disk full");
+}
+
+TEST_CASE("prices: from JSON, lookups, malformed files") {
+  auto t = PriceTable::from_json(R"({"gpt-4o":{"input":2.5,"output":10,"cached_input":1.25},"m":{"input":1,"output":2}})");
+  REQUIRE(t.ok());
+  REQUIRE(t->find("openai/gpt-4o"));
+  CHECK(t->find("gpt-4o-2024-08-06")->output_per_million == 10);
+  CHECK_FALSE(t->find("claude"));
+  Usage u;
+  u.prompt_tokens = 1000;
+  u.cached_tokens = 400;
+  u.completion_tokens = 100;
+  CHECK(*t->cost("gpt-4o", u) == Approx((600 * 2.5 + 400 * 1.25 + 100 * 10) / 1e6));
+  CHECK_FALSE(t->cost("unknown", u));
+  for (const char* bad : {"[1]", "{\"m\":{\"input\":1}}", "{\"m\":{\"input\":\"x\",\"output\":1}}",
+                          "{\"m\":{\"input\":1,\"output\":1,\"extra\":2}}", "{\"m\":{\"input\":-1,\"output\":1}}", "{"}) {
+    INFO(bad);
+    auto r = PriceTable::from_json(bad);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().kind() == ErrorKind::invalid_argument);
+  }
+  CHECK_FALSE(PriceTable::from_file("/nonexistent/prices.json").ok());
+  CHECK(PriceTable::builtin_estimates().find("gpt-4o-mini"));
+}
+
+TEST_CASE("summary percentiles are exact nearest-rank") {
+  SummaryBuilder b;
+  for (int ms = 1; ms <= 100; ++ms) {
+    RequestRecord r;
+    r.model = ms % 2 ? "odd" : "even";
+    r.latency = std::chrono::milliseconds(ms);
+    r.status = ms <= 90 ? RequestStatus::success : RequestStatus::error;
+    b.add(r);
+  }
+  UsageSummary s = b.build();
+  CHECK(s.total.requests == 100);
+  CHECK(s.total.successes == 90);
+  CHECK(s.total.errors == 10);
+  CHECK(s.total.latency_p50 == 50ms);
+  CHECK(s.total.latency_p95 == 95ms);
+  CHECK(s.total.latency_p99 == 99ms);
+  CHECK(s.by_model.at("odd").latency_p50 == 49ms);
+  simdjson::dom::parser p;
+  CHECK(p.parse(s.to_json()).error() == simdjson::SUCCESS);
+}
+
+TEST_CASE("the API key never reaches a record or a usage file") {
+  SimFixture f;
+  Recorded rec;
+  const auto dir = temp_dir("jsonl-key");
+  auto o = rec.options(f, true);
+  o.recorders.push_back(std::make_shared<JsonlRecorder>((dir / "u.jsonl").string()));
+  o.record_request_summary = true;
+  o.record_message_text = true;
+  TaotokenClient client(o);
+  sim::Fault echo;
+  echo.status = 401;
+  echo.replace_body = true;
+  echo.body = R"({"error":{"message":"Bad key sk-test-secret-key-123","code":"sk-test-secret-key-123"}})";
+  f.sim.push_fault(echo);
+  (void)client.chat(SimFixture::ask("x"));
+  (void)client.chat_stream(SimFixture::ask("y"), nullptr);
+  (void)client.forward(R"({"messages":[{"role":"user","content":"z"}]})");
+  for (const auto& r : rec.memory->recent(10)) CHECK(r.to_json().find("sk-test-secret-key-123") == std::string::npos);
+  std::ifstream in(dir / "u.jsonl");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(all.find("sk-test-secret-key-123") == std::string::npos);
+  CHECK_THAT(all, Catch::Contains("[REDACTED]"));
+  fs::remove_all(dir);
+}
