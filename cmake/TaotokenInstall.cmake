@@ -31,6 +31,20 @@ else()
   set(TAOTOKEN_HAS_SIM OFF)
 endif()
 
+# Database recorder components.
+set(TAOTOKEN_HAS_SQLITE OFF)
+set(TAOTOKEN_HAS_POSTGRES OFF)
+foreach(component sqlite postgres)
+  if(TARGET taotoken_${component})
+    string(TOUPPER ${component} _upper)
+    set(TAOTOKEN_HAS_${_upper} ON)
+    install(TARGETS taotoken_${component} EXPORT taotoken-targets
+      ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+      LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+      RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  endif()
+endforeach()
+
 install(TARGETS taotoken EXPORT taotoken-targets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

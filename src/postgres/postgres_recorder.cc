@@ -1,0 +1,219 @@
+#include "taotoken/postgres_recorder.h"
+
+#include <fmt/format.h>
+#include <libpq-fe.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "batch_queue.h"
+#include "record_sql.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+
+namespace {
+
+constexpr int kSchemaVersion = 2;
+
+struct ConnCloser {
+  void operator()(PGconn* c) const noexcept { PQfinish(c); }
+};
+using Conn = std::unique_ptr<PGconn, ConnCloser>;
+struct ResultClearer {
+  void operator()(PGresult* r) const noexcept { PQclear(r); }
+};
+using PgResult = std::unique_ptr<PGresult, ResultClearer>;
+
+std::string conn_error(PGconn* c) {
+  std::string m = c ? PQerrorMessage(c) : "out of memory";
+  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+  return m;
+}
+
+// Runs a command; empty on success.
+std::string exec(PGconn* c, const char* sql) {
+  PgResult r(PQexec(c, sql));
+  const auto st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return {};
+  return conn_error(c);
+}
+
+constexpr const char* kCreateV1 = R"sql(
+CREATE TABLE IF NOT EXISTS requests (
+  id BIGSERIAL PRIMARY KEY,
+  request_id TEXT NOT NULL, upstream_request_id TEXT, started_at TEXT NOT NULL, started_ms BIGINT NOT NULL,
+  endpoint TEXT, requested_model TEXT, model TEXT, provider TEXT, streamed TEXT NOT NULL DEFAULT '0',
+  status TEXT NOT NULL, http_status INTEGER, error_kind TEXT, error_message TEXT,
+  attempts INTEGER, attempts_json TEXT, latency_ms BIGINT,
+  prompt_tokens BIGINT, completion_tokens BIGINT, total_tokens BIGINT, cached_tokens BIGINT,
+  estimated_cost DOUBLE PRECISION, tags_json TEXT);
+CREATE INDEX IF NOT EXISTS requests_started_ms ON requests(started_ms);
+CREATE INDEX IF NOT EXISTS requests_model ON requests(model);
+)sql";
+
+constexpr const char* kMigrateV1toV2 = R"sql(
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS ttft_ms BIGINT;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS reasoning_tokens BIGINT;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS upstream_cost DOUBLE PRECISION;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS request_summary TEXT;
+)sql";
+
+std::string connect(const std::string& conninfo, Conn& conn) {
+  conn.reset(PQconnectdb(conninfo.c_str()));
+  if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
+    auto e = fmt::format("cannot connect to PostgreSQL: {}", conn_error(conn.get()));
+    conn.reset();
+    return e;
+  }
+  PQsetNoticeProcessor(conn.get(), [](void*, const char*) {}, nullptr);  // "already exists, skipping"
+  // Migrations run once, whoever gets the lock first; the others wait and
+  // then find the schema current.
+  std::string err = exec(conn.get(), "BEGIN");
+  if (err.empty()) err = exec(conn.get(), "SELECT pg_advisory_xact_lock(7262201)");
+  if (err.empty()) err = exec(conn.get(), "CREATE TABLE IF NOT EXISTS taotoken_schema (version INTEGER NOT NULL)");
+  int version = 0;
+  if (err.empty()) {
+    PgResult r(PQexec(conn.get(), "SELECT version FROM taotoken_schema LIMIT 1"));
+    if (r && PQresultStatus(r.get()) == PGRES_TUPLES_OK && PQntuples(r.get()) > 0)
+      version = std::atoi(PQgetvalue(r.get(), 0, 0));
+  }
+  if (err.empty() && version == 0) {
+    err = exec(conn.get(), kCreateV1);
+    if (err.empty()) err = exec(conn.get(), "INSERT INTO taotoken_schema(version) VALUES (1)");
+    version = 1;
+  }
+  if (err.empty() && version == 1) {
+    err = exec(conn.get(), kMigrateV1toV2);
+    if (err.empty()) err = exec(conn.get(), "UPDATE taotoken_schema SET version = 2");
+    version = 2;
+  }
+  if (err.empty() && version > kSchemaVersion)
+    err = fmt::format("schema version {} is newer than this library's {}", version, kSchemaVersion);
+  if (err.empty()) err = exec(conn.get(), "COMMIT");
+  if (!err.empty()) {
+    conn.reset();
+    return "PostgreSQL schema: " + err;
+  }
+  return {};
+}
+
+RecorderErrorHook default_hook(RecorderErrorHook hook) {
+  if (hook) return hook;
+  return [](std::string_view who, std::string_view msg) {
+    std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(who.size()), who.data(),
+                 static_cast<int>(msg.size()), msg.data());
+  };
+}
+
+Result<std::vector<RequestRecord>> select_records(const std::string& conninfo, const std::string& where,
+                                                  const std::vector<std::string>& args, const std::string& tail) {
+  Conn conn;
+  if (auto e = connect(conninfo, conn); !e.empty()) return Error(ErrorKind::connection, e);
+  std::string cols;
+  for (const char* c : detail::kRecordColumns) cols += std::string(cols.empty() ? "" : ", ") + c + "::text";
+  const std::string sql = fmt::format("SELECT {} FROM requests {} {}", cols, where, tail);
+  std::vector<const char*> params;
+  for (const auto& a : args) params.push_back(a.c_str());
+  PgResult r(PQexecParams(conn.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, params.data(), nullptr,
+                          nullptr, 0));
+  if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK)
+    return Error(ErrorKind::connection, "query failed: " + conn_error(conn.get()));
+  std::vector<RequestRecord> out;
+  detail::SqlValues row(detail::kRecordColumns.size());
+  for (int i = 0; i < PQntuples(r.get()); ++i) {
+    for (int j = 0; j < static_cast<int>(row.size()); ++j)
+      row[static_cast<std::size_t>(j)] =
+          PQgetisnull(r.get(), i, j) ? std::nullopt : std::optional<std::string>(PQgetvalue(r.get(), i, j));
+    out.push_back(detail::record_from_row(row));
+  }
+  return out;
+}
+
+}  // namespace
+
+class PostgresRecorder::Impl {
+ public:
+  Impl(std::string conninfo, DatabaseRecorderOptions o)
+      : conninfo_(std::move(conninfo)),
+        on_error_(default_hook(o.on_error)),
+        drain_timeout_(o.drain_timeout),
+        queue_("postgres",
+               detail::BatchQueueOptions{o.queue_capacity, o.batch_size, o.full_queue_wait, o.drain_timeout,
+                                         std::chrono::seconds(5)},
+               [this](const std::vector<RequestRecord>& batch) { return write(batch); }, on_error_) {}
+
+  detail::BatchQueue& queue() { return queue_; }
+  std::chrono::milliseconds drain_timeout() const { return drain_timeout_; }
+
+ private:
+  std::string write(const std::vector<RequestRecord>& batch) {
+    if (!conn_ || PQstatus(conn_.get()) != CONNECTION_OK) {
+      if (auto e = connect(conninfo_, conn_); !e.empty()) return e;
+    }
+    const std::size_t ncols = detail::kRecordColumns.size() + 1;
+    std::string sql = fmt::format("INSERT INTO requests ({}) VALUES ", detail::insert_column_list());
+    std::vector<detail::SqlValues> values;
+    values.reserve(batch.size());
+    std::vector<const char*> params;
+    params.reserve(batch.size() * ncols);
+    int n = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      values.push_back(detail::record_values(batch[i]));
+      sql += i ? ",(" : "(";
+      for (std::size_t c = 0; c < ncols; ++c) {
+        sql += fmt::format("{}${}", c ? "," : "", ++n);
+        const auto& v = values.back()[c];
+        params.push_back(v ? v->c_str() : nullptr);
+      }
+      sql += ")";
+    }
+    // Column types are inferred from the table; text parameters convert.
+    PgResult r(PQexecParams(conn_.get(), sql.c_str(), n, nullptr, params.data(), nullptr, nullptr, 0));
+    if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
+      auto e = "insert failed: " + conn_error(conn_.get());
+      if (PQstatus(conn_.get()) != CONNECTION_OK) conn_.reset();
+      return e;
+    }
+    return {};
+  }
+
+  std::string conninfo_;
+  RecorderErrorHook on_error_;
+  std::chrono::milliseconds drain_timeout_;
+  Conn conn_;
+  detail::BatchQueue queue_;
+};
+
+PostgresRecorder::PostgresRecorder(std::string conninfo, DatabaseRecorderOptions options)
+    : impl_(std::make_unique<Impl>(std::move(conninfo), std::move(options))) {}
+PostgresRecorder::~PostgresRecorder() = default;
+void PostgresRecorder::record(const RequestRecord& record) { impl_->queue().push(record); }
+void PostgresRecorder::flush() { impl_->queue().flush(impl_->drain_timeout()); }
+std::size_t PostgresRecorder::dropped() const { return impl_->queue().dropped(); }
+
+Result<std::vector<RequestRecord>> PostgresRecorder::recent(const std::string& conninfo, std::size_t limit) {
+  return select_records(conninfo, "", {std::to_string(limit)}, "ORDER BY id DESC LIMIT $1");
+}
+
+Result<UsageSummary> PostgresRecorder::summarize(const std::string& conninfo, const UsageQuery& query) {
+  std::string where;
+  std::vector<std::string> args;
+  auto ms = [](std::chrono::system_clock::time_point t) {
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count());
+  };
+  if (query.since) {
+    args.push_back(ms(*query.since));
+    where = "WHERE started_ms >= $1";
+  }
+  if (query.until) {
+    args.push_back(ms(*query.until));
+    where += fmt::format("{} started_ms < ${}", where.empty() ? "WHERE" : " AND", args.size());
+  }
+  auto rows = select_records(conninfo, where, args, "ORDER BY id");
+  if (!rows) return std::move(rows.error());
+  SummaryBuilder b;
+  for (const auto& r : *rows) b.add(r);
+  return b.build();
+}
+
+TAOTOKEN_END_NAMESPACE

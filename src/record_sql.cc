@@ -1,0 +1,153 @@
+#include "record_sql.h"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <charconv>
+
+#include "json_writer.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+namespace {
+
+std::optional<std::string> num(const std::optional<std::int64_t>& v) {
+  if (!v) return std::nullopt;
+  return std::to_string(*v);
+}
+std::optional<std::string> num(const std::optional<double>& v) {
+  if (!v) return std::nullopt;
+  return fmt::format("{}", *v);
+}
+
+std::optional<std::int64_t> to_int(const std::optional<std::string>& s) {
+  if (!s || s->empty()) return std::nullopt;
+  std::int64_t v = 0;
+  auto r = std::from_chars(s->data(), s->data() + s->size(), v);
+  if (r.ec != std::errc()) return std::nullopt;
+  return v;
+}
+std::optional<double> to_double(const std::optional<std::string>& s) {
+  if (!s || s->empty()) return std::nullopt;
+  try {
+    return std::stod(*s);
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+std::optional<ErrorKind> kind_from(std::string_view s) {
+  for (int k = 0; k <= static_cast<int>(ErrorKind::stream_truncated); ++k)
+    if (to_string(static_cast<ErrorKind>(k)) == s) return static_cast<ErrorKind>(k);
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string insert_column_list() {
+  std::string out;
+  for (const char* c : kRecordColumns) {
+    if (!out.empty()) out += ", ";
+    out += c;
+  }
+  return out + ", request_summary";
+}
+
+SqlValues record_values(const RequestRecord& r) {
+  std::string attempts;
+  JsonWriter a(attempts);
+  a.begin_array();
+  for (const auto& at : r.attempts) {
+    a.begin_object().key("http_status").number(static_cast<std::int64_t>(at.http_status)).key("error");
+    if (at.error) a.string(to_string(*at.error)); else a.null();
+    a.key("latency_ms").number(static_cast<std::int64_t>(at.latency.count()));
+    a.key("delay_before_ms").number(static_cast<std::int64_t>(at.delay_before.count())).end_object();
+  }
+  a.end_array();
+  std::string tags;
+  JsonWriter t(tags);
+  t.begin_object();
+  for (const auto& [k, v] : r.tags) t.key(k).string(v);
+  t.end_object();
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.started_at.time_since_epoch()).count();
+  return {r.request_id,
+          r.upstream_request_id,
+          r.started_at_iso(),
+          std::to_string(ms),
+          r.endpoint,
+          r.requested_model,
+          r.model,
+          r.provider,
+          std::string(r.streamed ? "1" : "0"),
+          std::string(to_string(r.status)),
+          std::to_string(r.http_status),
+          r.error_kind ? std::optional<std::string>(std::string(to_string(*r.error_kind))) : std::nullopt,
+          r.error_message,
+          std::to_string(r.attempts.size()),
+          attempts,
+          std::to_string(r.latency.count()),
+          r.time_to_first_token ? std::optional<std::string>(std::to_string(r.time_to_first_token->count()))
+                                : std::nullopt,
+          num(r.prompt_tokens),
+          num(r.completion_tokens),
+          num(r.total_tokens),
+          num(r.cached_tokens),
+          num(r.reasoning_tokens),
+          num(r.estimated_cost),
+          num(r.upstream_cost),
+          tags,
+          r.request_summary};
+}
+
+RequestRecord record_from_row(const SqlValues& v) {
+  auto s = [&](std::size_t i) { return i < v.size() && v[i] ? *v[i] : std::string(); };
+  RequestRecord r;
+  r.request_id = s(0);
+  r.upstream_request_id = s(1);
+  r.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(to_int(v[3]).value_or(0)));
+  r.endpoint = s(4);
+  r.requested_model = s(5);
+  r.model = s(6);
+  if (v[7]) r.provider = *v[7];
+  r.streamed = s(8) == "1" || s(8) == "t" || s(8) == "true";
+  const std::string status = s(9);
+  r.status = status == "success" ? RequestStatus::success
+             : status == "cancelled" ? RequestStatus::cancelled
+                                     : RequestStatus::error;
+  r.http_status = static_cast<int>(to_int(v[10]).value_or(0));
+  if (v[11]) r.error_kind = kind_from(*v[11]);
+  r.error_message = s(12);
+  simdjson::dom::parser parser;
+  simdjson::dom::element el;
+  if (v[14] && parser.parse(*v[14]).get(el) == simdjson::SUCCESS && el.is_array()) {
+    for (simdjson::dom::element a : el.get_array()) {
+      AttemptRecord at;
+      int64_t n = 0;
+      std::string_view e;
+      if (a["http_status"].get(n) == simdjson::SUCCESS) at.http_status = static_cast<int>(n);
+      if (a["error"].get(e) == simdjson::SUCCESS) at.error = kind_from(e);
+      if (a["latency_ms"].get(n) == simdjson::SUCCESS) at.latency = std::chrono::milliseconds(n);
+      if (a["delay_before_ms"].get(n) == simdjson::SUCCESS) at.delay_before = std::chrono::milliseconds(n);
+      r.attempts.push_back(at);
+    }
+  }
+  r.latency = std::chrono::milliseconds(to_int(v[15]).value_or(0));
+  if (auto t = to_int(v[16])) r.time_to_first_token = std::chrono::milliseconds(*t);
+  r.prompt_tokens = to_int(v[17]);
+  r.completion_tokens = to_int(v[18]);
+  r.total_tokens = to_int(v[19]);
+  r.cached_tokens = to_int(v[20]);
+  r.reasoning_tokens = to_int(v[21]);
+  r.estimated_cost = to_double(v[22]);
+  r.upstream_cost = to_double(v[23]);
+  if (v[24] && parser.parse(*v[24]).get(el) == simdjson::SUCCESS && el.is_object())
+    for (auto [k, val] : el.get_object()) {
+      std::string_view sv;
+      if (val.get(sv) == simdjson::SUCCESS) r.tags.emplace_back(std::string(k), std::string(sv));
+    }
+  return r;
+}
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE

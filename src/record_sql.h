@@ -1,0 +1,41 @@
+#ifndef TAOTOKEN_SRC_RECORD_SQL_H
+#define TAOTOKEN_SRC_RECORD_SQL_H
+
+// What the SQLite and PostgreSQL recorders share: the columns of the
+// `requests` table, a record's values for them (as text, NULL as nullopt)
+// and the way back from a row to a RequestRecord.
+
+#include <array>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "taotoken/usage.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+namespace detail {
+
+// Column order of inserts and selects.
+inline constexpr std::array<const char*, 25> kRecordColumns = {
+    "request_id",    "upstream_request_id", "started_at",      "started_ms",     "endpoint",
+    "requested_model", "model",             "provider",        "streamed",       "status",
+    "http_status",   "error_kind",          "error_message",   "attempts",       "attempts_json",
+    "latency_ms",    "ttft_ms",             "prompt_tokens",   "completion_tokens", "total_tokens",
+    "cached_tokens", "reasoning_tokens",    "estimated_cost",  "upstream_cost",  "tags_json"};
+// request_summary is stored too (column 26) but not read back into summaries.
+
+using SqlValues = std::vector<std::optional<std::string>>;
+
+// The record's values for kRecordColumns followed by request_summary.
+SqlValues record_values(const RequestRecord& r);
+
+// A row read with kRecordColumns (in that order) back into a record.
+RequestRecord record_from_row(const SqlValues& row);
+
+// "a, b, c" of kRecordColumns plus request_summary.
+std::string insert_column_list();
+
+}  // namespace detail
+TAOTOKEN_END_NAMESPACE
+
+#endif

@@ -1,0 +1,241 @@
+#include "taotoken/sqlite_recorder.h"
+
+#include <fmt/format.h>
+#include <sqlite3.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "batch_queue.h"
+#include "record_sql.h"
+
+TAOTOKEN_BEGIN_NAMESPACE
+
+namespace {
+
+constexpr int kSchemaVersion = 2;
+
+struct DbCloser {
+  void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
+};
+using Db = std::unique_ptr<sqlite3, DbCloser>;
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
+};
+using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+std::string errmsg(sqlite3* db, std::string_view what) {
+  return fmt::format("{}: {}", what, db ? sqlite3_errmsg(db) : "out of memory");
+}
+
+// Runs SQL without results; empty string on success.
+std::string exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK) return {};
+  std::string out = err ? err : "unknown error";
+  sqlite3_free(err);
+  return out;
+}
+
+// Version 1 had no time-to-first-token, reasoning tokens, upstream cost or
+// request summary columns; each migration moves one version forward.
+constexpr const char* kCreateV1 = R"sql(
+CREATE TABLE IF NOT EXISTS requests (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  request_id TEXT NOT NULL, upstream_request_id TEXT, started_at TEXT NOT NULL, started_ms INTEGER NOT NULL,
+  endpoint TEXT, requested_model TEXT, model TEXT, provider TEXT, streamed INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL, http_status INTEGER, error_kind TEXT, error_message TEXT,
+  attempts INTEGER, attempts_json TEXT, latency_ms INTEGER,
+  prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, cached_tokens INTEGER,
+  estimated_cost REAL, tags_json TEXT);
+CREATE INDEX IF NOT EXISTS requests_started_ms ON requests(started_ms);
+CREATE INDEX IF NOT EXISTS requests_model ON requests(model);
+)sql";
+
+constexpr const char* kMigrateV1toV2 = R"sql(
+ALTER TABLE requests ADD COLUMN ttft_ms INTEGER;
+ALTER TABLE requests ADD COLUMN reasoning_tokens INTEGER;
+ALTER TABLE requests ADD COLUMN upstream_cost REAL;
+ALTER TABLE requests ADD COLUMN request_summary TEXT;
+)sql";
+
+int read_version(sqlite3* db) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT version FROM taotoken_schema LIMIT 1", -1, &raw, nullptr) != SQLITE_OK) return 0;
+  Stmt st(raw);
+  return sqlite3_step(st.get()) == SQLITE_ROW ? sqlite3_column_int(st.get(), 0) : 0;
+}
+
+// Opens the file and brings its schema to kSchemaVersion; empty on success.
+std::string open_db(const std::string& path, Db& db, bool create) {
+  sqlite3* raw = nullptr;
+  const int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
+  const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
+  db.reset(raw);
+  if (rc != SQLITE_OK) return errmsg(raw, fmt::format("cannot open SQLite database '{}'", path));
+  sqlite3_busy_timeout(raw, 5000);
+  if (auto e = exec(raw, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); !e.empty())
+    return fmt::format("'{}': {}", path, e);
+  if (auto e = exec(raw, "BEGIN IMMEDIATE"); !e.empty()) return fmt::format("'{}': {}", path, e);
+  std::string err = exec(raw, "CREATE TABLE IF NOT EXISTS taotoken_schema (version INTEGER NOT NULL)");
+  int version = err.empty() ? read_version(raw) : 0;
+  if (err.empty() && version == 0) {
+    err = exec(raw, kCreateV1);
+    if (err.empty()) err = exec(raw, "INSERT INTO taotoken_schema(version) VALUES (1)");
+    version = 1;
+  }
+  if (err.empty() && version == 1) {
+    err = exec(raw, kMigrateV1toV2);
+    if (err.empty()) err = exec(raw, "UPDATE taotoken_schema SET version = 2");
+    version = 2;
+  }
+  if (err.empty() && version > kSchemaVersion)
+    err = fmt::format("schema version {} is newer than this library's {}", version, kSchemaVersion);
+  if (!err.empty()) {
+    exec(raw, "ROLLBACK");
+    return fmt::format("'{}': {}", path, err);
+  }
+  if (auto e = exec(raw, "COMMIT"); !e.empty()) return fmt::format("'{}': {}", path, e);
+  return {};
+}
+
+RecorderErrorHook default_hook(RecorderErrorHook hook) {
+  if (hook) return hook;
+  return [](std::string_view who, std::string_view msg) {
+    std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(who.size()), who.data(),
+                 static_cast<int>(msg.size()), msg.data());
+  };
+}
+
+Result<std::vector<RequestRecord>> select_records(const std::string& path, const std::string& where,
+                                                  const std::vector<std::int64_t>& args, const char* tail) {
+  Db db;
+  if (auto e = open_db(path, db, false); !e.empty()) return Error(ErrorKind::invalid_argument, e);
+  std::string cols;
+  for (const char* c : detail::kRecordColumns) cols += std::string(cols.empty() ? "" : ", ") + c;
+  const std::string sql = fmt::format("SELECT {} FROM requests {} {}", cols, where, tail);
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db.get(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK)
+    return Error(ErrorKind::invalid_argument, errmsg(db.get(), "query failed"));
+  Stmt st(raw);
+  for (std::size_t i = 0; i < args.size(); ++i) sqlite3_bind_int64(st.get(), static_cast<int>(i + 1), args[i]);
+  std::vector<RequestRecord> out;
+  detail::SqlValues row(detail::kRecordColumns.size());
+  int rc;
+  while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
+    for (int i = 0; i < static_cast<int>(row.size()); ++i) {
+      const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st.get(), i));
+      row[static_cast<std::size_t>(i)] = text ? std::optional<std::string>(text) : std::nullopt;
+    }
+    out.push_back(detail::record_from_row(row));
+  }
+  if (rc != SQLITE_DONE) return Error(ErrorKind::invalid_argument, errmsg(db.get(), "query failed"));
+  return out;
+}
+
+}  // namespace
+
+class SqliteRecorder::Impl {
+ public:
+  Impl(std::string path, DatabaseRecorderOptions o)
+      : path_(std::move(path)),
+        on_error_(default_hook(o.on_error)),
+        drain_timeout_(o.drain_timeout),
+        queue_("sqlite",
+               detail::BatchQueueOptions{o.queue_capacity, o.batch_size, o.full_queue_wait, o.drain_timeout,
+                                         std::chrono::seconds(5)},
+               [this](const std::vector<RequestRecord>& batch) { return write(batch); }, on_error_) {}
+
+  detail::BatchQueue& queue() { return queue_; }
+  std::chrono::milliseconds drain_timeout() const { return drain_timeout_; }
+
+ private:
+  // Runs on the queue's worker thread only.
+  std::string write(const std::vector<RequestRecord>& batch) {
+    if (!db_) {
+      if (auto e = open_db(path_, db_, true); !e.empty()) {
+        db_.reset();
+        return e;
+      }
+      std::string placeholders;
+      for (std::size_t i = 0; i < detail::kRecordColumns.size() + 1; ++i) placeholders += i ? ", ?" : "?";
+      const std::string sql =
+          fmt::format("INSERT INTO requests ({}) VALUES ({})", detail::insert_column_list(), placeholders);
+      sqlite3_stmt* raw = nullptr;
+      if (sqlite3_prepare_v2(db_.get(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK) {
+        auto e = errmsg(db_.get(), "prepare insert");
+        db_.reset();
+        return e;
+      }
+      insert_.reset(raw);
+    }
+    if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
+    for (const auto& r : batch) {
+      const detail::SqlValues values = detail::record_values(r);
+      sqlite3_reset(insert_.get());
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        const int idx = static_cast<int>(i + 1);
+        if (values[i]) sqlite3_bind_text(insert_.get(), idx, values[i]->c_str(), -1, SQLITE_TRANSIENT);
+        else sqlite3_bind_null(insert_.get(), idx);
+      }
+      if (sqlite3_step(insert_.get()) != SQLITE_DONE) {
+        auto e = errmsg(db_.get(), "insert");
+        exec(db_.get(), "ROLLBACK");
+        return reset_with(e);
+      }
+    }
+    if (auto e = exec(db_.get(), "COMMIT"); !e.empty()) {
+      exec(db_.get(), "ROLLBACK");
+      return reset_with(e);
+    }
+    return {};
+  }
+
+  std::string reset_with(std::string e) {
+    insert_.reset();
+    db_.reset();
+    return e;
+  }
+
+  std::string path_;
+  RecorderErrorHook on_error_;
+  std::chrono::milliseconds drain_timeout_;
+  Db db_;
+  Stmt insert_;
+  detail::BatchQueue queue_;  // last: its worker uses the members above
+};
+
+SqliteRecorder::SqliteRecorder(std::string path, DatabaseRecorderOptions options)
+    : impl_(std::make_unique<Impl>(std::move(path), std::move(options))) {}
+SqliteRecorder::~SqliteRecorder() = default;
+void SqliteRecorder::record(const RequestRecord& record) { impl_->queue().push(record); }
+void SqliteRecorder::flush() { impl_->queue().flush(impl_->drain_timeout()); }
+std::size_t SqliteRecorder::dropped() const { return impl_->queue().dropped(); }
+int SqliteRecorder::schema_version() noexcept { return kSchemaVersion; }
+
+Result<std::vector<RequestRecord>> SqliteRecorder::recent(const std::string& path, std::size_t limit) {
+  return select_records(path, "", {static_cast<std::int64_t>(limit)}, "ORDER BY id DESC LIMIT ?");
+}
+
+Result<UsageSummary> SqliteRecorder::summarize(const std::string& path, const UsageQuery& query) {
+  std::string where;
+  std::vector<std::int64_t> args;
+  auto ms = [](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  };
+  if (query.since) {
+    where = "WHERE started_ms >= ?";
+    args.push_back(ms(*query.since));
+  }
+  if (query.until) {
+    where += where.empty() ? "WHERE started_ms < ?" : " AND started_ms < ?";
+    args.push_back(ms(*query.until));
+  }
+  auto rows = select_records(path, where, args, "ORDER BY id");
+  if (!rows) return std::move(rows.error());
+  SummaryBuilder b;
+  for (const auto& r : *rows) b.add(r);
+  return b.build();
+}
+
+TAOTOKEN_END_NAMESPACE

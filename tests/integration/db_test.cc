@@ -1,0 +1,249 @@
+// SQLite and PostgreSQL recorders against real files and a real server.
+// PostgreSQL: TAOTOKEN_TEST_PG (a libpq conninfo, default "dbname=taotoken_test");
+// ./dev test starts the cluster and creates the database. There is no skip:
+// without a server these tests fail.
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <libpq-fe.h>
+#include <thread>
+
+#include "sim_fixture.h"
+#include "taotoken/postgres_recorder.h"
+#include "taotoken/recorders.h"
+#include "taotoken/sqlite_recorder.h"
+
+using namespace taotoken;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string pg_conninfo() {
+  const char* v = std::getenv("TAOTOKEN_TEST_PG");
+  return v && *v ? v : "dbname=taotoken_test";
+}
+
+// Runs SQL on the test database; returns the first value of the first row.
+std::string pg(const std::string& sql) {
+  PGconn* c = PQconnectdb(pg_conninfo().c_str());
+  PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+  INFO("PostgreSQL: " << PQerrorMessage(c));
+  REQUIRE(PQstatus(c) == CONNECTION_OK);
+  PGresult* r = PQexec(c, sql.c_str());
+  std::string out;
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)) out = PQgetvalue(r, 0, 0);
+  PQclear(r);
+  PQfinish(c);
+  return out;
+}
+
+fs::path temp_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("taotoken-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::int64_t sqlite_count(const std::string& path, const char* sql = "SELECT count(*) FROM requests") {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  const auto n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return n;
+}
+
+struct Errors {
+  std::mutex mu;
+  std::vector<std::string> seen;
+  RecorderErrorHook hook() {
+    return [this](std::string_view, std::string_view m) {
+      std::lock_guard<std::mutex> g(mu);
+      seen.emplace_back(m);
+    };
+  }
+};
+
+}  // namespace
+
+TEST_CASE("16 threads x 200 requests into SQLite and PostgreSQL at once: every record lands") {
+  pg("DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS taotoken_schema;");
+  SimFixture f;
+  const auto dir = temp_dir("db-threads");
+  const std::string file = (dir / "usage.db").string();
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  {
+    auto o = f.options();
+    o.recorders = {std::make_shared<SqliteRecorder>(file, dbo), std::make_shared<PostgresRecorder>(pg_conninfo(), dbo)};
+    TaotokenClient client(o);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 16; ++t)
+      threads.emplace_back([&, t] {
+        RequestOptions ro;
+        ro.tags = {{"worker", std::to_string(t % 4)}};
+        for (int i = 0; i < 200; ++i) (void)client.chat(SimFixture::ask("count me"), ro);
+      });
+    for (auto& th : threads) th.join();
+  }  // the last client handle drains the recorders
+  CHECK(errors.seen.empty());
+  CHECK(sqlite_count(file) == 3200);
+  CHECK(sqlite_count(file, "SELECT sum(completion_tokens) FROM requests") == 3200 * 3);
+  CHECK(pg("SELECT count(*) FROM requests") == "3200");
+  CHECK(pg("SELECT sum(completion_tokens) FROM requests") == "9600");
+  auto s = SqliteRecorder::summarize(file);
+  REQUIRE(s.ok());
+  CHECK(s->total.requests == 3200);
+  CHECK(s->by_tag.at("worker=1").requests == 800);
+  auto ps = PostgresRecorder::summarize(pg_conninfo());
+  REQUIRE(ps.ok());
+  CHECK(ps->total.completion_tokens == 9600);
+  auto recent = PostgresRecorder::recent(pg_conninfo(), 5);
+  REQUIRE(recent.ok());
+  CHECK(recent->size() == 5);
+  CHECK(recent->at(0).status == RequestStatus::success);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("records read back from SQLite match what was recorded") {
+  const auto dir = temp_dir("db-roundtrip");
+  const std::string file = (dir / "u.db").string();
+  RequestRecord r;
+  r.request_id = "req_1_abc";
+  r.upstream_request_id = "up";
+  r.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(1795000000123));
+  r.endpoint = "chat_stream";
+  r.requested_model = "m";
+  r.model = "m-2024";
+  r.provider = "Azure";
+  r.streamed = true;
+  r.status = RequestStatus::error;
+  r.http_status = 503;
+  r.error_kind = ErrorKind::stream_truncated;
+  r.error_message = "cut";
+  r.attempts = {{503, ErrorKind::server_error, 12ms, 0ms}, {200, ErrorKind::stream_truncated, 40ms, 500ms}};
+  r.latency = 600ms;
+  r.time_to_first_token = 30ms;
+  r.prompt_tokens = 10;
+  r.completion_tokens = 0;  // 0, not unknown
+  r.cached_tokens = std::nullopt;
+  r.estimated_cost = 0.25;
+  r.tags = {{"tenant", "acme"}};
+  {
+    SqliteRecorder rec(file);
+    rec.record(r);
+  }
+  auto back = SqliteRecorder::recent(file, 10);
+  REQUIRE(back.ok());
+  REQUIRE(back->size() == 1);
+  const auto& x = back->at(0);
+  CHECK(x.request_id == r.request_id);
+  CHECK(x.started_at == r.started_at);
+  CHECK(x.provider == r.provider);
+  CHECK(x.streamed);
+  CHECK(x.status == RequestStatus::error);
+  CHECK(x.error_kind == ErrorKind::stream_truncated);
+  REQUIRE(x.attempts.size() == 2);
+  CHECK(x.attempts[1].delay_before == 500ms);
+  CHECK(x.time_to_first_token == 30ms);
+  CHECK(x.completion_tokens == 0);
+  CHECK_FALSE(x.cached_tokens);
+  CHECK(x.estimated_cost == 0.25);
+  CHECK(x.tags == r.tags);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a SQLite file from schema version 1 is migrated") {
+  const auto dir = temp_dir("db-migrate");
+  const std::string file = (dir / "old.db").string();
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
+    const char* v1 = R"sql(
+      CREATE TABLE taotoken_schema (version INTEGER NOT NULL); INSERT INTO taotoken_schema VALUES (1);
+      CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, upstream_request_id TEXT,
+        started_at TEXT NOT NULL, started_ms INTEGER NOT NULL, endpoint TEXT, requested_model TEXT, model TEXT,
+        provider TEXT, streamed INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, http_status INTEGER, error_kind TEXT,
+        error_message TEXT, attempts INTEGER, attempts_json TEXT, latency_ms INTEGER, prompt_tokens INTEGER,
+        completion_tokens INTEGER, total_tokens INTEGER, cached_tokens INTEGER, estimated_cost REAL, tags_json TEXT);
+      INSERT INTO requests (request_id, started_at, started_ms, status, model, latency_ms, completion_tokens)
+        VALUES ('old_1', '2026-01-01T00:00:00.000Z', 1767225600000, 'success', 'old-model', 100, 5);)sql";
+    REQUIRE(sqlite3_exec(db, v1, nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  {
+    SqliteRecorder rec(file);
+    RequestRecord r;
+    r.request_id = "new_1";
+    r.status = RequestStatus::success;
+    r.time_to_first_token = 7ms;
+    rec.record(r);
+  }
+  CHECK(sqlite_count(file, "SELECT version FROM taotoken_schema") == SqliteRecorder::schema_version());
+  CHECK(sqlite_count(file) == 2);
+  CHECK(sqlite_count(file, "SELECT ttft_ms FROM requests WHERE request_id = 'new_1'") == 7);
+  auto s = SqliteRecorder::summarize(file);
+  REQUIRE(s.ok());
+  CHECK(s->by_model.at("old-model").completion_tokens == 5);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("an unusable SQLite path is reported through the hook; requests still succeed") {
+  SimFixture f;
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  dbo.drain_timeout = 300ms;
+  // /sys is read-only even for root (CI runs as root, so a chmod'ed
+  // directory would still be writable).
+  for (const std::string& path : {std::string("/sys/taotoken-usage.db"), std::string("/nonexistent-dir/u.db")}) {
+    INFO(path);
+    errors.seen.clear();
+    {
+      auto o = f.options();
+      o.recorders = {std::make_shared<SqliteRecorder>(path, dbo)};
+      TaotokenClient client(o);
+      CHECK(client.chat(SimFixture::ask("still works")).ok());
+    }
+    std::lock_guard<std::mutex> g(errors.mu);
+    REQUIRE_FALSE(errors.seen.empty());
+    CHECK_THAT(errors.seen.front(), Catch::Contains("cannot open SQLite database"));
+  }
+}
+
+TEST_CASE("PostgreSQL stopped and restarted mid-run: no record lost, requests unaffected") {
+  if (std::system("command -v pg_ctlcluster >/dev/null 2>&1") != 0) FAIL("pg_ctlcluster is needed to stop the server");
+  pg("DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS taotoken_schema;");
+  SimFixture f;
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  auto recorder = std::make_shared<PostgresRecorder>(pg_conninfo(), dbo);
+  auto o = f.options();
+  o.recorders = {recorder};
+  TaotokenClient client(o);
+  int ok = 0;
+  for (int i = 0; i < 50; ++i) ok += client.chat(SimFixture::ask("before")).ok();
+  recorder->flush();
+  REQUIRE(std::system("pg_ctlcluster 15 main stop -m fast >/dev/null 2>&1") == 0);
+  for (int i = 0; i < 100; ++i) ok += client.chat(SimFixture::ask("during")).ok();  // queued meanwhile
+  std::this_thread::sleep_for(300ms);
+  REQUIRE(std::system("pg_ctlcluster 15 main start >/dev/null 2>&1") == 0);
+  for (int i = 0; i < 50; ++i) ok += client.chat(SimFixture::ask("after")).ok();
+  recorder->flush();
+  CHECK(ok == 200);
+  CHECK(recorder->dropped() == 0);
+  CHECK(pg("SELECT count(*) FROM requests") == "200");
+  std::lock_guard<std::mutex> g(errors.mu);
+  CHECK_FALSE(errors.seen.empty());  // the outage was reported, not hidden
+}
