@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <ctime>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -14,7 +16,14 @@
 #include <vector>
 
 #include "json_writer.h"
+#include "taotoken/recorders.h"
 #include "taotoken/taotoken.h"
+#ifdef TAOTOKEN_CLI_HAS_SQLITE
+#include "taotoken/sqlite_recorder.h"
+#endif
+#ifdef TAOTOKEN_CLI_HAS_POSTGRES
+#include "taotoken/postgres_recorder.h"
+#endif
 
 namespace {
 
@@ -24,6 +33,9 @@ using taotoken::detail::JsonWriter;
 constexpr const char* kUsage =
     "usage: taotoken chat [options] PROMPT     (PROMPT '-' reads standard input)\n"
     "       taotoken models [--base-url URL] [--json]\n"
+    "       taotoken usage --db sqlite:PATH|postgres:CONNINFO [--since T] [--until T] [--by model|day|tag]\n"
+    "                      [--format table|json|csv]\n"
+    "       taotoken logs --db sqlite:PATH|postgres:CONNINFO [--limit N] [--json]\n"
     "       taotoken --version\n"
     "\n"
     "chat options:\n"
@@ -38,6 +50,9 @@ constexpr const char* kUsage =
     "  --stream             stream: print tokens as they arrive (with --json: one object at the end)\n"
     "  --idle-timeout SECONDS  streams: fail when no data arrives for this long\n"
     "  --json               print exactly one JSON object (success or failure)\n"
+    "  --record DEST        record the call: sqlite:PATH, jsonl:PATH or postgres:CONNINFO\n"
+    "\n"
+    "usage/logs: T is YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ (UTC) or a span back from now (90m, 24h, 7d).\n"
     "\n"
     "The API key comes from $TAOTOKEN_API_KEY.\n"
     "\n"
@@ -78,7 +93,17 @@ struct Args {
   bool stream = false;
   bool json = false;
   std::optional<std::string> prompt;
+  std::optional<std::string> record;  // chat --record
+  std::optional<std::string> db;      // usage/logs --db
+  std::optional<std::string> since, until;
+  std::string by = "model";
+  std::string format = "table";
+  std::size_t limit = 20;
 };
+
+taotoken::Result<std::shared_ptr<taotoken::UsageRecorder>> open_recorder(const std::string& dest);
+struct Args;
+int fail(const Args& a, const taotoken::Error& e, std::chrono::steady_clock::time_point start);
 
 bool g_json = false;  // set before parsing, so usage errors honour --json too
 
@@ -116,7 +141,7 @@ Args parse(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     std::exit(0);
   }
-  if (a.command != "chat" && a.command != "models")
+  if (a.command != "chat" && a.command != "models" && a.command != "usage" && a.command != "logs")
     usage_error(a.command.empty() ? "no command given" : fmt::format("unknown command '{}'", a.command));
   for (; i < argc; ++i) {
     std::string s = argv[i];
@@ -140,6 +165,25 @@ Args parse(int argc, char** argv) {
       a.attempt_timeout_s = parse_double(s, value());
       if (!(*a.attempt_timeout_s > 0) || *a.attempt_timeout_s > 1e7)
         usage_error("--attempt-timeout expects a positive number of seconds");
+    } else if (s == "--record") {
+      a.record = value();
+    } else if (s == "--db") {
+      a.db = value();
+    } else if (s == "--since") {
+      a.since = value();
+    } else if (s == "--until") {
+      a.until = value();
+    } else if (s == "--by") {
+      a.by = value();
+      if (a.by != "model" && a.by != "day" && a.by != "tag") usage_error("--by expects model, day or tag");
+    } else if (s == "--format") {
+      a.format = value();
+      if (a.format != "table" && a.format != "json" && a.format != "csv")
+        usage_error("--format expects table, json or csv");
+    } else if (s == "--limit") {
+      double d = parse_double(s, value());
+      if (d < 1 || d > 100000 || d != std::floor(d)) usage_error("--limit expects a positive integer");
+      a.limit = static_cast<std::size_t>(d);
     } else if (s == "--stream") {
       a.stream = true;
     } else if (s == "--idle-timeout") {
@@ -163,6 +207,7 @@ Args parse(int argc, char** argv) {
     }
   }
   if (a.command == "chat" && !a.prompt) usage_error("chat needs a PROMPT");
+  if ((a.command == "usage" || a.command == "logs") && !a.db) usage_error(a.command + " needs --db sqlite:PATH or postgres:CONNINFO");
   return a;
 }
 
@@ -264,7 +309,135 @@ taotoken::Result<taotoken::TaotokenClient> make_client(const Args& a) {
   if (a.idle_timeout_s)
     opts.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*a.idle_timeout_s * 1000));
   if (a.max_retries) opts.retry_policy = taotoken::RetryPolicy::standard(*a.max_retries);
+  if (a.record) {
+    auto recorder = open_recorder(*a.record);
+    if (!recorder) return std::move(recorder.error());
+    opts.recorders.push_back(*recorder);
+    opts.prices = std::make_shared<taotoken::PriceTable>(taotoken::PriceTable::builtin_estimates());
+  }
   return taotoken::TaotokenClient::create(opts);
+}
+
+// ---- usage recording and reports
+
+taotoken::Result<std::shared_ptr<taotoken::UsageRecorder>> open_recorder(const std::string& dest) {
+  const auto colon = dest.find(':');
+  const std::string kind = dest.substr(0, colon), where = colon == std::string::npos ? "" : dest.substr(colon + 1);
+  if (where.empty()) return taotoken::Error(taotoken::ErrorKind::invalid_argument, "--record expects KIND:WHERE");
+  try {
+    if (kind == "jsonl") return std::shared_ptr<taotoken::UsageRecorder>(std::make_shared<taotoken::JsonlRecorder>(where));
+#ifdef TAOTOKEN_CLI_HAS_SQLITE
+    if (kind == "sqlite") return std::shared_ptr<taotoken::UsageRecorder>(std::make_shared<taotoken::SqliteRecorder>(where));
+#endif
+#ifdef TAOTOKEN_CLI_HAS_POSTGRES
+    if (kind == "postgres")
+      return std::shared_ptr<taotoken::UsageRecorder>(std::make_shared<taotoken::PostgresRecorder>(where));
+#endif
+  } catch (const taotoken::Error& e) {
+    return e;
+  }
+  return taotoken::Error(taotoken::ErrorKind::invalid_argument,
+                         fmt::format("unknown or unavailable record destination '{}' (sqlite:, jsonl:, postgres:)", kind));
+}
+
+// YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or a span back from now (90m, 24h, 7d).
+std::chrono::system_clock::time_point parse_time(const std::string& flag, const std::string& v) {
+  using namespace std::chrono;
+  if (!v.empty() && (v.back() == 'm' || v.back() == 'h' || v.back() == 'd')) {
+    const double n = parse_double(flag, v.substr(0, v.size() - 1));
+    const double unit = v.back() == 'm' ? 60 : v.back() == 'h' ? 3600 : 86400;
+    return system_clock::now() - seconds(static_cast<std::int64_t>(n * unit));
+  }
+  std::tm tm{};
+  const char* end = strptime(v.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!end || (*end != 0 && std::string_view(end) != "Z")) {
+    tm = {};
+    end = strptime(v.c_str(), "%Y-%m-%d", &tm);
+    if (!end || *end != 0) usage_error(fmt::format("{} expects YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or 24h/7d, got '{}'", flag, v));
+  }
+  return system_clock::from_time_t(timegm(&tm));
+}
+
+taotoken::Result<taotoken::UsageSummary> summarize(const std::string& db, const taotoken::UsageQuery& q) {
+  const auto colon = db.find(':');
+  const std::string kind = db.substr(0, colon), where = colon == std::string::npos ? "" : db.substr(colon + 1);
+#ifdef TAOTOKEN_CLI_HAS_SQLITE
+  if (kind == "sqlite") return taotoken::SqliteRecorder::summarize(where, q);
+#endif
+#ifdef TAOTOKEN_CLI_HAS_POSTGRES
+  if (kind == "postgres") return taotoken::PostgresRecorder::summarize(where, q);
+#endif
+  (void)q;
+  return taotoken::Error(taotoken::ErrorKind::invalid_argument, fmt::format("unknown or unavailable --db kind '{}'", kind));
+}
+
+taotoken::Result<std::vector<taotoken::RequestRecord>> recent(const std::string& db, std::size_t limit) {
+  const auto colon = db.find(':');
+  const std::string kind = db.substr(0, colon), where = colon == std::string::npos ? "" : db.substr(colon + 1);
+#ifdef TAOTOKEN_CLI_HAS_SQLITE
+  if (kind == "sqlite") return taotoken::SqliteRecorder::recent(where, limit);
+#endif
+#ifdef TAOTOKEN_CLI_HAS_POSTGRES
+  if (kind == "postgres") return taotoken::PostgresRecorder::recent(where, limit);
+#endif
+  (void)limit;
+  return taotoken::Error(taotoken::ErrorKind::invalid_argument, fmt::format("unknown or unavailable --db kind '{}'", kind));
+}
+
+void print_summary(const Args& a, const taotoken::UsageSummary& s) {
+  const auto& groups = a.by == "model" ? s.by_model : a.by == "day" ? s.by_day : s.by_tag;
+  if (a.format == "json") {
+    std::printf("%s\n", s.to_json().c_str());
+    return;
+  }
+  auto row = [&](const char* fmt_row, const std::string& key, const taotoken::UsageTotals& t) {
+    std::printf(fmt_row, key.c_str(), static_cast<long long>(t.requests), static_cast<long long>(t.successes),
+                static_cast<long long>(t.errors), static_cast<long long>(t.cancelled),
+                static_cast<long long>(t.prompt_tokens), static_cast<long long>(t.completion_tokens), t.estimated_cost,
+                static_cast<long long>(t.latency_p50.count()), static_cast<long long>(t.latency_p95.count()),
+                static_cast<long long>(t.latency_p99.count()));
+  };
+  if (a.format == "csv") {
+    std::printf("%s,requests,successes,errors,cancelled,prompt_tokens,completion_tokens,estimated_cost,p50_ms,p95_ms,p99_ms\n",
+                a.by.c_str());
+    for (const auto& [k, t] : groups) row("%s,%lld,%lld,%lld,%lld,%lld,%lld,%.6f,%lld,%lld,%lld\n", k, t);
+    row("%s,%lld,%lld,%lld,%lld,%lld,%lld,%.6f,%lld,%lld,%lld\n", "TOTAL", s.total);
+    return;
+  }
+  std::printf("%-32s %8s %8s %6s %6s %12s %12s %12s %7s %7s %7s\n", a.by.c_str(), "requests", "ok", "errors", "cancel",
+              "prompt_tok", "compl_tok", "est_cost_usd", "p50_ms", "p95_ms", "p99_ms");
+  const char* f = "%-32s %8lld %8lld %6lld %6lld %12lld %12lld %12.6f %7lld %7lld %7lld\n";
+  for (const auto& [k, t] : groups) row(f, k, t);
+  row(f, "TOTAL", s.total);
+}
+
+int run_usage(const Args& a, std::chrono::steady_clock::time_point start) {
+  taotoken::UsageQuery q;
+  if (a.since) q.since = parse_time("--since", *a.since);
+  if (a.until) q.until = parse_time("--until", *a.until);
+  auto s = summarize(*a.db, q);
+  if (!s) return fail(a, s.error(), start);
+  print_summary(a, *s);
+  return 0;
+}
+
+int run_logs(const Args& a, std::chrono::steady_clock::time_point start) {
+  auto rows = recent(*a.db, a.limit);
+  if (!rows) return fail(a, rows.error(), start);
+  if (a.json || a.format == "json") {
+    std::string out = "[";
+    for (std::size_t i = 0; i < rows->size(); ++i) out += (i ? "," : "") + (*rows)[i].to_json();
+    std::printf("%s]\n", out.c_str());
+    return 0;
+  }
+  for (const auto& r : *rows)
+    std::printf("%s  %-28s %-24s %-9s %4d %6lldms  in=%s out=%s%s%s\n", r.started_at_iso().c_str(), r.request_id.c_str(),
+                (r.model.empty() ? r.requested_model : r.model).c_str(), std::string(taotoken::to_string(r.status)).c_str(),
+                r.http_status, static_cast<long long>(r.latency.count()),
+                r.prompt_tokens ? std::to_string(*r.prompt_tokens).c_str() : "-",
+                r.completion_tokens ? std::to_string(*r.completion_tokens).c_str() : "-",
+                r.error_kind ? "  " : "", r.error_kind ? std::string(taotoken::to_string(*r.error_kind)).c_str() : "");
+  return 0;
 }
 
 int fail(const Args& a, const taotoken::Error& e, std::chrono::steady_clock::time_point start) {
@@ -286,6 +459,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   const auto start = std::chrono::steady_clock::now();
+  if (a.command == "usage") return run_usage(a, start);
+  if (a.command == "logs") return run_logs(a, start);
   auto client = make_client(a);
   if (!client) return fail(a, client.error(), start);
 

@@ -192,3 +192,42 @@ TEST_CASE("taotoken chat --stream prints tokens as they arrive; --json adds stre
   simdjson::dom::element b = p.parse(broken.out);
   CHECK(std::string_view(b["error"]["kind"]) == "stream_truncated");
 }
+
+TEST_CASE("taotoken chat --record, then usage and logs read it back") {
+  SimFixture f;
+  const std::string dir = "/tmp/taotoken-cli-usage-" + std::to_string(::getpid());
+  std::remove((dir + ".db").c_str());
+  const std::string db = "sqlite:" + dir + ".db";
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(run("chat --record " + db + " --base-url " + f.sim.base_url() + " 'one two'").status == 0);
+  REQUIRE(run("chat --record " + db + " --model gpt-4o-mini --base-url " + f.sim.base_url() + " x").status == 0);
+  sim::Fault busy;
+  busy.status = 500;
+  f.sim.push_fault(busy, 3);
+  CHECK(run("chat --record " + db + " --base-url " + f.sim.base_url() + " x").status == 7);
+
+  Run usage = run("usage --db " + db + " --format json");
+  REQUIRE(usage.status == 0);
+  simdjson::dom::parser p;
+  simdjson::dom::element u = p.parse(usage.out);
+  CHECK(int64_t(u["total"]["requests"]) == 5);
+  CHECK(int64_t(u["total"]["errors"]) == 1);
+  CHECK(int64_t(u["by_model"]["claude-sonnet-4-6"]["requests"]) == 4);
+  CHECK(int64_t(u["by_model"]["gpt-4o-mini"]["completion_tokens"]) == 2);
+  CHECK(double(u["total"]["estimated_cost"]) > 0);  // the built-in estimates price these models
+
+  Run csv = run("usage --db " + db + " --by day --format csv --since 1d");
+  CHECK_THAT(csv.out, Catch::Contains("TOTAL,5,4,1,0"));
+  Run none = run("usage --db " + db + " --format csv --until 2000-01-01");
+  CHECK_THAT(none.out, Catch::Contains("TOTAL,0,0,0,0"));
+
+  Run logs = run("logs --db " + db + " --limit 2 --json");
+  REQUIRE(logs.status == 0);
+  simdjson::dom::element l = p.parse(logs.out);
+  REQUIRE(simdjson::dom::array(l).size() == 2);
+  CHECK(std::string_view(l.at(0)["status"]) == "error");  // newest first
+  CHECK(logs.out.find("sk-cli-key") == std::string::npos);
+  CHECK(run("usage --db nosuch:x").status == 3);
+  CHECK(run("usage").status == 2);
+  std::remove((dir + ".db").c_str());
+}
