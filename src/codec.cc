@@ -255,10 +255,16 @@ Error decode_error_value(dom::element v, ErrorKind kind) {
 // The top-level fields a completion and a chunk share; false for others.
 template <typename T>
 bool decode_envelope(std::string_view k, dom::element v, T& c) {
-  if (k == "id") c.id = opt_string(v).value_or("");
-  else if (k == "object") c.object = opt_string(v).value_or("");
+  // assign() into the existing strings: a reused chunk object keeps their
+  // buffers, so a stream does not allocate for id/object/model per chunk.
+  auto text = [&](std::string& to) {
+    if (v.is_null()) to.clear();
+    else to.assign(std::string_view(v));
+  };
+  if (k == "id") text(c.id);
+  else if (k == "object") text(c.object);
   else if (k == "created") c.created = opt_int(v).value_or(0);
-  else if (k == "model") c.model = opt_string(v).value_or("");
+  else if (k == "model") text(c.model);
   else if (k == "usage") {
     if (v.is_object()) c.usage = decode_usage(v);
   } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
@@ -495,11 +501,17 @@ ChoiceDelta decode_choice_delta(dom::element v) {
 
 }  // namespace
 
-Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error) {
-  ensure_padding(data);
+std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& c,
+                                  std::optional<Error>& in_stream_error) {
+  thread_local dom::parser parser;
   dom::element root;
-  if (auto err = parse_padded(data, root)) return bad_json("JSON in a stream event", err);
-  ChatCompletionChunk c;
+  if (auto err = parser.parse(padded.data(), padded.size(), false).get(root))
+    return bad_json("JSON in a stream event", err);
+  c.choices.clear();
+  c.usage.reset();
+  c.system_fingerprint.reset();
+  c.provider.reset();
+  c.created = 0;
   try {
     for (dom::key_value_pair f : root.get_object()) {
       const std::string_view k = f.key;
@@ -515,7 +527,14 @@ Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>
   } catch (const simdjson::simdjson_error& e) {
     return bad_json("stream chunk", e.error());
   }
-  c.raw_json = data;
+  c.raw_json.assign(padded);
+  return std::nullopt;
+}
+
+Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error) {
+  ensure_padding(data);
+  ChatCompletionChunk c;
+  if (auto e = decode_chunk(std::string_view(data), c, in_stream_error)) return std::move(*e);
   return c;
 }
 

@@ -39,6 +39,10 @@ Result<ChatCompletion> decode_chat_completion(std::string& body);
 // choices may carry a finish_reason). Logprobs content/refusal elements are
 // appended raw to the given vectors (per choice index) when non-null.
 Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error);
+// The same into an existing chunk (its string buffers are reused), parsing
+// in place: `padded` must be followed by SIMDJSON_PADDING readable bytes.
+std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& out,
+                                  std::optional<Error>& in_stream_error);
 
 // Decodes the data of an `event: error` (an error object, bare or wrapped).
 Error decode_stream_error(std::string& data);

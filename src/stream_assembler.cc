@@ -13,7 +13,7 @@ namespace {
 
 // Appends the raw elements of `logprobs.<field>` (an array) to `out`.
 void collect_logprobs(const std::string& logprobs_json, const char* field, std::vector<std::string>& out) {
-  simdjson::dom::parser parser;
+  thread_local simdjson::dom::parser parser;  // a parser allocates: one per thread, not per chunk
   simdjson::dom::element root;
   if (parser.parse(logprobs_json).get(root) != simdjson::SUCCESS) return;
   simdjson::dom::array arr;
@@ -52,14 +52,12 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
     done_ = true;
     return Step::done;
   }
-  scratch_.assign(ev.data);
+  // SseDecoder leaves padding after the data, so it is parsed in place.
   std::optional<Error> in_stream;
-  auto decoded = decode_chunk(scratch_, in_stream);
-  if (!decoded) {
-    error_ = std::move(decoded.error());
+  if (auto err = decode_chunk(ev.data, chunk_, in_stream)) {
+    error_ = std::move(*err);
     return Step::failed;
   }
-  chunk_ = std::move(*decoded);
   apply(chunk_);
   if (in_stream) {
     error_ = std::move(in_stream);

@@ -25,7 +25,9 @@ class StreamAssembler {
  public:
   enum class Step { chunk, ignored, done, failed };
 
-  // Handles one SSE event. On Step::chunk the decoded chunk is in chunk().
+  // Handles one SSE event from SseDecoder (whose data is followed by
+  // SseDecoder::kPadding readable bytes: chunks are parsed in place).
+  // On Step::chunk the decoded chunk is in chunk().
   // After done/failed, further events are ignored (data after [DONE]).
   Step on_event(const SseEvent& ev);
 
