@@ -730,7 +730,7 @@ class TaotokenClient::Impl {
       req.headers = base_headers_;
     } else {
       req.base_headers = &base_headers_;
-      req.headers.reserve(ro.headers.size() + 1);
+      if (!ro.headers.empty() || opts_.send_request_id) req.headers.reserve(ro.headers.size() + 1);
     }
     if (opts_.send_request_id) put_header(req.headers, {"X-Client-Request-Id", call.id});
     for (const auto& h : ro.headers) put_header(req.headers, h);

@@ -21,7 +21,7 @@ Error invalid(std::string message) { return Error(ErrorKind::invalid_argument, s
 // Keys written so far, to reject `extra` fields that would duplicate one.
 class KeyedWriter {
  public:
-  explicit KeyedWriter(std::string& out) : w_(out) {}
+  explicit KeyedWriter(std::string& out) : w_(out) { keys_.reserve(32); }
   JsonWriter& key(std::string_view k) {
     keys_.push_back(k);
     return w_.key(k);

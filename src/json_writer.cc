@@ -11,35 +11,41 @@ void JsonWriter::separator() {
     after_key_ = false;
     return;
   }
-  if (!has_element_.empty()) {
-    if (has_element_.back()) out_.push_back(',');
-    has_element_.back() = true;
+  if (depth_ > 0) {
+    const std::uint64_t bit = std::uint64_t{1} << (depth_ > 64 ? 63 : depth_ - 1);
+    if (has_element_ & bit) out_.push_back(',');
+    has_element_ |= bit;
   }
+}
+
+void JsonWriter::open_container() {
+  ++depth_;
+  if (depth_ <= 64) has_element_ &= ~(std::uint64_t{1} << (depth_ - 1));
 }
 
 JsonWriter& JsonWriter::begin_object() {
   separator();
   out_.push_back('{');
-  has_element_.push_back(false);
+  open_container();
   return *this;
 }
 
 JsonWriter& JsonWriter::end_object() {
   out_.push_back('}');
-  has_element_.pop_back();
+  --depth_;
   return *this;
 }
 
 JsonWriter& JsonWriter::begin_array() {
   separator();
   out_.push_back('[');
-  has_element_.push_back(false);
+  open_container();
   return *this;
 }
 
 JsonWriter& JsonWriter::end_array() {
   out_.push_back(']');
-  has_element_.pop_back();
+  --depth_;
   return *this;
 }
 

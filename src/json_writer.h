@@ -39,9 +39,13 @@ class JsonWriter {
 
  private:
   void separator();
+  void open_container();
   std::string& out_;
-  // One entry per open container: true once it holds an element.
-  std::vector<bool> has_element_;
+  // Bit d of `has_element_` is set once the container open at depth d
+  // holds an element (no allocation; requests nest far less than 64 deep,
+  // deeper containers are tracked as if at depth 63).
+  std::uint64_t has_element_ = 0;
+  int depth_ = 0;
   bool after_key_ = false;
 };
 
