@@ -256,6 +256,13 @@ void group_json(JsonWriter& w, std::string_view key, const std::map<std::string,
 }
 }  // namespace
 
+std::string UsageTotals::to_json() const {
+  std::string out;
+  JsonWriter w(out);
+  totals_json(w, *this);
+  return out;
+}
+
 std::string UsageSummary::to_json() const {
   std::string out;
   JsonWriter w(out);

@@ -132,6 +132,8 @@ struct UsageTotals {
   double estimated_cost = 0;
   double upstream_cost = 0;
   std::chrono::milliseconds latency_p50{0}, latency_p95{0}, latency_p99{0};
+  /// As a JSON object.
+  std::string to_json() const;
 };
 
 /// Totals overall and broken down by model, by tag ("key=value") and by day
