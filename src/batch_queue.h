@@ -65,13 +65,17 @@ class BatchQueue {
     cv_.notify_all();
   }
 
-  // Waits until everything queued so far is written, or the timeout passes;
-  // returns true when the queue was drained.
+  // Waits until everything queued so far is written, or the timeout passes,
+  // or the database failed twice meanwhile (an unreachable database must not
+  // hold a shutdown for the whole timeout); true when the queue was drained.
   bool flush(std::chrono::milliseconds timeout) {
     std::unique_lock<std::mutex> lock(mu_);
     const std::uint64_t target = enqueued_total_locked();
+    const std::uint64_t failures_before = failures_;
     cv_.notify_all();
-    return done_cv_.wait_for(lock, timeout, [&] { return written_ + dropped_ >= target; });
+    return done_cv_.wait_for(lock, timeout, [&] {
+      return written_ + dropped_ >= target || failures_ >= failures_before + 2;
+    }) && written_ + dropped_ >= target;
   }
 
   std::size_t dropped() const {
@@ -126,6 +130,8 @@ class BatchQueue {
       }
       // Put the batch back in front, in order, and retry later.
       for (auto it = batch.rbegin(); it != batch.rend(); ++it) queue_.push_front(std::move(*it));
+      ++failures_;
+      done_cv_.notify_all();
       lock.unlock();
       report(err);
       lock.lock();
@@ -156,6 +162,7 @@ class BatchQueue {
   std::size_t in_flight_ = 0;
   std::uint64_t written_ = 0;
   std::size_t dropped_ = 0;
+  std::uint64_t failures_ = 0;
   bool stopping_ = false;
   std::thread worker_;
 };

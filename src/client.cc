@@ -213,11 +213,31 @@ class TaotokenClient::Impl {
 
   Result<ChatCompletion> chat(const ChatRequest& request, const RequestOptions& ro) const {
     Call call(ro);
-    auto r = chat_impl(request, ro, call);
+    std::optional<Result<ChatCompletion>> result;
+    try {
+      result.emplace(chat_impl(request, ro, call));
+    } catch (const std::exception& ex) {
+      record_exception(call, "chat", requested_model(request), false, ro, ex.what());
+      throw;
+    } catch (...) {
+      record_exception(call, "chat", requested_model(request), false, ro, "a non-standard exception");
+      throw;
+    }
+    auto& r = *result;
     if (!opts_.recorders.empty())
       emit(call, "chat", requested_model(request), false, ro, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(),
            summary_of(request));
-    return r;
+    return std::move(r);
+  }
+
+  // A user hook (retry policy, on_retry, sleep_for, chunk callback, sink)
+  // threw: the call still leaves one record, then the exception goes on.
+  void record_exception(const Call& call, std::string_view endpoint, std::string model, bool streamed,
+                        const RequestOptions& ro, std::string_view what) const {
+    if (opts_.recorders.empty()) return;
+    Error e(ErrorKind::cancelled, fmt::format("stopped by an exception from a callback: {}", what));
+    e.request_id = call.id;
+    emit(call, endpoint, std::move(model), streamed, ro, nullptr, &e, std::nullopt);
   }
 
   Result<ChatCompletion> chat_impl(const ChatRequest& request, const RequestOptions& ro, Call& call) const {
@@ -239,9 +259,18 @@ class TaotokenClient::Impl {
   Result<RawResponse> forward(std::string_view json_body, const RequestOptions& ro) const {
     Call call(ro);
     std::string model;
-    auto r = forward_impl(json_body, ro, call, model);
-    if (!opts_.recorders.empty()) emit_forward(call, "forward", model, false, ro, r, json_body.size());
-    return r;
+    std::optional<Result<RawResponse>> result;
+    try {
+      result.emplace(forward_impl(json_body, ro, call, model));
+    } catch (const std::exception& ex) {
+      record_exception(call, "forward", model, false, ro, ex.what());
+      throw;
+    } catch (...) {
+      record_exception(call, "forward", model, false, ro, "a non-standard exception");
+      throw;
+    }
+    if (!opts_.recorders.empty()) emit_forward(call, "forward", model, false, ro, *result, json_body.size());
+    return std::move(*result);
   }
 
   Result<RawResponse> forward_impl(std::string_view json_body, const RequestOptions& ro, Call& call,
@@ -270,13 +299,11 @@ class TaotokenClient::Impl {
     std::optional<Result<ChatCompletion>> r;
     try {
       r.emplace(chat_stream_impl(request, on_chunk, ro, call));
+    } catch (const std::exception& ex) {
+      record_exception(call, "chat_stream", requested_model(request), true, ro, ex.what());
+      throw;
     } catch (...) {
-      // The chunk callback threw: still one record (cancelled), then rethrow.
-      if (!opts_.recorders.empty()) {
-        Error e(ErrorKind::cancelled, "the chunk callback threw an exception");
-        e.request_id = call.id;
-        emit(call, "chat_stream", requested_model(request), true, ro, nullptr, &e, summary_of(request));
-      }
+      record_exception(call, "chat_stream", requested_model(request), true, ro, "a non-standard exception");
       throw;
     }
     if (!opts_.recorders.empty())
@@ -312,7 +339,9 @@ class TaotokenClient::Impl {
           return with_partial(std::move(out));
         }
         if (e.kind() == ErrorKind::timeout) return with_partial(std::move(e));
-        return with_partial(Error(ErrorKind::stream_truncated, "the stream was cut before [DONE]: " + e.message()));
+        Error cut(ErrorKind::stream_truncated, "the stream was cut before [DONE]: " + e.message());
+        cut.http_status = e.http_status;
+        return with_partial(std::move(cut));
       }
       bool collect(std::string_view bytes) {
         if (json_body.size() + bytes.size() > max_json) return false;
@@ -403,12 +432,11 @@ class TaotokenClient::Impl {
     std::optional<Result<RawResponse>> r;
     try {
       r.emplace(forward_stream_impl(json_body, sink, ro, call, model));
+    } catch (const std::exception& ex) {
+      record_exception(call, "forward_stream", model, true, ro, ex.what());
+      throw;
     } catch (...) {
-      if (!opts_.recorders.empty()) {
-        Result<RawResponse> failed(Error(ErrorKind::cancelled, "the sink threw an exception"));
-        failed.error().request_id = call.id;
-        emit_forward(call, "forward_stream", model, true, ro, failed, json_body.size());
-      }
+      record_exception(call, "forward_stream", model, true, ro, "a non-standard exception");
       throw;
     }
     if (!opts_.recorders.empty()) emit_forward(call, "forward_stream", model, true, ro, *r, json_body.size());
@@ -451,8 +479,12 @@ class TaotokenClient::Impl {
       }
       bool delivered() const override { return delivered_; }
       Error after_delivery(Error e) override {
-        if (e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout) return e;
-        return Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
+        Error out = e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout
+                        ? e
+                        : Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
+        out.http_status = e.http_status;
+        if (event_stream) out.partial = std::make_shared<ChatCompletion>(assembler.assemble());
+        return out;
       }
       const ForwardSink& sink;
       detail::SseDecoder decoder;
@@ -471,6 +503,10 @@ class TaotokenClient::Impl {
       if (hooks.event_stream) {
         hooks.assembler.on_end(hooks.decoder);
         out.decoded = std::make_shared<ChatCompletion>(hooks.assembler.assemble());
+        if (hooks.assembler.error())
+          out.stream_error = std::make_shared<Error>(*hooks.assembler.error());
+        else if (!hooks.assembler.done())
+          out.stream_error = std::make_shared<Error>(ErrorKind::stream_truncated, "the stream ended before [DONE]");
       }
       return out;
     };
@@ -597,8 +633,13 @@ class TaotokenClient::Impl {
   void emit_forward(const Call& call, std::string_view endpoint, std::string model, bool streamed,
                     const RequestOptions& ro, const Result<RawResponse>& r, std::size_t body_bytes) const {
     RequestRecord rec = base_record(call, endpoint, std::move(model), streamed, ro);
-    if (opts_.record_request_summary)
-      rec.request_summary = fmt::format(R"({{"model":"{}","body_bytes":{}}})", rec.requested_model, body_bytes);
+    if (opts_.record_request_summary) {
+      std::string summary;
+      detail::JsonWriter w(summary);
+      w.begin_object().key("model").string(rec.requested_model);
+      w.key("body_bytes").number(static_cast<std::int64_t>(body_bytes)).end_object();
+      rec.request_summary = std::move(summary);
+    }
     if (!r) {
       fill_error(rec, r.error());
       deliver(rec);
@@ -612,6 +653,10 @@ class TaotokenClient::Impl {
       rec.status = RequestStatus::error;
       rec.error_kind = detail::kind_for_status(r->status);
       rec.error_message = fmt::format("upstream returned HTTP {}", r->status);
+    } else if (r->stream_error) {
+      rec.status = RequestStatus::error;
+      rec.error_kind = r->stream_error->kind();
+      rec.error_message = r->stream_error->message();
     }
     if (r->decoded) {
       fill_usage(rec, *r->decoded);
@@ -624,6 +669,17 @@ class TaotokenClient::Impl {
   }
 
   void deliver(RequestRecord& rec) const {
+    // Text from callers and upstreams goes to databases and JSON files: make
+    // it valid UTF-8 first (one bad byte must not poison a batch insert).
+    for (std::string* t : {&rec.request_id, &rec.upstream_request_id, &rec.requested_model, &rec.model,
+                           &rec.error_message, &rec.endpoint})
+      detail::sanitize_utf8(*t);
+    if (rec.provider) detail::sanitize_utf8(*rec.provider);
+    if (rec.request_summary) detail::sanitize_utf8(*rec.request_summary);
+    for (auto& [k, v] : rec.tags) {
+      detail::sanitize_utf8(k);
+      detail::sanitize_utf8(v);
+    }
     if (opts_.prices) {
       Usage u;
       u.prompt_tokens = rec.prompt_tokens;
@@ -775,6 +831,7 @@ class TaotokenClient::Impl {
       }
       Error& err = outcome->error();
       rec.error = err.kind();
+      if (!resp) rec.http_status = err.http_status;
       log.push_back(rec);
 
       if (!policy) policy = make_policy(ro);

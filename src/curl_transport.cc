@@ -315,7 +315,9 @@ class CurlTransport final : public Transport {
       // A failed transfer may leave the connection in an unknown state;
       // libcurl closes it itself, so the handle is still fine to reuse.
       release(std::move(easy));
-      return curl_error(rc, t, request.max_response_bytes);
+      Error e = curl_error(rc, t, request.max_response_bytes);
+      if (t.streaming == 1) e.http_status = t.response.status;  // a stream was under way
+      return e;
     }
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);

@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cmath>
 
+#include <simdjson.h>
+
 TAOTOKEN_BEGIN_NAMESPACE
 namespace detail {
 
@@ -142,6 +144,29 @@ void JsonWriter::append_quoted(std::string& out, std::string_view s) {
     }
   }
   out.push_back('"');
+}
+
+void sanitize_utf8(std::string& s) {
+  if (simdjson::validate_utf8(s.data(), s.size())) return;
+  std::string out;
+  out.reserve(s.size() + 8);
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const auto* end = p + s.size();
+  while (p < end) {
+    const unsigned char c = *p;
+    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = len > 0 && p + len <= end;
+    for (int i = 1; ok && i < len; ++i) ok = (p[i] & 0xC0) == 0x80;
+    if (ok && len > 1) ok = simdjson::validate_utf8(reinterpret_cast<const char*>(p), static_cast<std::size_t>(len));
+    if (ok) {
+      out.append(reinterpret_cast<const char*>(p), static_cast<std::size_t>(len));
+      p += len;
+    } else {
+      out.append("\xEF\xBF\xBD");  // U+FFFD
+      ++p;
+    }
+  }
+  s.swap(out);
 }
 
 }  // namespace detail

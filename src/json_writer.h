@@ -49,6 +49,10 @@ class JsonWriter {
   bool after_key_ = false;
 };
 
+// Replaces every invalid UTF-8 sequence in `s` with U+FFFD, in place (text
+// from callers or upstreams headed for a database or a JSON file).
+void sanitize_utf8(std::string& s);
+
 }  // namespace detail
 TAOTOKEN_END_NAMESPACE
 

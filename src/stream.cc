@@ -18,6 +18,7 @@ class ChatStream::Impl {
       : client_(std::move(client)), request_(std::move(request)), options_(std::move(options)) {
     // Our own token, chained to the caller's: cancelling either stops it.
     user_cancel_ = options_.cancel;
+    if (user_cancel_) user_cancel_->link(cancel_);  // the caller's cancel reaches the transfer and waits
     options_.cancel = cancel_;
     thread_ = std::thread([this] { run(); });
   }
@@ -69,10 +70,10 @@ class ChatStream::Impl {
           request_,
           [this](const ChatCompletionChunk& chunk) {
             std::unique_lock<std::mutex> lock(mu_);
-            cv_.wait(lock, [this] {
-              return queue_.size() < kQueueLimit || closing_ || (user_cancel_ && user_cancel_->cancelled());
-            });
-            if (closing_ || (user_cancel_ && user_cancel_->cancelled())) return false;
+            // Polls the token too: a cancel does not notify this condition.
+            while (!(queue_.size() < kQueueLimit || closing_ || cancel_->cancelled()))
+              cv_.wait_for(lock, std::chrono::milliseconds(20));
+            if (closing_ || cancel_->cancelled()) return false;
             queue_.push_back(chunk);
             cv_.notify_all();
             return true;

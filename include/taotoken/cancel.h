@@ -7,7 +7,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 #include "taotoken/version.h"
 
@@ -25,13 +27,29 @@ TAOTOKEN_BEGIN_NAMESPACE
 /// `std::shared_ptr`.
 class CancelToken {
  public:
-  /// Requests cancellation; idempotent.
+  /// Requests cancellation; idempotent. Linked tokens are cancelled too.
   void cancel() noexcept {
+    std::vector<std::weak_ptr<CancelToken>> children;
     {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled_.store(true);
+      children.swap(children_);
     }
     cv_.notify_all();
+    for (auto& w : children)
+      if (auto c = w.lock()) c->cancel();
+  }
+  /// Cancelling this token will cancel `child` as well (at once if this one
+  /// is already cancelled).
+  void link(const std::shared_ptr<CancelToken>& child) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!cancelled_.load()) {
+        children_.push_back(child);
+        return;
+      }
+    }
+    child->cancel();
   }
   /// True once `cancel()` was called.
   bool cancelled() const noexcept { return cancelled_.load(); }
@@ -47,6 +65,7 @@ class CancelToken {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   std::atomic<bool> cancelled_{false};
+  std::vector<std::weak_ptr<CancelToken>> children_;
 };
 
 TAOTOKEN_END_NAMESPACE

@@ -266,6 +266,9 @@ struct RawResponse {
   /// `forward_stream()` of a 2xx event stream: what the library decoded from
   /// the bytes it passed through (usage, model, content), for accounting.
   std::shared_ptr<const ChatCompletion> decoded;
+  /// `forward_stream()`: how the decoded stream failed although its bytes
+  /// were passed on (an error event, no `[DONE]`); unset when it completed.
+  std::shared_ptr<const Error> stream_error;
 
   /// First header with this name (case-insensitive), or nullptr.
   const std::string* header(std::string_view name) const noexcept;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 
@@ -59,7 +60,11 @@ ALTER TABLE requests ADD COLUMN IF NOT EXISTS request_summary TEXT;
 )sql";
 
 std::string connect(const std::string& conninfo, Conn& conn) {
-  conn.reset(PQconnectdb(conninfo.c_str()));
+  // Defaults first, the caller's conninfo after (it overrides them): a
+  // server that silently drops packets must not hang the worker.
+  const char* keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "tcp_user_timeout", "dbname", nullptr};
+  const char* values[] = {"5", "1", "30", "30000", conninfo.c_str(), nullptr};
+  conn.reset(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
   if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
     auto e = fmt::format("cannot connect to PostgreSQL: {}", conn_error(conn.get()));
     conn.reset();
@@ -138,7 +143,9 @@ class PostgresRecorder::Impl {
         on_error_(default_hook(o.on_error)),
         drain_timeout_(o.drain_timeout),
         queue_("postgres",
-               detail::BatchQueueOptions{o.queue_capacity, o.batch_size, o.full_queue_wait, o.drain_timeout,
+               // 26 parameters a row; PostgreSQL allows 65535 a statement.
+               detail::BatchQueueOptions{o.queue_capacity, std::min<std::size_t>(o.batch_size, 2000), o.full_queue_wait,
+                                         o.drain_timeout,
                                          std::chrono::seconds(5)},
                [this](const std::vector<RequestRecord>& batch) { return write(batch); }, on_error_) {}
 
@@ -169,10 +176,29 @@ class PostgresRecorder::Impl {
     }
     // Column types are inferred from the table; text parameters convert.
     PgResult r(PQexecParams(conn_.get(), sql.c_str(), n, nullptr, params.data(), nullptr, nullptr, 0));
-    if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
-      auto e = "insert failed: " + conn_error(conn_.get());
-      if (PQstatus(conn_.get()) != CONNECTION_OK) conn_.reset();
-      return e;
+    if (r && PQresultStatus(r.get()) == PGRES_COMMAND_OK) return {};
+    const std::string err = "insert failed: " + conn_error(conn_.get());
+    if (PQstatus(conn_.get()) != CONNECTION_OK) {
+      conn_.reset();
+      return err;  // the server went away: keep the batch, retry later
+    }
+    // The server refused the data: find the bad rows one by one, drop and
+    // report them, keep the rest (one bad record must not block the queue).
+    const std::string one = fmt::format("INSERT INTO requests ({}) VALUES ({})", detail::insert_column_list(),
+                                        [&] {
+                                          std::string p;
+                                          for (std::size_t c = 1; c <= ncols; ++c) p += fmt::format("{}${}", c > 1 ? "," : "", c);
+                                          return p;
+                                        }());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      PgResult single(PQexecParams(conn_.get(), one.c_str(), static_cast<int>(ncols), nullptr, &params[i * ncols],
+                                   nullptr, nullptr, 0));
+      if (single && PQresultStatus(single.get()) == PGRES_COMMAND_OK) continue;
+      if (PQstatus(conn_.get()) != CONNECTION_OK) {
+        conn_.reset();
+        return err;
+      }
+      on_error_("postgres", fmt::format("record {} dropped: {}", batch[i].request_id, conn_error(conn_.get())));
     }
     return {};
   }

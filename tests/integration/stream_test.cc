@@ -318,3 +318,26 @@ TEST_CASE("forward_stream() passes the bytes through unchanged and learns usage"
     CHECK(bytes == busy.body);
   }
 }
+
+TEST_CASE("pull-style: the caller's cancel token stops a stalled stream promptly") {
+  SimFixture f;
+  sim::Fault stall;
+  stall.stall_after_bytes = 400;
+  stall.stall = 30s;
+  f.sim.push_fault(stall);
+  RequestOptions ro;
+  ro.cancel = std::make_shared<CancelToken>();
+  ChatStream s = f.client().stream(SimFixture::ask("one two three four five six seven"), ro);
+  auto first = s.next();
+  REQUIRE(first);
+  const auto start = std::chrono::steady_clock::now();
+  std::thread canceller([token = ro.cancel] {
+    std::this_thread::sleep_for(100ms);
+    token->cancel();
+  });
+  auto r = s.result();
+  canceller.join();
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().kind() == ErrorKind::cancelled);
+  CHECK(std::chrono::steady_clock::now() - start < 10s);  // not the 30 s stall (a hang detector)
+}

@@ -326,3 +326,50 @@ TEST_CASE("the API key never reaches a record or a usage file") {
   CHECK_THAT(all, Catch::Contains("[REDACTED]"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("forward_stream records a stream that failed after its bytes were passed on") {
+  SimFixture f;
+  Recorded rec;
+  TaotokenClient client(rec.options(f));
+  sim::Fault err;
+  err.stream_error_after = 1;
+  f.sim.push_fault(err);
+  ForwardSink sink;
+  auto r = client.forward_stream(R"({"stream":true,"messages":[{"role":"user","content":"a b c"}]})", sink);
+  REQUIRE(r.ok());  // the bytes went through
+  REQUIRE(r->stream_error);
+  CHECK(r->stream_error->message() == "simulated mid-stream error");
+  RequestRecord x = rec.only();
+  CHECK(x.status == RequestStatus::error);
+  CHECK(x.error_kind == ErrorKind::server_error);
+}
+
+TEST_CASE("a callback that throws still leaves one record") {
+  SimFixture f;
+  Recorded rec;
+  auto o = rec.options(f, true);
+  o.on_retry = [](const RetryEvent&) { throw std::runtime_error("hook failed"); };
+  sim::Fault busy;
+  busy.status = 503;
+  f.sim.push_fault(busy);
+  CHECK_THROWS_WITH(TaotokenClient(o).chat(SimFixture::ask("x")), "hook failed");
+  RequestRecord x = rec.only();
+  CHECK(x.status == RequestStatus::cancelled);
+  CHECK_THAT(x.error_message, Catch::Contains("hook failed"));
+}
+
+TEST_CASE("record summaries stay valid JSON whatever the model name") {
+  SimFixture f;
+  Recorded rec;
+  auto o = rec.options(f);
+  o.record_request_summary = true;
+  TaotokenClient client(o);
+  (void)client.forward(R"({"model":"a\",\"evil\":\"1\\","messages":[{"role":"user","content":"x"}]})");
+  RequestRecord x = rec.only();
+  REQUIRE(x.request_summary);
+  simdjson::dom::parser p;
+  simdjson::dom::element e;
+  REQUIRE(p.parse(*x.request_summary).get(e) == simdjson::SUCCESS);
+  CHECK(e["evil"].error() == simdjson::NO_SUCH_FIELD);
+  CHECK(p.parse(x.to_json()).error() == simdjson::SUCCESS);
+}
