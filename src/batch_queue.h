@@ -29,6 +29,9 @@ struct BatchQueueOptions {
   std::chrono::milliseconds full_wait{50};
   std::chrono::milliseconds drain_timeout{std::chrono::seconds(30)};
   std::chrono::milliseconds max_backoff{std::chrono::seconds(5)};
+  // How long the writer waits for a batch to fill before writing a smaller
+  // one: one transaction per record would cost more than the request.
+  std::chrono::milliseconds linger{std::chrono::milliseconds(20)};
 };
 
 class BatchQueue {
@@ -62,7 +65,9 @@ class BatchQueue {
       return;
     }
     queue_.push_back(r);
-    cv_.notify_all();
+    // Wake the writer when there is something to start on or a full batch;
+    // in between it is lingering for the batch to fill anyway.
+    if (queue_.size() == 1 || queue_.size() >= opts_.batch_size) cv_.notify_all();
   }
 
   // Waits until everything queued so far is written, or the timeout passes,
@@ -72,7 +77,12 @@ class BatchQueue {
     std::unique_lock<std::mutex> lock(mu_);
     const std::uint64_t target = enqueued_total_locked();
     const std::uint64_t failures_before = failures_;
+    ++flushing_;
     cv_.notify_all();
+    struct Done {
+      BatchQueue* q;
+      ~Done() { --q->flushing_; }
+    } done{this};
     return done_cv_.wait_for(lock, timeout, [&] {
       return written_ + dropped_ >= target || failures_ >= failures_before + 2;
     }) && written_ + dropped_ >= target;
@@ -104,6 +114,9 @@ class BatchQueue {
     for (;;) {
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping and drained
+      if (queue_.size() < opts_.batch_size && !stopping_ && flushing_ == 0)
+        cv_.wait_for(lock, opts_.linger,
+                     [this] { return queue_.size() >= opts_.batch_size || stopping_ || flushing_ > 0; });
       std::vector<RequestRecord> batch;
       const std::size_t n = std::min(queue_.size(), opts_.batch_size);
       batch.reserve(n);
@@ -163,6 +176,7 @@ class BatchQueue {
   std::uint64_t written_ = 0;
   std::size_t dropped_ = 0;
   std::uint64_t failures_ = 0;
+  int flushing_ = 0;  // flush() callers waiting: the writer does not linger
   bool stopping_ = false;
   std::thread worker_;
 };

@@ -63,8 +63,11 @@ struct JsonlOptions {
 };
 
 /// Appends one JSON object per line to a file, rotating by size and by day.
-/// Each record is written and flushed before `record()` returns. Write
-/// failures go to the error hook; the request is never affected.
+/// Lines are buffered and handed to the OS at least every 200 ms, on
+/// `flush()` and on destruction (the client flushes its recorders when its
+/// last handle goes), so a clean shutdown loses nothing; a crash may lose
+/// the last 200 ms. Write failures go to the error hook; the request is
+/// never affected.
 /// Thread-safe.
 class JsonlRecorder final : public UsageRecorder {
  public:
@@ -84,6 +87,7 @@ class JsonlRecorder final : public UsageRecorder {
   std::FILE* file_ = nullptr;
   std::size_t size_ = 0;
   std::string day_;
+  std::chrono::steady_clock::time_point last_flush_{};
 };
 
 TAOTOKEN_END_NAMESPACE
