@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -153,7 +154,8 @@ struct StreamHooks {
   virtual bool delivered() const = 0;
   // A transport failure after delivery (reset, idle timeout, stop) becomes
   // the stream's final error.
-  virtual Error after_delivery(Error transport_error) = 0;
+  // (After a complete stream, e.g. [DONE] then a reset, it is a success.)
+  virtual Result<HttpResponse> after_delivery(Error transport_error) = 0;
 };
 
 class TaotokenClient::Impl {
@@ -331,9 +333,16 @@ class TaotokenClient::Impl {
           json_mode = ct && ct->find("event-stream") == std::string::npos && ct->find("json") != std::string::npos;
         };
         req.on_data = [this](std::string_view bytes) { return json_mode ? collect(bytes) : feed(bytes); };
+        complete.store(false);
+        req.complete = &complete;
       }
       bool delivered() const override { return delivered_; }
-      Error after_delivery(Error e) override {
+      Result<HttpResponse> after_delivery(Error e) override {
+        if (assembler.done() && !user_stopped) {
+          HttpResponse ok;  // everything arrived; how the connection ended does not matter
+          ok.status = e.http_status ? e.http_status : 200;
+          return ok;
+        }
         if (user_stopped || e.kind() == ErrorKind::cancelled) {
           Error out(ErrorKind::cancelled, user_stopped ? "the chunk callback cancelled the stream" : e.message());
           return with_partial(std::move(out));
@@ -350,7 +359,10 @@ class TaotokenClient::Impl {
       }
       bool feed(std::string_view bytes) {
         return decoder.feed(bytes, [this](const detail::SseEvent& ev) {
-          if (assembler.on_event(ev) != detail::StreamAssembler::Step::chunk) return true;
+          const auto step = assembler.on_event(ev);
+          if (step == detail::StreamAssembler::Step::done || step == detail::StreamAssembler::Step::failed)
+            complete.store(true);
+          if (step != detail::StreamAssembler::Step::chunk) return true;
           if (!ttft && assembler.has_token())
             ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
           delivered_ = true;
@@ -400,6 +412,7 @@ class TaotokenClient::Impl {
       }
 
       const ChunkCallback& on_chunk;
+      std::atomic<bool> complete{false};
       Clock::time_point start;
       std::size_t max_json;
       detail::SseDecoder decoder;
@@ -455,16 +468,21 @@ class TaotokenClient::Impl {
         decoder = detail::SseDecoder();
         assembler = detail::StreamAssembler();
         event_stream = false;
-        req.on_start = [this](int status, const std::vector<Header>& headers) {
-          const std::string* ct = detail::find_header(headers, "content-type");
+        complete.store(false);
+        req.complete = &complete;
+        req.on_start = [this](int s, const std::vector<Header>& hs) {
+          const std::string* ct = detail::find_header(hs, "content-type");
           event_stream = ct && ct->find("event-stream") != std::string::npos;
           started = true;
-          if (sink.on_start) sink.on_start(status, headers);
+          status = s;
+          headers = hs;
+          if (sink.on_start) sink.on_start(s, hs);
         };
         req.on_data = [this](std::string_view bytes) {
           delivered_ = true;
           if (event_stream) decoder.feed(bytes, [this](const detail::SseEvent& ev) {
-            assembler.on_event(ev);
+            const auto step = assembler.on_event(ev);
+            if (step == detail::StreamAssembler::Step::done) complete.store(true);
             return true;
           });
           bool go_on = true;
@@ -478,7 +496,13 @@ class TaotokenClient::Impl {
         };
       }
       bool delivered() const override { return delivered_; }
-      Error after_delivery(Error e) override {
+      Result<HttpResponse> after_delivery(Error e) override {
+        if (event_stream && assembler.done() && !user_exception) {
+          HttpResponse ok;  // [DONE] was passed on: a complete stream
+          ok.status = status;
+          ok.headers = headers;
+          return ok;
+        }
         Error out = e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout
                         ? e
                         : Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
@@ -487,6 +511,9 @@ class TaotokenClient::Impl {
         return out;
       }
       const ForwardSink& sink;
+      std::atomic<bool> complete{false};
+      int status = 0;
+      std::vector<Header> headers;
       detail::SseDecoder decoder;
       detail::StreamAssembler assembler;
       bool event_stream = false, started = false, delivered_ = false;

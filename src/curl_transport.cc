@@ -68,6 +68,7 @@ struct Transfer {
   CURL* handle = nullptr;
   int streaming = -1;  // -1 undecided, 0 collecting, 1 handing bytes to on_data
   bool sink_stopped = false;
+  std::size_t streamed = 0;
   char errbuf[CURL_ERROR_SIZE] = {0};
 
   static size_t on_body(char* data, size_t size, size_t nmemb, void* user) noexcept {
@@ -89,6 +90,11 @@ struct Transfer {
       }
     }
     if (t->streaming == 1) {
+      t->streamed += n;
+      if (t->streamed > t->max_bytes) {  // a stream is capped like a body
+        t->too_large = true;
+        return 0;
+      }
       // The sink never throws (the client wraps user callbacks).
       if (!t->request->on_data(std::string_view(data, n))) {
         t->sink_stopped = true;
@@ -114,6 +120,9 @@ struct Transfer {
   static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
     auto* t = static_cast<Transfer*>(user);
     if (t->cancel && t->cancel->load()) return 1;
+    if (t->request->complete && t->request->complete->load() &&
+        std::chrono::steady_clock::now() - t->last_activity >= std::chrono::milliseconds(50))
+      return 1;  // the consumer is done; do not wait for the server to hang up
     if (t->idle_timeout.count() > 0 && std::chrono::steady_clock::now() - t->last_activity >= t->idle_timeout) {
       t->idle_expired = true;
       return 1;
@@ -294,7 +303,8 @@ class CurlTransport final : public Transport {
     easy->method = static_cast<int>(request.method);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
-    const bool progress = request.first_byte_timeout.count() > 0 || request.cancel || request.idle_timeout.count() > 0;
+    const bool progress = request.first_byte_timeout.count() > 0 || request.cancel || request.idle_timeout.count() > 0 ||
+                          request.complete;
     if (progress) {
       t.first_byte_timeout = request.first_byte_timeout;
       t.idle_timeout = request.idle_timeout;

@@ -47,6 +47,10 @@ struct HttpRequest {
   // given to on_data, with the status and headers.
   std::function<void(int status, const std::vector<Header>& headers)> on_start;
   std::function<bool(std::string_view bytes)> on_data;
+  // Streams: set once the consumer has everything it needs (e.g. [DONE]);
+  // from then a silence of 50 ms ends the transfer (kind cancelled) instead
+  // of waiting for the server to close.
+  const std::atomic<bool>* complete = nullptr;
   // When set and true, the transfer is aborted (Error kind cancelled).
   const std::atomic<bool>* cancel = nullptr;
   // Keep every response header (forwarding); otherwise only those the

@@ -341,3 +341,35 @@ TEST_CASE("pull-style: the caller's cancel token stops a stalled stream promptly
   CHECK(r.error().kind() == ErrorKind::cancelled);
   CHECK(std::chrono::steady_clock::now() - start < 10s);  // not the 30 s stall (a hang detector)
 }
+
+TEST_CASE("a complete stream is a success however the connection then ends") {
+  SimFixture f;
+  auto client = f.client();
+  // The whole stream, then the server goes silent for 10 s before closing.
+  const std::string words = "done then silence";
+  sim::Fault quiet;
+  // Measure the exact stream once (forward_stream hands over the raw bytes).
+  std::size_t total = 0;
+  ForwardSink sink;
+  sink.on_data = [&](std::string_view b) {
+    total += b.size();
+    return true;
+  };
+  const std::string body = R"({"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":")" + words + R"("}]})";
+  REQUIRE(client.forward_stream(body, sink).ok());
+  REQUIRE(total > 100);
+  quiet.stall_after_bytes = total;
+  quiet.stall = 10s;
+  f.sim.push_fault(quiet);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = client.chat_stream(SimFixture::ask(words), nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->text() == "Echo: " + words);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // did not wait out the silence
+
+  sim::Fault reset;
+  reset.reset_after_bytes = total;
+  f.sim.push_fault(reset);
+  auto after_reset = client.chat_stream(SimFixture::ask(words), nullptr);
+  REQUIRE(after_reset.ok());  // [DONE] arrived before the reset
+}
