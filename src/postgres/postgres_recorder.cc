@@ -40,7 +40,7 @@ std::string exec(PGconn* c, const char* sql) {
 }
 
 constexpr const char* kCreateV1 = R"sql(
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS taotoken_requests (
   id BIGSERIAL PRIMARY KEY,
   request_id TEXT NOT NULL, upstream_request_id TEXT, started_at TEXT NOT NULL, started_ms BIGINT NOT NULL,
   endpoint TEXT, requested_model TEXT, model TEXT, provider TEXT, streamed TEXT NOT NULL DEFAULT '0',
@@ -48,15 +48,15 @@ CREATE TABLE IF NOT EXISTS requests (
   attempts INTEGER, attempts_json TEXT, latency_ms BIGINT,
   prompt_tokens BIGINT, completion_tokens BIGINT, total_tokens BIGINT, cached_tokens BIGINT,
   estimated_cost DOUBLE PRECISION, tags_json TEXT);
-CREATE INDEX IF NOT EXISTS requests_started_ms ON requests(started_ms);
-CREATE INDEX IF NOT EXISTS requests_model ON requests(model);
+CREATE INDEX IF NOT EXISTS taotoken_requests_started_ms ON taotoken_requests(started_ms);
+CREATE INDEX IF NOT EXISTS taotoken_requests_model ON taotoken_requests(model);
 )sql";
 
 constexpr const char* kMigrateV1toV2 = R"sql(
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS ttft_ms BIGINT;
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS reasoning_tokens BIGINT;
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS upstream_cost DOUBLE PRECISION;
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS request_summary TEXT;
+ALTER TABLE taotoken_requests ADD COLUMN IF NOT EXISTS ttft_ms BIGINT;
+ALTER TABLE taotoken_requests ADD COLUMN IF NOT EXISTS reasoning_tokens BIGINT;
+ALTER TABLE taotoken_requests ADD COLUMN IF NOT EXISTS upstream_cost DOUBLE PRECISION;
+ALTER TABLE taotoken_requests ADD COLUMN IF NOT EXISTS request_summary TEXT;
 )sql";
 
 std::string connect(const std::string& conninfo, Conn& conn) {
@@ -116,7 +116,7 @@ Result<std::vector<RequestRecord>> select_records(const std::string& conninfo, c
   if (auto e = connect(conninfo, conn); !e.empty()) return Error(ErrorKind::connection, e);
   std::string cols;
   for (const char* c : detail::kRecordColumns) cols += std::string(cols.empty() ? "" : ", ") + c + "::text";
-  const std::string sql = fmt::format("SELECT {} FROM requests {} {}", cols, where, tail);
+  const std::string sql = fmt::format("SELECT {} FROM taotoken_requests {} {}", cols, where, tail);
   std::vector<const char*> params;
   for (const auto& a : args) params.push_back(a.c_str());
   PgResult r(PQexecParams(conn.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, params.data(), nullptr,
@@ -158,7 +158,7 @@ class PostgresRecorder::Impl {
       if (auto e = connect(conninfo_, conn_); !e.empty()) return e;
     }
     const std::size_t ncols = detail::kRecordColumns.size() + 1;
-    std::string sql = fmt::format("INSERT INTO requests ({}) VALUES ", detail::insert_column_list());
+    std::string sql = fmt::format("INSERT INTO taotoken_requests ({}) VALUES ", detail::insert_column_list());
     std::vector<detail::SqlValues> values;
     values.reserve(batch.size());
     std::vector<const char*> params;
@@ -184,7 +184,7 @@ class PostgresRecorder::Impl {
     }
     // The server refused the data: find the bad rows one by one, drop and
     // report them, keep the rest (one bad record must not block the queue).
-    const std::string one = fmt::format("INSERT INTO requests ({}) VALUES ({})", detail::insert_column_list(),
+    const std::string one = fmt::format("INSERT INTO taotoken_requests ({}) VALUES ({})", detail::insert_column_list(),
                                         [&] {
                                           std::string p;
                                           for (std::size_t c = 1; c <= ncols; ++c) p += fmt::format("{}${}", c > 1 ? "," : "", c);

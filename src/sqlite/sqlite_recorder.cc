@@ -40,7 +40,7 @@ std::string exec(sqlite3* db, const char* sql) {
 // Version 1 had no time-to-first-token, reasoning tokens, upstream cost or
 // request summary columns; each migration moves one version forward.
 constexpr const char* kCreateV1 = R"sql(
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS taotoken_requests (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   request_id TEXT NOT NULL, upstream_request_id TEXT, started_at TEXT NOT NULL, started_ms INTEGER NOT NULL,
   endpoint TEXT, requested_model TEXT, model TEXT, provider TEXT, streamed INTEGER NOT NULL DEFAULT 0,
@@ -48,15 +48,15 @@ CREATE TABLE IF NOT EXISTS requests (
   attempts INTEGER, attempts_json TEXT, latency_ms INTEGER,
   prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, cached_tokens INTEGER,
   estimated_cost REAL, tags_json TEXT);
-CREATE INDEX IF NOT EXISTS requests_started_ms ON requests(started_ms);
-CREATE INDEX IF NOT EXISTS requests_model ON requests(model);
+CREATE INDEX IF NOT EXISTS taotoken_requests_started_ms ON taotoken_requests(started_ms);
+CREATE INDEX IF NOT EXISTS taotoken_requests_model ON taotoken_requests(model);
 )sql";
 
 constexpr const char* kMigrateV1toV2 = R"sql(
-ALTER TABLE requests ADD COLUMN ttft_ms INTEGER;
-ALTER TABLE requests ADD COLUMN reasoning_tokens INTEGER;
-ALTER TABLE requests ADD COLUMN upstream_cost REAL;
-ALTER TABLE requests ADD COLUMN request_summary TEXT;
+ALTER TABLE taotoken_requests ADD COLUMN ttft_ms INTEGER;
+ALTER TABLE taotoken_requests ADD COLUMN reasoning_tokens INTEGER;
+ALTER TABLE taotoken_requests ADD COLUMN upstream_cost REAL;
+ALTER TABLE taotoken_requests ADD COLUMN request_summary TEXT;
 )sql";
 
 int read_version(sqlite3* db) {
@@ -113,7 +113,7 @@ Result<std::vector<RequestRecord>> select_records(const std::string& path, const
   if (auto e = open_db(path, db, false); !e.empty()) return Error(ErrorKind::invalid_argument, e);
   std::string cols;
   for (const char* c : detail::kRecordColumns) cols += std::string(cols.empty() ? "" : ", ") + c;
-  const std::string sql = fmt::format("SELECT {} FROM requests {} {}", cols, where, tail);
+  const std::string sql = fmt::format("SELECT {} FROM taotoken_requests {} {}", cols, where, tail);
   sqlite3_stmt* raw = nullptr;
   if (sqlite3_prepare_v2(db.get(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK)
     return Error(ErrorKind::invalid_argument, errmsg(db.get(), "query failed"));
@@ -160,7 +160,7 @@ class SqliteRecorder::Impl {
       std::string placeholders;
       for (std::size_t i = 0; i < detail::kRecordColumns.size() + 1; ++i) placeholders += i ? ", ?" : "?";
       const std::string sql =
-          fmt::format("INSERT INTO requests ({}) VALUES ({})", detail::insert_column_list(), placeholders);
+          fmt::format("INSERT INTO taotoken_requests ({}) VALUES ({})", detail::insert_column_list(), placeholders);
       sqlite3_stmt* raw = nullptr;
       if (sqlite3_prepare_v2(db_.get(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK) {
         auto e = errmsg(db_.get(), "prepare insert");

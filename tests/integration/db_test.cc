@@ -50,7 +50,7 @@ fs::path temp_dir(const std::string& name) {
   return d;
 }
 
-std::int64_t sqlite_count(const std::string& path, const char* sql = "SELECT count(*) FROM requests") {
+std::int64_t sqlite_count(const std::string& path, const char* sql = "SELECT count(*) FROM taotoken_requests") {
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
   sqlite3_stmt* st = nullptr;
@@ -76,7 +76,7 @@ struct Errors {
 }  // namespace
 
 TEST_CASE("16 threads x 200 requests into SQLite and PostgreSQL at once: every record lands") {
-  pg("DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS taotoken_schema;");
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
   SimFixture f;
   const auto dir = temp_dir("db-threads");
   const std::string file = (dir / "usage.db").string();
@@ -98,9 +98,9 @@ TEST_CASE("16 threads x 200 requests into SQLite and PostgreSQL at once: every r
   }  // the last client handle drains the recorders
   CHECK(errors.seen.empty());
   CHECK(sqlite_count(file) == 3200);
-  CHECK(sqlite_count(file, "SELECT sum(completion_tokens) FROM requests") == 3200 * 3);
-  CHECK(pg("SELECT count(*) FROM requests") == "3200");
-  CHECK(pg("SELECT sum(completion_tokens) FROM requests") == "9600");
+  CHECK(sqlite_count(file, "SELECT sum(completion_tokens) FROM taotoken_requests") == 3200 * 3);
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "3200");
+  CHECK(pg("SELECT sum(completion_tokens) FROM taotoken_requests") == "9600");
   auto s = SqliteRecorder::summarize(file);
   REQUIRE(s.ok());
   CHECK(s->total.requests == 3200);
@@ -171,12 +171,12 @@ TEST_CASE("a SQLite file from schema version 1 is migrated") {
     REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
     const char* v1 = R"sql(
       CREATE TABLE taotoken_schema (version INTEGER NOT NULL); INSERT INTO taotoken_schema VALUES (1);
-      CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, upstream_request_id TEXT,
+      CREATE TABLE taotoken_requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, upstream_request_id TEXT,
         started_at TEXT NOT NULL, started_ms INTEGER NOT NULL, endpoint TEXT, requested_model TEXT, model TEXT,
         provider TEXT, streamed INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, http_status INTEGER, error_kind TEXT,
         error_message TEXT, attempts INTEGER, attempts_json TEXT, latency_ms INTEGER, prompt_tokens INTEGER,
         completion_tokens INTEGER, total_tokens INTEGER, cached_tokens INTEGER, estimated_cost REAL, tags_json TEXT);
-      INSERT INTO requests (request_id, started_at, started_ms, status, model, latency_ms, completion_tokens)
+      INSERT INTO taotoken_requests (request_id, started_at, started_ms, status, model, latency_ms, completion_tokens)
         VALUES ('old_1', '2026-01-01T00:00:00.000Z', 1767225600000, 'success', 'old-model', 100, 5);)sql";
     REQUIRE(sqlite3_exec(db, v1, nullptr, nullptr, nullptr) == SQLITE_OK);
     sqlite3_close(db);
@@ -191,7 +191,7 @@ TEST_CASE("a SQLite file from schema version 1 is migrated") {
   }
   CHECK(sqlite_count(file, "SELECT version FROM taotoken_schema") == SqliteRecorder::schema_version());
   CHECK(sqlite_count(file) == 2);
-  CHECK(sqlite_count(file, "SELECT ttft_ms FROM requests WHERE request_id = 'new_1'") == 7);
+  CHECK(sqlite_count(file, "SELECT ttft_ms FROM taotoken_requests WHERE request_id = 'new_1'") == 7);
   auto s = SqliteRecorder::summarize(file);
   REQUIRE(s.ok());
   CHECK(s->by_model.at("old-model").completion_tokens == 5);
@@ -223,7 +223,7 @@ TEST_CASE("an unusable SQLite path is reported through the hook; requests still 
 
 TEST_CASE("PostgreSQL stopped and restarted mid-run: no record lost, requests unaffected") {
   if (std::system("command -v pg_ctlcluster >/dev/null 2>&1") != 0) FAIL("pg_ctlcluster is needed to stop the server");
-  pg("DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS taotoken_schema;");
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
   SimFixture f;
   Errors errors;
   DatabaseRecorderOptions dbo;
@@ -243,13 +243,13 @@ TEST_CASE("PostgreSQL stopped and restarted mid-run: no record lost, requests un
   recorder->flush();
   CHECK(ok == 200);
   CHECK(recorder->dropped() == 0);
-  CHECK(pg("SELECT count(*) FROM requests") == "200");
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "200");
   std::lock_guard<std::mutex> g(errors.mu);
   CHECK_FALSE(errors.seen.empty());  // the outage was reported, not hidden
 }
 
 TEST_CASE("a record with invalid UTF-8 cannot poison the PostgreSQL queue") {
-  pg("DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS taotoken_schema;");
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
   SimFixture f;
   Errors errors;
   DatabaseRecorderOptions dbo;
@@ -262,7 +262,7 @@ TEST_CASE("a record with invalid UTF-8 cannot poison the PostgreSQL queue") {
     bad.tags = {{"user", "caf\xe9"}, {"k\"ey", "va\\lue"}};
     for (int i = 0; i < 6; ++i) (void)client.chat(SimFixture::ask("x"), i % 2 ? bad : RequestOptions{});
   }
-  CHECK(pg("SELECT count(*) FROM requests") == "6");
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "6");
   CHECK(errors.seen.empty());
 }
 
