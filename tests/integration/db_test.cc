@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <libpq-fe.h>
+#include <fstream>
 #include <thread>
 
 #include "sim_fixture.h"
@@ -281,4 +282,37 @@ TEST_CASE("an unreachable database does not hold up shutdown") {
   // A hang detector, not a timing test: the drain gives up after two failed
   // attempts (~0.3 s of backoff) instead of 2 x 30 s.
   CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("the API key never reaches the SQLite file or the PostgreSQL table") {
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  SimFixture f;
+  const auto dir = temp_dir("db-key");
+  const std::string file = (dir / "u.db").string();
+  {
+    auto o = f.options(true);
+    o.sleep_for = [](std::chrono::milliseconds) {};
+    o.record_request_summary = true;
+    o.record_message_text = true;
+    o.recorders = {std::make_shared<SqliteRecorder>(file), std::make_shared<PostgresRecorder>(pg_conninfo())};
+    TaotokenClient client(o);
+    sim::Fault echo;
+    echo.status = 401;
+    echo.replace_body = true;
+    echo.body = R"({"error":{"message":"Bad key sk-test-secret-key-123","code":"sk-test-secret-key-123"}})";
+    f.sim.push_fault(echo);
+    (void)client.chat(SimFixture::ask("x"));
+    (void)client.chat_stream(SimFixture::ask("y"), nullptr);
+    (void)client.forward(R"({"messages":[{"role":"user","content":"z"}]})");
+  }
+  for (const auto& entry : fs::directory_iterator(dir)) {  // the database and its WAL files, byte for byte
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(bytes.find("sk-test-secret-key-123") == std::string::npos);
+  }
+  CHECK(sqlite_count(file) == 3);
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "3");
+  CHECK(pg("SELECT count(*) FROM taotoken_requests WHERE concat_ws('|', request_id, upstream_request_id, error_message, "
+           "attempts_json, tags_json, request_summary, model, requested_model) LIKE '%sk-test-secret%'") == "0");
+  fs::remove_all(dir);
 }
