@@ -162,13 +162,20 @@ class TaotokenClient::Impl {
  public:
   // Per-call bookkeeping.
   struct Call {
-    explicit Call(const RequestOptions& ro) : id(ro.request_id ? *ro.request_id : make_request_id()) {}
+    explicit Call(const RequestOptions& ro) : id(ro.request_id ? *ro.request_id : make_request_id()) {
+      // A per-call Authorization (a proxy passing a tenant's key) is a
+      // secret too: errors are scrubbed of it like of the client's key.
+      for (const auto& [name, value] : ro.headers)
+        if (name.size() == 13 && starts_with_icase(name, "authorization"))
+          key = starts_with_icase(value, "bearer ") ? value.substr(7) : value;
+    }
     std::chrono::milliseconds elapsed() const {
       return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
     }
     Clock::time_point start = Clock::now();
     std::chrono::system_clock::time_point started_at = std::chrono::system_clock::now();
     std::string id;
+    std::string key;  // per-call secret to scrub, if any
   };
 
   static Result<std::shared_ptr<const Impl>> create(ClientOptions o) {
@@ -935,8 +942,12 @@ class TaotokenClient::Impl {
   // Removes the API key from text an upstream sent back (some echo the
   // Authorization header): every occurrence, and a prefix of it left at the
   // end of a cut excerpt.
-  std::string redact(std::string text) const {
-    const std::string& key = opts_.api_key;
+  std::string redact(std::string text, const std::string& call_key) const {
+    text = redact_key(std::move(text), opts_.api_key);
+    return call_key.empty() ? text : redact_key(std::move(text), call_key);
+  }
+
+  static std::string redact_key(std::string text, const std::string& key) {
     if (key.size() < 4) return text;
     text = replace_all(std::move(text), key, "[REDACTED]");
     std::string_view body(text);
@@ -953,10 +964,10 @@ class TaotokenClient::Impl {
 
   // Fills the request context and scrubs the API key from every text field.
   Error finish_error(Error e, const Call& call, int attempts, const std::string& upstream_id = {}) const {
-    Error clean(e.kind(), redact(e.message()));
+    Error clean(e.kind(), redact(e.message(), call.key));
     clean.http_status = e.http_status;
     auto scrub = [&](std::optional<std::string>& v) {
-      if (v) v = redact(std::move(*v));
+      if (v) v = redact(std::move(*v), call.key);
     };
     clean.type = std::move(e.type);
     clean.code = std::move(e.code);
@@ -971,7 +982,7 @@ class TaotokenClient::Impl {
     clean.attempt_log = std::move(e.attempt_log);
     clean.partial = std::move(e.partial);
     clean.request_id = call.id;
-    clean.upstream_request_id = redact(upstream_id);
+    clean.upstream_request_id = redact(upstream_id, call.key);
     clean.attempts = attempts;
     return clean;
   }

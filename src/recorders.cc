@@ -11,7 +11,10 @@ TAOTOKEN_BEGIN_NAMESPACE
 
 // ---- memory
 
-MemoryRecorder::MemoryRecorder(std::size_t capacity) : capacity_(capacity == 0 ? 1 : capacity) {}
+// A long-running process must not grow: percentiles from a 10 000-sample
+// reservoir per group, at most 1 000 groups per breakdown.
+MemoryRecorder::MemoryRecorder(std::size_t capacity)
+    : capacity_(capacity == 0 ? 1 : capacity), summary_(10000, 1000) {}
 
 void MemoryRecorder::record(const RequestRecord& record) {
   std::lock_guard<std::mutex> lock(mu_);

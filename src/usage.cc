@@ -197,14 +197,30 @@ void SummaryBuilder::add_to(Group& g, const RequestRecord& r) {
   t.cached_tokens += r.cached_tokens.value_or(0);
   t.estimated_cost += r.estimated_cost.value_or(0);
   t.upstream_cost += r.upstream_cost.value_or(0);
-  g.latencies_ms.push_back(r.latency.count());
+  if (max_samples_ == 0 || g.latencies_ms.size() < max_samples_) {
+    g.latencies_ms.push_back(r.latency.count());
+    return;
+  }
+  // Reservoir sampling (algorithm R): each latency seen so far stays with
+  // probability max_samples / requests.
+  rng_ ^= rng_ << 13;
+  rng_ ^= rng_ >> 7;
+  rng_ ^= rng_ << 17;
+  const std::uint64_t slot = rng_ % static_cast<std::uint64_t>(t.requests);
+  if (slot < max_samples_) g.latencies_ms[slot] = r.latency.count();
+}
+
+SummaryBuilder::Group& SummaryBuilder::group(std::map<std::string, Group>& groups, const std::string& key) {
+  if (auto it = groups.find(key); it != groups.end()) return it->second;
+  if (max_groups_ != 0 && groups.size() >= max_groups_) return groups["(other)"];
+  return groups[key];
 }
 
 void SummaryBuilder::add(const RequestRecord& r) {
   add_to(total_, r);
-  add_to(by_model_[r.model.empty() ? r.requested_model : r.model], r);
-  for (const auto& [k, v] : r.tags) add_to(by_tag_[k + "=" + v], r);
-  add_to(by_day_[r.started_at_iso().substr(0, 10)], r);
+  add_to(group(by_model_, r.model.empty() ? r.requested_model : r.model), r);
+  for (const auto& [k, v] : r.tags) add_to(group(by_tag_, k + "=" + v), r);
+  add_to(group(by_day_, r.started_at_iso().substr(0, 10)), r);
 }
 
 UsageTotals SummaryBuilder::finish(const Group& g) {

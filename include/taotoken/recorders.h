@@ -19,7 +19,10 @@
 TAOTOKEN_BEGIN_NAMESPACE
 
 /// Keeps the most recent records in a bounded ring and a running summary of
-/// everything it has seen (what the proxy's admin view shows).
+/// everything it has seen (what the proxy's admin view shows). Memory stays
+/// bounded: totals are exact; percentiles are exact up to 10 000 requests per
+/// group and estimated from a reservoir after; at most 1 000 groups per
+/// breakdown (more go to "(other)").
 /// Thread-safe.
 class MemoryRecorder final : public UsageRecorder {
  public:

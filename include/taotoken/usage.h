@@ -147,10 +147,16 @@ struct UsageSummary {
   std::string to_json() const;
 };
 
-/// Builds a `UsageSummary` from records (exact nearest-rank percentiles).
+/// Builds a `UsageSummary` from records: totals are exact; percentiles are
+/// exact (nearest rank) up to `max_samples` latencies per group, then
+/// estimated from a uniform reservoir of that many. At most `max_groups`
+/// groups per breakdown; later keys are counted under "(other)".
 /// Not thread-safe; the memory recorder keeps one under its lock.
 class SummaryBuilder {
  public:
+  /// 0 means unlimited (exact, memory grows with the records).
+  explicit SummaryBuilder(std::size_t max_samples = 0, std::size_t max_groups = 0)
+      : max_samples_(max_samples), max_groups_(max_groups) {}
   void add(const RequestRecord& r);
   UsageSummary build() const;
 
@@ -159,8 +165,11 @@ class SummaryBuilder {
     UsageTotals totals;
     std::vector<std::int64_t> latencies_ms;
   };
-  static void add_to(Group& g, const RequestRecord& r);
+  void add_to(Group& g, const RequestRecord& r);
+  Group& group(std::map<std::string, Group>& groups, const std::string& key);
   static UsageTotals finish(const Group& g);
+  std::size_t max_samples_, max_groups_;
+  std::uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
   Group total_;
   std::map<std::string, Group> by_model_, by_tag_, by_day_;
 };

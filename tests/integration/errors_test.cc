@@ -387,3 +387,14 @@ TEST_CASE("absurd numbers from upstream do not overflow") {
   CHECK(fails(f, f.client(), respond(200, R"({"id":"a","choices":[],"usage":{"prompt_tokens":1e300}})")).kind() ==
         ErrorKind::bad_response);
 }
+
+TEST_CASE("a per-call Authorization key is scrubbed from errors too") {
+  SimFixture f;
+  RequestOptions ro;
+  ro.headers = {{"Authorization", "Bearer sk-tenant-key-987654"}};
+  f.sim.push_fault(respond(401, R"({"error":{"message":"bad key sk-tenant-key-987654","code":"sk-tenant-key-987654"}})"));
+  auto r = f.client().chat(SimFixture::ask("x"), ro);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().describe().find("sk-tenant-key-987654") == std::string::npos);
+  CHECK(r.error().message() == "bad key [REDACTED]");
+}

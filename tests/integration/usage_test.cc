@@ -373,3 +373,20 @@ TEST_CASE("record summaries stay valid JSON whatever the model name") {
   CHECK(e["evil"].error() == simdjson::NO_SUCH_FIELD);
   CHECK(p.parse(x.to_json()).error() == simdjson::SUCCESS);
 }
+
+TEST_CASE("bounded summaries: exact below the sample cap, close beyond it, groups capped") {
+  SummaryBuilder b(1000, 3);
+  for (int i = 1; i <= 100000; ++i) {
+    RequestRecord r;
+    r.model = "m" + std::to_string(i % 5);  // 5 models, cap 3 groups
+    r.latency = std::chrono::milliseconds(i % 1000 + 1);  // uniform 1..1000
+    b.add(r);
+  }
+  UsageSummary s = b.build();
+  CHECK(s.total.requests == 100000);
+  CHECK(s.by_model.size() == 4);  // m0..m2 and "(other)"
+  CHECK(s.by_model.at("(other)").requests == 40000);
+  // Reservoir estimate of a uniform 1..1000 distribution.
+  CHECK(s.total.latency_p50.count() == Approx(500).margin(60));
+  CHECK(s.total.latency_p95.count() == Approx(950).margin(30));
+}
