@@ -15,6 +15,7 @@
 #include "chat_stream.h"
 #include "codec.h"
 #include "json_writer.h"
+#include "record_sql.h"
 #include "sse.h"
 #include "stream_assembler.h"
 #include "transport.h"
@@ -733,14 +734,9 @@ class TaotokenClient::Impl {
   }
 
   void report_recorder_error(std::string_view recorder, std::string_view message) const {
-    if (opts_.on_recorder_error) {
-      try {
-        opts_.on_recorder_error(recorder, message);
-      } catch (...) {
-      }
-    } else {
-      std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(recorder.size()), recorder.data(),
-                   static_cast<int>(message.size()), message.data());
+    try {
+      detail::error_hook_or_stderr(opts_.on_recorder_error)(recorder, message);
+    } catch (...) {  // a hook must not fail the request
     }
   }
 

@@ -4,6 +4,7 @@
 #include <simdjson.h>
 
 #include <charconv>
+#include <cstdio>
 
 #include "json_writer.h"
 
@@ -44,6 +45,14 @@ std::optional<ErrorKind> kind_from(std::string_view s) {
 }
 
 }  // namespace
+
+RecorderErrorHook error_hook_or_stderr(RecorderErrorHook hook) {
+  if (hook) return hook;
+  return [](std::string_view who, std::string_view msg) {
+    std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(who.size()), who.data(),
+                 static_cast<int>(msg.size()), msg.data());
+  };
+}
 
 std::string insert_column_list() {
   std::string out;

@@ -32,6 +32,9 @@ SqlValues record_values(const RequestRecord& r);
 // A row read with kRecordColumns (in that order) back into a record.
 RequestRecord record_from_row(const SqlValues& row);
 
+// `hook`, or one that prints "taotoken: <recorder> recorder: <message>" on stderr.
+RecorderErrorHook error_hook_or_stderr(RecorderErrorHook hook);
+
 // "a, b, c" of kRecordColumns plus request_summary.
 std::string insert_column_list();
 

@@ -102,14 +102,6 @@ std::string connect(const std::string& conninfo, Conn& conn) {
   return {};
 }
 
-RecorderErrorHook default_hook(RecorderErrorHook hook) {
-  if (hook) return hook;
-  return [](std::string_view who, std::string_view msg) {
-    std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(who.size()), who.data(),
-                 static_cast<int>(msg.size()), msg.data());
-  };
-}
-
 Result<std::vector<RequestRecord>> select_records(const std::string& conninfo, const std::string& where,
                                                   const std::vector<std::string>& args, const std::string& tail) {
   Conn conn;
@@ -140,7 +132,7 @@ class PostgresRecorder::Impl {
  public:
   Impl(std::string conninfo, DatabaseRecorderOptions o)
       : conninfo_(std::move(conninfo)),
-        on_error_(default_hook(o.on_error)),
+        on_error_(detail::error_hook_or_stderr(o.on_error)),
         drain_timeout_(o.drain_timeout),
         queue_("postgres",
                // 26 parameters a row; PostgreSQL allows 65535 a statement.

@@ -99,14 +99,6 @@ std::string open_db(const std::string& path, Db& db, bool create) {
   return {};
 }
 
-RecorderErrorHook default_hook(RecorderErrorHook hook) {
-  if (hook) return hook;
-  return [](std::string_view who, std::string_view msg) {
-    std::fprintf(stderr, "taotoken: %.*s recorder: %.*s\n", static_cast<int>(who.size()), who.data(),
-                 static_cast<int>(msg.size()), msg.data());
-  };
-}
-
 Result<std::vector<RequestRecord>> select_records(const std::string& path, const std::string& where,
                                                   const std::vector<std::int64_t>& args, const char* tail) {
   Db db;
@@ -139,7 +131,7 @@ class SqliteRecorder::Impl {
  public:
   Impl(std::string path, DatabaseRecorderOptions o)
       : path_(std::move(path)),
-        on_error_(default_hook(o.on_error)),
+        on_error_(detail::error_hook_or_stderr(o.on_error)),
         drain_timeout_(o.drain_timeout),
         queue_("sqlite",
                detail::BatchQueueOptions{o.queue_capacity, o.batch_size, o.full_queue_wait, o.drain_timeout,
