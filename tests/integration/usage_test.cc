@@ -390,3 +390,23 @@ TEST_CASE("bounded summaries: exact below the sample cap, close beyond it, group
   CHECK(s.total.latency_p50.count() == Approx(500).margin(60));
   CHECK(s.total.latency_p95.count() == Approx(950).margin(30));
 }
+
+TEST_CASE("record timestamps are ISO 8601 UTC with milliseconds, matching gmtime") {
+  std::uint64_t x = 88172645463325252ULL;
+  for (int i = 0; i < 20000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    const auto ms = static_cast<long long>(x % 7258118400000ULL);  // 1970 .. 2200
+    RequestRecord r;
+    r.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
+    const std::time_t s = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    gmtime_r(&s, &tm);
+    char buf[40];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    char expect[48];
+    std::snprintf(expect, sizeof expect, "%s.%03lldZ", buf, ms % 1000);
+    REQUIRE(r.started_at_iso() == expect);
+  }
+}
