@@ -6,6 +6,7 @@
 //                      [--rounds 15] [--requests 2000] [--warmup 1000]
 //                      [--status-url http://127.0.0.1:PORT/nginx_status]
 //   taotoken_bench_seq --print-response   # the canned upstream body
+//   taotoken_bench_seq --print-request    # the request body both sides send
 //   --only raw|chat runs one side alone (for profiling); no ratio then.
 //
 // The two loops run alternately in each round (the order flips every
@@ -148,7 +149,7 @@ bool check_same_body(const std::string& raw_body, const taotoken::ChatRequest& r
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: taotoken_bench_seq --base-url URL [--rounds N] [--requests N] [--warmup N] "
-               "[--status-url URL] [--only raw|chat]\n       taotoken_bench_seq --print-response\n");
+               "[--status-url URL] [--only raw|chat]\n       taotoken_bench_seq --print-response | --print-request\n");
   std::exit(2);
 }
 
@@ -169,6 +170,9 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (a == "--print-response") {
       std::fputs(canned_response().c_str(), stdout);
+      return 0;
+    } else if (a == "--print-request") {  // bench/run's proxy part sends it with wrk
+      std::fputs(raw_request_body().c_str(), stdout);
       return 0;
     } else if (a == "--base-url" && has_value) {
       base_url = argv[++i];

@@ -116,10 +116,20 @@ class ProxyServer::Impl {
     routes();
     svr_.new_task_queue = [n = opts_.threads] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
     svr_.set_payload_max_length(opts_.max_body_bytes);
+    // Headers and body go out in two writes: without TCP_NODELAY the body
+    // waits for the client's delayed ACK (~40 ms per kept-alive response).
+    svr_.set_tcp_nodelay(true);
+    svr_.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_fd_ = sock;
+    });
     svr_.set_keep_alive_max_count(10000);
     if (opts_.port == 0) port_ = svr_.bind_to_any_port(opts_.bind);
     else port_ = svr_.bind_to_port(opts_.bind, opts_.port) ? opts_.port : -1;
     if (port_ < 0) throw std::runtime_error(fmt::format("cannot listen on {}:{}", opts_.bind, opts_.port));
+    // Debian's libcpp-httplib listens with a backlog of 5 (compiled in): a
+    // burst of connections would overflow it. Listening again raises it.
+    if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
   }
 
   ~Impl() {
@@ -378,6 +388,7 @@ class ProxyServer::Impl {
   std::condition_variable relays_cv_;
   int relays_ = 0;
   httplib::Server svr_;
+  int listen_fd_ = -1;
   int port_ = -1;
 };
 
