@@ -46,6 +46,28 @@ std::optional<ErrorKind> kind_from(std::string_view s) {
 
 }  // namespace
 
+WindowClause window_clause(const UsageQuery& query, std::string (*marker)(int)) {
+  WindowClause w;
+  auto ms = [](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  };
+  if (query.since) {
+    w.args.push_back(ms(*query.since));
+    w.where = "WHERE started_ms >= " + marker(1);
+  }
+  if (query.until) {
+    w.args.push_back(ms(*query.until));
+    w.where += (w.where.empty() ? "WHERE started_ms < " : " AND started_ms < ") + marker(static_cast<int>(w.args.size()));
+  }
+  return w;
+}
+
+UsageSummary summarize_records(const std::vector<RequestRecord>& records) {
+  SummaryBuilder b;
+  for (const auto& r : records) b.add(r);
+  return b.build();
+}
+
 RecorderErrorHook error_hook_or_stderr(RecorderErrorHook hook) {
   if (hook) return hook;
   return [](std::string_view who, std::string_view msg) {

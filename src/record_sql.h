@@ -32,6 +32,17 @@ SqlValues record_values(const RequestRecord& r);
 // A row read with kRecordColumns (in that order) back into a record.
 RequestRecord record_from_row(const SqlValues& row);
 
+// WHERE clause (possibly empty) for a time window over started_ms, and its
+// arguments; `marker(n)` spells the n-th parameter ("?" or "$n").
+struct WindowClause {
+  std::string where;
+  std::vector<std::int64_t> args;
+};
+WindowClause window_clause(const UsageQuery& query, std::string (*marker)(int));
+
+// The summary of records read back from a database.
+UsageSummary summarize_records(const std::vector<RequestRecord>& records);
+
 // `hook`, or one that prints "taotoken: <recorder> recorder: <message>" on stderr.
 RecorderErrorHook error_hook_or_stderr(RecorderErrorHook hook);
 

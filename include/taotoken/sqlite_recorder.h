@@ -15,12 +15,6 @@
 
 TAOTOKEN_BEGIN_NAMESPACE
 
-/// A time window for reading records back (UTC; unset ends are open).
-struct UsageQuery {
-  std::optional<std::chrono::system_clock::time_point> since;
-  std::optional<std::chrono::system_clock::time_point> until;
-};
-
 /// Settings of the database recorders.
 struct DatabaseRecorderOptions {
   /// Records waiting to be written; when full, `record()` waits up to

@@ -147,6 +147,12 @@ struct UsageSummary {
   std::string to_json() const;
 };
 
+/// A time window for reading records back (UTC; unset ends are open).
+struct UsageQuery {
+  std::optional<std::chrono::system_clock::time_point> since;
+  std::optional<std::chrono::system_clock::time_point> until;
+};
+
 /// Builds a `UsageSummary` from records: totals are exact; percentiles are
 /// exact (nearest rank) up to `max_samples` latencies per group, then
 /// estimated from a uniform reservoir of that many. At most `max_groups`

@@ -214,24 +214,12 @@ Result<std::vector<RequestRecord>> PostgresRecorder::recent(const std::string& c
 }
 
 Result<UsageSummary> PostgresRecorder::summarize(const std::string& conninfo, const UsageQuery& query) {
-  std::string where;
+  const auto window = detail::window_clause(query, [](int n) { return "$" + std::to_string(n); });
   std::vector<std::string> args;
-  auto ms = [](std::chrono::system_clock::time_point t) {
-    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count());
-  };
-  if (query.since) {
-    args.push_back(ms(*query.since));
-    where = "WHERE started_ms >= $1";
-  }
-  if (query.until) {
-    args.push_back(ms(*query.until));
-    where += fmt::format("{} started_ms < ${}", where.empty() ? "WHERE" : " AND", args.size());
-  }
-  auto rows = select_records(conninfo, where, args, "ORDER BY id");
+  for (auto a : window.args) args.push_back(std::to_string(a));
+  auto rows = select_records(conninfo, window.where, args, "ORDER BY id");
   if (!rows) return std::move(rows.error());
-  SummaryBuilder b;
-  for (const auto& r : *rows) b.add(r);
-  return b.build();
+  return detail::summarize_records(*rows);
 }
 
 TAOTOKEN_END_NAMESPACE

@@ -210,24 +210,10 @@ Result<std::vector<RequestRecord>> SqliteRecorder::recent(const std::string& pat
 }
 
 Result<UsageSummary> SqliteRecorder::summarize(const std::string& path, const UsageQuery& query) {
-  std::string where;
-  std::vector<std::int64_t> args;
-  auto ms = [](std::chrono::system_clock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  };
-  if (query.since) {
-    where = "WHERE started_ms >= ?";
-    args.push_back(ms(*query.since));
-  }
-  if (query.until) {
-    where += where.empty() ? "WHERE started_ms < ?" : " AND started_ms < ?";
-    args.push_back(ms(*query.until));
-  }
-  auto rows = select_records(path, where, args, "ORDER BY id");
+  const auto window = detail::window_clause(query, [](int) { return std::string("?"); });
+  auto rows = select_records(path, window.where, window.args, "ORDER BY id");
   if (!rows) return std::move(rows.error());
-  SummaryBuilder b;
-  for (const auto& r : *rows) b.add(r);
-  return b.build();
+  return detail::summarize_records(*rows);
 }
 
 TAOTOKEN_END_NAMESPACE
