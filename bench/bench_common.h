@@ -141,6 +141,70 @@ inline long nginx_accepts(const std::string& status_url) {
   return std::strtol(out.c_str() + p + 9, nullptr, 10);
 }
 
+// Calls per second of `fn(n)`.
+template <typename Fn>
+double timed(Fn&& fn, long n) {
+  const auto t0 = Clock::now();
+  fn(n);
+  const std::chrono::duration<double> dt = Clock::now() - t0;
+  return static_cast<double>(n) / dt.count();
+}
+
+// The measurement both end-to-end benchmarks share: `rounds` rounds of
+// `requests` calls per side, raw and library alternating (order flipped every
+// round so drift hits both alike), then the medians, the ratio and whether
+// it met `target`, as RESULT lines named `raw_name`, `chat_name` and
+// `<chat_name>_vs_raw`. With only one side enabled, just its RESULT line.
+template <typename Raw, typename Chat>
+void run_interleaved(const char* raw_name, const char* chat_name, double target, long rounds, long requests,
+                     bool do_raw, bool do_chat, Raw&& run_raw, Chat&& run_chat, const std::string& status_url) {
+  const long accepts_before = nginx_accepts(status_url);
+  std::vector<double> raw_rps, chat_rps, ratios;
+  double raw_secs = 0, chat_secs = 0;
+  for (long r = 0; r < rounds; ++r) {
+    double a = 0, b = 0;
+    if (r % 2 == 0) {
+      if (do_raw) a = timed(run_raw, requests);
+      if (do_chat) b = timed(run_chat, requests);
+    } else {
+      if (do_chat) b = timed(run_chat, requests);
+      if (do_raw) a = timed(run_raw, requests);
+    }
+    if (!do_raw || !do_chat) {
+      const double x = do_raw ? a : b;
+      (do_raw ? raw_rps : chat_rps).push_back(x);
+      std::printf("INFO round %ld: %s rps=%.0f\n", r + 1, do_raw ? raw_name : chat_name, x);
+      continue;
+    }
+    raw_secs += static_cast<double>(requests) / a;
+    chat_secs += static_cast<double>(requests) / b;
+    raw_rps.push_back(a);
+    chat_rps.push_back(b);
+    ratios.push_back(b / a);
+    std::printf("INFO round %ld: %s rps=%.0f %s rps=%.0f ratio=%.3f\n", r + 1, raw_name, a, chat_name, b, b / a);
+  }
+  const long accepts_after = nginx_accepts(status_url);
+  if (accepts_before >= 0 && accepts_after >= 0)
+    // The second query's own connection counts as one.
+    std::printf("INFO new upstream connections during the measured rounds: %ld (0 = keep-alive held)\n",
+                accepts_after - accepts_before - 1);
+  if (!do_raw || !do_chat) {
+    const double m = median(do_raw ? raw_rps : chat_rps);
+    std::printf("RESULT name=%s rps=%.1f us_per_req=%.2f\n", do_raw ? raw_name : chat_name, m, 1e6 / m);
+    return;
+  }
+  const double raw_m = median(raw_rps), chat_m = median(chat_rps);
+  std::printf("INFO median of per-round ratios: %.3f (min %.3f, max %.3f)\n", median(ratios),
+              *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
+  const double total = static_cast<double>(rounds * requests);
+  std::printf("INFO totals: %s rps=%.0f %s rps=%.0f ratio=%.3f\n", raw_name, total / raw_secs, chat_name,
+              total / chat_secs, raw_secs / chat_secs);
+  std::printf("RESULT name=%s rps=%.1f us_per_req=%.2f\n", raw_name, raw_m, 1e6 / raw_m);
+  std::printf("RESULT name=%s rps=%.1f us_per_req=%.2f\n", chat_name, chat_m, 1e6 / chat_m);
+  std::printf("RESULT name=%s_vs_raw ratio=%.3f\n", chat_name, chat_m / raw_m);
+  std::printf("INFO target %s_vs_raw >= %.2f: %s\n", chat_name, target, chat_m / raw_m >= target ? "met" : "NOT met");
+}
+
 }  // namespace bench
 
 #endif  // TAOTOKEN_BENCH_COMMON_H

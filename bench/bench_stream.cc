@@ -54,7 +54,6 @@ using bench::Captured;
 using bench::CaptureServer;
 using bench::Clock;
 using bench::median;
-using bench::nginx_accepts;
 using bench::print_head;
 namespace detail = taotoken::detail;
 
@@ -384,12 +383,6 @@ int run_network(std::string base_url, const std::string& status_url, const std::
       if (!chat.once(client, req, why)) fail("chat_stream: request failed: " + why);
   };
   const bool do_raw = only != "chat", do_chat = only != "raw";
-  auto timed = [](auto&& fn, long n) {
-    const auto t0 = Clock::now();
-    fn(n);
-    const std::chrono::duration<double> dt = Clock::now() - t0;
-    return static_cast<double>(n) / dt.count();
-  };
 
   // The upstream must serve exactly the stream (nginx `return` escaping).
   {
@@ -407,51 +400,7 @@ int run_network(std::string base_url, const std::string& status_url, const std::
       "raw reader's last request), %ld rounds x %ld requests per side, warm-up %ld\n",
       base_url.c_str(), stream.size(), kDataLines, raw.data_bytes(), raw.writes(), rounds, requests, warmup);
 
-  const long accepts_before = nginx_accepts(status_url);
-  std::vector<double> raw_rps, chat_rps, ratios;
-  double raw_secs = 0, chat_secs = 0;
-  for (long r = 0; r < rounds; ++r) {
-    double a = 0, b = 0;
-    if (r % 2 == 0) {
-      if (do_raw) a = timed(run_raw, requests);
-      if (do_chat) b = timed(run_chat, requests);
-    } else {
-      if (do_chat) b = timed(run_chat, requests);
-      if (do_raw) a = timed(run_raw, requests);
-    }
-    if (!do_raw || !do_chat) {
-      const double x = do_raw ? a : b;
-      (do_raw ? raw_rps : chat_rps).push_back(x);
-      std::printf("INFO round %ld: %s rps=%.0f\n", r + 1, do_raw ? "raw_curl_stream" : "chat_stream", x);
-      continue;
-    }
-    raw_secs += static_cast<double>(requests) / a;
-    chat_secs += static_cast<double>(requests) / b;
-    raw_rps.push_back(a);
-    chat_rps.push_back(b);
-    ratios.push_back(b / a);
-    std::printf("INFO round %ld: raw_curl_stream rps=%.0f chat_stream rps=%.0f ratio=%.3f\n", r + 1, a, b, b / a);
-  }
-  const long accepts_after = nginx_accepts(status_url);
-  if (accepts_before >= 0 && accepts_after >= 0)
-    std::printf("INFO new upstream connections during the measured rounds: %ld (0 = keep-alive held)\n",
-                accepts_after - accepts_before - 1);
-
-  if (!do_raw || !do_chat) {
-    const double m = median(do_raw ? raw_rps : chat_rps);
-    std::printf("RESULT name=%s rps=%.1f us_per_req=%.2f\n", do_raw ? "raw_curl_stream" : "chat_stream", m, 1e6 / m);
-    return 0;
-  }
-  const double raw_m = median(raw_rps), chat_m = median(chat_rps);
-  std::printf("INFO median of per-round ratios: %.3f (min %.3f, max %.3f)\n", median(ratios),
-              *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
-  const double total = static_cast<double>(rounds * requests);
-  std::printf("INFO totals: raw_curl_stream rps=%.0f chat_stream rps=%.0f ratio=%.3f\n", total / raw_secs,
-              total / chat_secs, raw_secs / chat_secs);
-  std::printf("RESULT name=raw_curl_stream rps=%.1f us_per_req=%.2f\n", raw_m, 1e6 / raw_m);
-  std::printf("RESULT name=chat_stream rps=%.1f us_per_req=%.2f\n", chat_m, 1e6 / chat_m);
-  std::printf("RESULT name=chat_stream_vs_raw ratio=%.3f\n", chat_m / raw_m);
-  std::printf("INFO target chat_stream_vs_raw >= 0.85: %s\n", chat_m / raw_m >= 0.85 ? "met" : "NOT met");
+  bench::run_interleaved("raw_curl_stream", "chat_stream", 0.85, rounds, requests, do_raw, do_chat, run_raw, run_chat, status_url);
   return 0;
 }
 
