@@ -42,7 +42,6 @@ using bench::chat_request;
 using bench::raw_request_body;
 using bench::Captured;
 using bench::CaptureServer;
-using bench::median;
 using bench::print_head;
 
 // ---- the raw libcurl loop --------------------------------------------------
