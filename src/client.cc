@@ -6,11 +6,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <exception>
+#include <mutex>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 #include "chat_stream.h"
 #include "codec.h"
@@ -146,7 +150,8 @@ std::string make_request_id() {
   return fmt::format("req_{}_{}", ms, std::string_view(suffix, sizeof suffix));
 }
 
-// Per-attempt streaming state plugged into the attempt loop.
+// Per-attempt streaming state plugged into the attempt loop. Runs on the
+// loop thread.
 struct StreamHooks {
   virtual ~StreamHooks() = default;
   // Resets per-attempt state and installs the body sink on the request.
@@ -157,6 +162,140 @@ struct StreamHooks {
   // the stream's final error.
   // (After a complete stream, e.g. [DONE] then a reset, it is a success.)
   virtual Result<HttpResponse> after_delivery(Error transport_error) = 0;
+};
+
+// Hands the callbacks of a synchronous stream from the loop to the calling
+// thread, in order. Bounded: when it holds kHigh items, the transfer is
+// paused (DataAction::pause) until the caller has run them.
+class Mailbox {
+ public:
+  using Item = std::function<bool()>;  // false: the caller's callback wants to stop
+  static constexpr std::size_t kHigh = 256;
+
+  explicit Mailbox(std::string stop_reason) : stop_reason_(std::move(stop_reason)) {}
+
+  // Loop side.
+  bool should_pause() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (items_.size() < kHigh) return false;
+    paused_ = true;
+    return true;
+  }
+  bool stopped() const noexcept { return stopped_.load(); }
+  void push(Item item) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      items_.push_back(std::move(item));
+    }
+    cv_.notify_one();
+  }
+  void close(std::function<void()> last) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_ = std::move(last);
+      closed_ = true;
+    }
+    cv_.notify_one();
+  }
+
+  // Caller side: runs the items until close(); `stop(reason)` is called once
+  // when an item returns false or throws; `resume()` when a paused transfer
+  // may go on. Returns the exception an item threw, if any.
+  template <typename Stop, typename Resume>
+  std::exception_ptr pump(Stop stop, Resume resume) {
+    std::exception_ptr thrown;
+    std::deque<Item> batch;
+    for (;;) {
+      bool was_paused = false;
+      std::function<void()> last;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !items_.empty() || closed_; });
+        batch.swap(items_);
+        if (batch.empty()) {
+          last = std::move(last_);
+        }
+        was_paused = paused_;
+        paused_ = false;
+      }
+      if (batch.empty()) {
+        if (last) last();
+        return thrown;
+      }
+      for (auto& item : batch) {
+        if (stopped_.load()) break;
+        try {
+          if (!item()) {
+            stopped_.store(true);
+            stop(stop_reason_);
+          }
+        } catch (const std::exception& e) {
+          thrown = std::current_exception();
+          stopped_.store(true);
+          stop(fmt::format("stopped by an exception from a callback: {}", e.what()));
+        } catch (...) {
+          thrown = std::current_exception();
+          stopped_.store(true);
+          stop(std::string("stopped by an exception from a callback: a non-standard exception"));
+        }
+      }
+      batch.clear();
+      if (was_paused) resume();
+    }
+  }
+
+  bool stopped_by_caller() const noexcept { return stopped_.load(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> items_;
+  bool paused_ = false;
+  bool closed_ = false;
+  std::function<void()> last_;
+  std::atomic<bool> stopped_{false};
+  std::string stop_reason_;
+};
+
+// Where a synchronous call waits for its result.
+template <typename T>
+class SyncWait {
+ public:
+  void set(Result<T> r) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      result_.emplace(std::move(r));
+    }
+    cv_.notify_one();
+  }
+  Result<T> get() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return result_.has_value(); });
+    return std::move(*result_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Result<T>> result_;
+};
+
+// One call in progress, as seen by the client's registry on the loop.
+class ExchangeBase {
+ public:
+  virtual ~ExchangeBase() = default;
+  // Loop thread: follows RequestOptions::cancel from now on.
+  virtual void watch_cancel() = 0;
+  // Loop thread: starts the first attempt (the call got a slot).
+  virtual void run() = 0;
+  // Loop thread: ends the call now with a cancelled result.
+  virtual void cancel_now(std::string reason) = 0;
+  // Loop thread: fails the call at once (never started).
+  virtual void reject(Error e) = 0;
+  // Loop thread: a transfer paused by a full mailbox may go on.
+  virtual void resume() = 0;
+  bool finished = false;
+  bool holds_slot = false;
 };
 
 class TaotokenClient::Impl {
@@ -203,12 +342,345 @@ class TaotokenClient::Impl {
     if (o.connect_timeout.count() <= 0 || o.timeout.count() <= 0)
       return Error(ErrorKind::invalid_argument, "timeouts must be positive");
     if (o.max_response_bytes == 0) return Error(ErrorKind::invalid_argument, "max_response_bytes must be positive");
-    return std::shared_ptr<const Impl>(new Impl(std::move(o)));
+    if (o.max_connections_per_host < 0)
+      return Error(ErrorKind::invalid_argument, "max_connections_per_host must not be negative");
+    return std::shared_ptr<const Impl>(new Impl(std::move(o)), &Impl::destroy);
   }
 
-  // The last handle is gone: drain every recorder's queue so a clean
-  // shutdown loses no record.
-  ~Impl() {
+  // The last handle is gone. Every call still in progress is cancelled (it
+  // gets its result and record), the loop stops, the recorders are drained
+  // so a clean shutdown loses no record, and the Impl is deleted. On the
+  // loop thread (a callback dropped the last handle) all of this happens
+  // after the callback returns, and the thread exits on its own.
+  static void destroy(const Impl* cimpl) {
+    auto* impl = const_cast<Impl*>(cimpl);
+    impl->shutting_down_.store(true);
+    impl->loop_->post([impl] { impl->cancel_all(); });
+    if (impl->loop_->on_loop_thread()) {
+      impl->loop_->set_exit_hook([impl] {
+        impl->flush_recorders();
+        delete impl;
+      });
+      impl->loop_->stop();
+      return;
+    }
+    impl->loop_->stop();
+    impl->loop_->join();
+    impl->flush_recorders();
+    delete impl;
+  }
+
+  ~Impl() = default;
+
+  const ClientOptions& options() const noexcept { return opts_; }
+
+  // ---- one call: the attempt loop as a state machine on the loop thread
+
+  // `interpret` turns a response into the result (an error makes the
+  // attempt a failure the policy may retry); `give_up` may still turn the
+  // last response into a result; `record` writes the usage record; then
+  // `finish` gets the result, exactly once.
+  template <typename T>
+  class Exchange final : public ExchangeBase, public std::enable_shared_from_this<Exchange<T>> {
+   public:
+    using Interpret = std::function<Result<T>(HttpResponse&)>;
+    using GiveUp = std::function<std::optional<T>(HttpResponse&)>;
+    using Record = std::function<void(const Call&, const RequestOptions&, const Result<T>&)>;
+    using Finish = std::function<void(Result<T>, std::exception_ptr)>;
+
+    Exchange(const Impl& impl, const RequestOptions& options) : call(options), ro(options), impl_(impl) {}
+
+    // Set up before submit().
+    std::string body;
+    HttpRequest req;
+    StreamHooks* hooks = nullptr;
+    std::shared_ptr<void> keep;  // endpoint state the callbacks point into
+    Interpret interpret;
+    GiveUp give_up;
+    Record record;
+    Finish finish;
+    std::optional<Error> pre_error;  // the call cannot be sent: fail at admission
+    Call call;
+    RequestOptions ro;
+
+    void watch_cancel() override {
+      if (ro.cancel) {
+        std::weak_ptr<Exchange> weak = this->weak_from_this();
+        std::weak_ptr<detail::Loop> loop = impl_.loop_;
+        cancel_hook_ = ro.cancel->add_hook([weak, loop] {
+          if (auto l = loop.lock())
+            l->post([weak] {
+              if (auto self = weak.lock()) self->cancel_now("the caller cancelled the request");
+            });
+        });
+      }
+    }
+
+    void run() override {
+      if (finished) return;
+      const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : impl_.opts_.attempt_timeout;
+      attempt_limit_ = attempt_limit;
+      deadline_ = call.start + ro.timeout.value_or(impl_.opts_.timeout);
+      attempt();
+    }
+
+    void cancel_now(std::string reason) override {
+      if (finished) return;
+      cancelled_ = true;
+      if (transfer_) {
+        const auto id = transfer_;
+        impl_.loop_->abort(id, Error(ErrorKind::cancelled, reason));
+        if (finished) return;
+        transfer_ = 0;  // it had ended already; its result will be ignored
+      }
+      if (timer_) {
+        impl_.loop_->cancel_timer(timer_);
+        timer_ = 0;
+      }
+      Error e(ErrorKind::cancelled, std::move(reason));
+      e.attempt_log = std::move(log_);
+      complete(impl_.finish_error(std::move(e), call, attempt_));
+    }
+
+    void reject(Error e) override { complete(impl_.finish_error(std::move(e), call, 0)); }
+
+    void resume() override {
+      if (transfer_) impl_.loop_->resume(transfer_);
+    }
+
+    // Any thread; runs record and finish there.
+    void complete(Result<T> r) {
+      if (finished) return;
+      finished = true;
+      auto self = this->shared_from_this();  // the registry may hold the last reference
+      if (cancel_hook_) ro.cancel->remove_hook(cancel_hook_);
+      cancel_hook_ = 0;
+      if (impl_.loop_->on_loop_thread()) impl_.on_finished(this);
+      if (record && !impl_.opts_.recorders.empty()) record(call, ro, r);
+      Finish f = std::move(finish);
+      f(std::move(r), user_exception_);
+    }
+
+   private:
+    void attempt() {
+      ++attempt_;
+      if (cancelled_ || (ro.cancel && ro.cancel->cancelled()) || impl_.shutting_down_.load()) {
+        Error e(ErrorKind::cancelled, impl_.shutting_down_.load() && !cancelled_
+                                          ? "the client was destroyed with the call in progress"
+                                          : "the caller cancelled the request");
+        e.attempt_log = std::move(log_);
+        complete(impl_.finish_error(std::move(e), call, attempt_ - 1));
+        return;
+      }
+      const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now());
+      if (remaining.count() <= 0) {
+        Error e(ErrorKind::timeout, fmt::format("total deadline of {} ms exceeded before attempt {}",
+                                                ro.timeout.value_or(impl_.opts_.timeout).count(), attempt_));
+        e.attempt_log = std::move(log_);
+        complete(impl_.finish_error(std::move(e), call, attempt_ - 1));
+        return;
+      }
+      req.timeout = attempt_limit_ ? std::min(*attempt_limit_, remaining) : remaining;
+      if (hooks) hooks->begin_attempt(req);
+      sent_ = Clock::now();
+      auto self = this->shared_from_this();
+      transfer_ = impl_.loop_->start(req, [self](Result<HttpResponse> r) {
+        self->transfer_ = 0;
+        self->on_response(std::move(r));
+      });
+    }
+
+    void fail_by_exception(std::exception_ptr ex) {
+      std::string what = "a non-standard exception";
+      try {
+        std::rethrow_exception(ex);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      user_exception_ = ex;
+      Error e(ErrorKind::cancelled, fmt::format("stopped by an exception from a callback: {}", what));
+      e.attempt_log = std::move(log_);
+      complete(impl_.finish_error(std::move(e), call, attempt_));
+    }
+
+    void on_response(Result<HttpResponse> resp) {
+      if (finished) return;
+      if (!resp && hooks && hooks->delivered()) resp = hooks->after_delivery(std::move(resp.error()));
+      AttemptRecord rec;
+      rec.delay_before = delay_before_;
+      rec.latency = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - sent_);
+      std::string upstream_id;
+      std::optional<Result<T>> outcome;
+      try {
+        if (resp) {
+          rec.http_status = resp->status;
+          upstream_id = upstream_request_id(resp->headers);
+          outcome.emplace(interpret(*resp));
+        } else {
+          outcome.emplace(std::move(resp.error()));
+        }
+      } catch (...) {
+        log_.push_back(rec);
+        fail_by_exception(std::current_exception());
+        return;
+      }
+      if (outcome->ok()) {
+        log_.push_back(rec);
+        if (impl_.opts_.retry_budget) impl_.opts_.retry_budget->on_success();
+        stamp(**outcome, call, attempt_, log_, upstream_id);
+        complete(std::move(*outcome));
+        return;
+      }
+      Error& err = outcome->error();
+      rec.error = err.kind();
+      if (!resp) rec.http_status = err.http_status;
+      log_.push_back(rec);
+
+      std::optional<std::chrono::milliseconds> wait;
+      try {
+        if (!policy_) policy_ = impl_.make_policy(ro);  // made at the first failure only
+        wait = policy_->on_failure(err, attempt_);
+        if (cancelled_ || impl_.shutting_down_.load()) wait.reset();
+        if (hooks && hooks->delivered()) wait.reset();  // data reached the caller: never retried
+        if (wait && Clock::now() + *wait >= deadline_) wait.reset();  // would cross the deadline
+        if (wait && impl_.opts_.retry_budget && !impl_.opts_.retry_budget->try_acquire(err)) wait.reset();
+        if (!wait) {
+          if (resp) {
+            if (std::optional<T> passed = give_up(*resp)) {
+              stamp(*passed, call, attempt_, log_, upstream_id);
+              complete(std::move(*passed));
+              return;
+            }
+          }
+          err.attempt_log = std::move(log_);
+          complete(impl_.finish_error(std::move(err), call, attempt_, upstream_id));
+          return;
+        }
+        if (impl_.opts_.on_retry) impl_.opts_.on_retry(RetryEvent{call.id, attempt_, &err, *wait});
+        if (impl_.opts_.sleep_for) impl_.opts_.sleep_for(*wait);
+      } catch (...) {
+        fail_by_exception(std::current_exception());
+        return;
+      }
+      delay_before_ = *wait;
+      const auto at = impl_.opts_.sleep_for ? Clock::now() : Clock::now() + *wait;
+      auto self = this->shared_from_this();
+      timer_ = impl_.loop_->add_timer(at, [self] {
+        self->timer_ = 0;
+        self->attempt();
+      });
+    }
+
+    const Impl& impl_;
+    std::optional<std::chrono::milliseconds> attempt_limit_;
+    Clock::time_point deadline_;
+    Clock::time_point sent_;
+    int attempt_ = 0;
+    std::vector<AttemptRecord> log_;
+    std::chrono::milliseconds delay_before_{0};
+    std::unique_ptr<RetryPolicy> policy_;
+    detail::Loop::Id transfer_ = 0;
+    detail::Loop::Id timer_ = 0;
+    std::uint64_t cancel_hook_ = 0;
+    bool cancelled_ = false;
+    std::exception_ptr user_exception_;
+  };
+
+  // Prepares the HTTP request of an exchange (headers, limits, body).
+  template <typename T>
+  void prepare(Exchange<T>& ex, HttpRequest::Method method, const std::string& url, bool passthrough,
+               bool streaming) const {
+    const auto& ro = ex.ro;
+    HttpRequest& req = ex.req;
+    const auto first_byte = ro.first_byte_timeout ? ro.first_byte_timeout : opts_.first_byte_timeout;
+    req.method = method;
+    req.url = url;
+    req.body = ex.body;
+    req.connect_timeout = opts_.connect_timeout;
+    req.first_byte_timeout = first_byte.value_or(std::chrono::milliseconds(0));
+    req.max_response_bytes = opts_.max_response_bytes;
+    // Pass-through (forward): no compression asked for, so the bytes stay as
+    // sent, and every response header kept for the caller.
+    req.accept_compressed = !passthrough;
+    req.all_headers = passthrough;
+    if (streaming)
+      req.idle_timeout = (ro.idle_timeout ? ro.idle_timeout : opts_.idle_timeout).value_or(std::chrono::milliseconds(0));
+    // The client's fixed headers go by reference (the transport caches
+    // them) unless this call overrides one of them.
+    bool overrides = false;
+    for (const auto& h : ro.headers)
+      for (const auto& b : base_headers_)
+        if (h.first.size() == b.first.size() && starts_with_icase(h.first, lower(b.first))) overrides = true;
+    if (overrides) {
+      req.headers = base_headers_;
+    } else {
+      req.base_headers = &base_headers_;
+      if (!ro.headers.empty() || opts_.send_request_id) req.headers.reserve(ro.headers.size() + 1);
+    }
+    if (opts_.send_request_id) put_header(req.headers, {"X-Client-Request-Id", ex.call.id});
+    for (const auto& h : ro.headers) put_header(req.headers, h);
+  }
+
+  // Hands an exchange to the loop. A call that cannot be posted (the client
+  // is going away) fails here, on the calling thread.
+  template <typename T>
+  void submit(const std::shared_ptr<Exchange<T>>& ex) const {
+    std::shared_ptr<ExchangeBase> base = ex;
+    if (shutting_down_.load() || !loop_->post([this, base] { admit(base); })) {
+      ex->complete(finish_error(Error(ErrorKind::cancelled, "the client is shutting down"), ex->call, 0));
+    }
+  }
+
+  // Loop thread: a call arrives; it runs now, waits for a slot, or is refused.
+  void admit(const std::shared_ptr<ExchangeBase>& op) const {
+    if (op->finished) return;
+    live_.emplace(op.get(), op);
+    op->watch_cancel();
+    if (shutting_down_.load()) {
+      op->cancel_now("the client was destroyed with the call in progress");
+      return;
+    }
+    if (opts_.max_in_flight == 0 || in_flight_ < opts_.max_in_flight) {
+      ++in_flight_;
+      op->holds_slot = true;
+      op->run();
+    } else if (waiting_.size() < opts_.max_queued) {
+      waiting_.push_back(op);
+    } else {
+      op->reject(Error(ErrorKind::overloaded,
+                       fmt::format("too many calls in progress: {} running (max_in_flight) and {} waiting (max_queued)",
+                                   in_flight_, waiting_.size())));
+    }
+  }
+
+  // Loop thread: a call ended; its slot goes to the next waiting call.
+  void on_finished(ExchangeBase* op) const {
+    const bool freed = op->holds_slot;
+    op->holds_slot = false;
+    live_.erase(op);
+    if (!freed) return;
+    --in_flight_;
+    while (!waiting_.empty() && (opts_.max_in_flight == 0 || in_flight_ < opts_.max_in_flight)) {
+      std::shared_ptr<ExchangeBase> next = waiting_.front().lock();
+      waiting_.pop_front();
+      if (!next || next->finished) continue;
+      ++in_flight_;
+      next->holds_slot = true;
+      next->run();
+    }
+  }
+
+  // Loop thread, at shutdown.
+  void cancel_all() const {
+    std::vector<std::shared_ptr<ExchangeBase>> all;
+    all.reserve(live_.size());
+    for (const auto& [ptr, op] : live_) all.push_back(op);
+    waiting_.clear();
+    for (const auto& op : all) op->cancel_now("the client was destroyed with the call in progress");
+  }
+
+  void flush_recorders() const {
     for (const auto& recorder : opts_.recorders) {
       try {
         recorder->flush();
@@ -219,75 +691,223 @@ class TaotokenClient::Impl {
     }
   }
 
-  const ClientOptions& options() const noexcept { return opts_; }
+  // A synchronous call made on the loop thread would wait for itself.
+  std::optional<Error> reentry_error() const {
+    if (!loop_->on_loop_thread()) return std::nullopt;
+    return Error(ErrorKind::invalid_argument,
+                 "a synchronous call was made on this client's event-loop thread (from an async callback); it "
+                 "would wait for itself. Use the *_async form there");
+  }
 
-  Result<ChatCompletion> chat(const ChatRequest& request, const RequestOptions& ro) const {
-    Call call(ro);
-    std::optional<Result<ChatCompletion>> result;
-    try {
-      result.emplace(chat_impl(request, ro, call));
-    } catch (const std::exception& ex) {
-      record_exception(call, "chat", requested_model(request), false, ro, ex.what());
-      throw;
-    } catch (...) {
-      record_exception(call, "chat", requested_model(request), false, ro, "a non-standard exception");
-      throw;
+  // Runs a completion callback of an async call where the options say.
+  template <typename T>
+  void deliver_async(const std::function<void(Result<T>)>& cb, Result<T> r) const {
+    if (!cb) return;
+    if (opts_.callback_executor) {
+      try {
+        opts_.callback_executor([cb, r = std::move(r)]() mutable { cb(std::move(r)); });
+        return;
+      } catch (...) {
+        std::fputs("taotoken: callback_executor threw; the completion callback was not run\n", stderr);
+        return;
+      }
     }
-    auto& r = *result;
-    if (!opts_.recorders.empty())
-      emit(call, "chat", requested_model(request), false, ro, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(),
-           summary_of(request));
-    return std::move(r);
+    try {
+      cb(std::move(r));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "taotoken: an exception escaped a completion callback and was ignored: %s\n", e.what());
+    } catch (...) {
+      std::fputs("taotoken: an exception escaped a completion callback and was ignored\n", stderr);
+    }
   }
 
-  // A user hook (retry policy, on_retry, sleep_for, chunk callback, sink)
-  // threw: the call still leaves one record, then the exception goes on.
-  void record_exception(const Call& call, std::string_view endpoint, std::string model, bool streamed,
-                        const RequestOptions& ro, std::string_view what) const {
-    if (opts_.recorders.empty()) return;
-    Error e(ErrorKind::cancelled, fmt::format("stopped by an exception from a callback: {}", what));
-    e.request_id = call.id;
-    emit(call, endpoint, std::move(model), streamed, ro, nullptr, &e, std::nullopt);
+  // An async call's own token, linked to the caller's.
+  static std::shared_ptr<CancelToken> own_token(RequestOptions& ro) {
+    auto token = std::make_shared<CancelToken>();
+    if (ro.cancel) ro.cancel->link(token);
+    ro.cancel = token;
+    return token;
   }
 
-  Result<ChatCompletion> chat_impl(const ChatRequest& request, const RequestOptions& ro, Call& call) const {
-    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+  // ---- endpoints: each builds an exchange; the public calls submit it.
+
+  using ChatExchange = Exchange<ChatCompletion>;
+  using RawExchange = Exchange<RawResponse>;
+
+  std::shared_ptr<ChatExchange> make_chat(const ChatRequest& request, const RequestOptions& ro) const {
+    auto ex = std::make_shared<ChatExchange>(*this, ro);
+    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::encode_chat_request(request, opts_.default_model, false);
-    if (!body) return finish_error(std::move(body.error()), call, 0);
-    return execute<ChatCompletion>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/false,
-        [](HttpResponse& r) -> Result<ChatCompletion> {
-          if (r.status < 200 || r.status >= 300) return status_error(r);
-          auto decoded = detail::decode_chat_completion(r.body);
-          if (!decoded) return success_status_error(std::move(decoded.error()), r);
-          decoded->http_status = r.status;
-          return decoded;
-        },
-        [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; });
+    if (!body) ex->pre_error = std::move(body.error());
+    else ex->body = std::move(*body);
+    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/false, /*streaming=*/false);
+    ex->interpret = [](HttpResponse& r) -> Result<ChatCompletion> {
+      if (r.status < 200 || r.status >= 300) return status_error(r);
+      auto decoded = detail::decode_chat_completion(r.body);
+      if (!decoded) return success_status_error(std::move(decoded.error()), r);
+      decoded->http_status = r.status;
+      return decoded;
+    };
+    ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
+    ex->record = [this, model = requested_model(request), summary = summary_of(request)](
+                     const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
+      emit(call, "chat", model, false, o, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(), summary);
+    };
+    return ex;
   }
 
-  Result<RawResponse> forward(std::string_view json_body, const RequestOptions& ro) const {
-    Call call(ro);
-    std::string model;
-    std::optional<Result<RawResponse>> result;
-    try {
-      result.emplace(forward_impl(json_body, ro, call, model));
-    } catch (const std::exception& ex) {
-      record_exception(call, "forward", model, false, ro, ex.what());
-      throw;
-    } catch (...) {
-      record_exception(call, "forward", model, false, ro, "a non-standard exception");
-      throw;
+  // Streaming state of chat_stream, on the loop thread.
+  struct ChatStreamHooks final : StreamHooks {
+    ChatStreamHooks(ChunkCallback cb, Clock::time_point started, std::size_t max_json_bytes)
+        : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes) {}
+    void begin_attempt(HttpRequest& req) override {
+      decoder = detail::SseDecoder();
+      assembler = detail::StreamAssembler();
+      json_mode = false;
+      json_body.clear();
+      req.on_start = [this](int, const std::vector<Header>& headers) {
+        const std::string* ct = detail::find_header(headers, "content-type");
+        json_mode = ct && ct->find("event-stream") == std::string::npos && ct->find("json") != std::string::npos;
+      };
+      req.on_data = [this](std::string_view bytes) {
+        if (should_pause && should_pause()) return detail::DataAction::pause;
+        return (json_mode ? collect(bytes) : feed(bytes)) ? detail::DataAction::proceed : detail::DataAction::stop;
+      };
+      complete.store(false);
+      req.complete = &complete;
     }
-    if (!opts_.recorders.empty()) emit_forward(call, "forward", model, false, ro, *result, json_body.size());
-    return std::move(*result);
+    bool delivered() const override { return delivered_; }
+    Result<HttpResponse> after_delivery(Error e) override {
+      if (assembler.done() && !user_stopped) {
+        HttpResponse ok;  // everything arrived; how the connection ended does not matter
+        ok.status = e.http_status ? e.http_status : 200;
+        return ok;
+      }
+      if (user_stopped || e.kind() == ErrorKind::cancelled) {
+        Error out(ErrorKind::cancelled, user_stopped ? stop_reason : e.message());
+        return with_partial(std::move(out));
+      }
+      if (e.kind() == ErrorKind::timeout) return with_partial(std::move(e));
+      Error cut(ErrorKind::stream_truncated, "the stream was cut before [DONE]: " + e.message());
+      cut.http_status = e.http_status;
+      return with_partial(std::move(cut));
+    }
+    bool collect(std::string_view bytes) {
+      if (json_body.size() + bytes.size() > max_json) return false;
+      json_body.append(bytes);
+      return true;
+    }
+    bool feed(std::string_view bytes) {
+      return decoder.feed(bytes, [this](const detail::SseEvent& ev) {
+        const auto step = assembler.on_event(ev);
+        if (step == detail::StreamAssembler::Step::done || step == detail::StreamAssembler::Step::failed)
+          complete.store(true);
+        if (step != detail::StreamAssembler::Step::chunk) return true;
+        if (!ttft && assembler.has_token())
+          ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+        delivered_ = true;
+        try {
+          if (on_chunk && !on_chunk(assembler.chunk())) {
+            user_stopped = true;
+            return false;
+          }
+        } catch (const std::exception& e) {
+          user_exception = std::current_exception();
+          stop_reason = fmt::format("stopped by an exception from a callback: {}", e.what());
+          user_stopped = true;
+          return false;
+        } catch (...) {
+          user_exception = std::current_exception();
+          stop_reason = "stopped by an exception from a callback: a non-standard exception";
+          user_stopped = true;
+          return false;
+        }
+        return true;
+      });
+    }
+    Error with_partial(Error e) const {
+      auto partial = std::make_shared<ChatCompletion>(assembler.assemble());
+      partial->time_to_first_token = ttft;
+      e.partial = std::move(partial);
+      return e;
+    }
+    // The end of a 2xx attempt.
+    Result<ChatCompletion> finish(HttpResponse& r) {
+      if (json_mode) {
+        auto c = detail::decode_chat_completion(json_body);
+        if (c) c->http_status = r.status;
+        return c;
+      }
+      assembler.on_end(decoder);
+      if (assembler.error()) {
+        Error e = *assembler.error();
+        if (!delivered_) e.should_retry = false;  // an upstream's verdict, not a transport fault
+        return with_partial(std::move(e));
+      }
+      if (!assembler.done()) {
+        Error e(ErrorKind::stream_truncated, decoder.has_unterminated_tail()
+                                                 ? "the stream ended in the middle of an event, before [DONE]"
+                                                 : "the stream ended before [DONE]");
+        if (!delivered_) e.should_retry = true;  // nothing reached the caller: safe to try again
+        return with_partial(std::move(e));
+      }
+      ChatCompletion c = assembler.assemble();
+      c.http_status = r.status;
+      c.time_to_first_token = ttft;
+      return c;
+    }
+
+    ChunkCallback on_chunk;
+    std::function<bool()> should_pause;
+    std::atomic<bool> complete{false};
+    Clock::time_point start;
+    std::size_t max_json;
+    detail::SseDecoder decoder;
+    detail::StreamAssembler assembler;
+    bool json_mode = false;
+    std::string json_body;
+    bool delivered_ = false;
+    bool user_stopped = false;
+    std::string stop_reason = "the chunk callback cancelled the stream";
+    std::exception_ptr user_exception;
+    std::optional<std::chrono::milliseconds> ttft;
+  };
+
+  std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChunkCallback on_chunk,
+                                                 std::function<bool()> should_pause, const RequestOptions& ro) const {
+    auto ex = std::make_shared<ChatExchange>(*this, ro);
+    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+    auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
+    if (!body) ex->pre_error = std::move(body.error());
+    else ex->body = std::move(*body);
+    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/false, /*streaming=*/true);
+    auto hooks = std::make_shared<ChatStreamHooks>(std::move(on_chunk), ex->call.start, opts_.max_response_bytes);
+    hooks->should_pause = std::move(should_pause);
+    ex->hooks = hooks.get();
+    ChatStreamHooks* h = hooks.get();
+    ex->keep = std::move(hooks);
+    ex->interpret = [h](HttpResponse& r) -> Result<ChatCompletion> {
+      if (r.status < 200 || r.status >= 300) return status_error(r);
+      auto c = h->finish(r);
+      if (!c) return success_status_error(std::move(c.error()), r);
+      return c;
+    };
+    ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
+    ex->record = [this, model = requested_model(request), summary = summary_of(request)](
+                     const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
+      emit(call, "chat_stream", model, true, o, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(), summary);
+    };
+    return ex;
   }
 
-  Result<RawResponse> forward_impl(std::string_view json_body, const RequestOptions& ro, Call& call,
-                                   std::string& model) const {
-    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
+  std::shared_ptr<RawExchange> make_forward(std::string_view json_body, const RequestOptions& ro) const {
+    auto ex = std::make_shared<RawExchange>(*this, ro);
+    std::string model;
+    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
-    if (!body) return finish_error(std::move(body.error()), call, 0);
+    if (!body) ex->pre_error = std::move(body.error());
+    else ex->body = std::move(*body);
+    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/true, /*streaming=*/false);
     auto to_raw = [](HttpResponse& r) {
       RawResponse out;
       out.status = r.status;
@@ -297,274 +917,337 @@ class TaotokenClient::Impl {
     };
     // Retryable HTTP errors go through the policy like any failure; when it
     // gives up, the upstream's response is passed through as it came.
-    return execute<RawResponse>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/true,
-        [&](HttpResponse& r) { return retry_or_pass(r, to_raw); },
-        [&](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); });
+    ex->interpret = [to_raw](HttpResponse& r) { return retry_or_pass(r, to_raw); };
+    ex->give_up = [to_raw](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); };
+    ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
+                                                        const Result<RawResponse>& r) {
+      emit_forward(call, "forward", model, false, o, r, size);
+    };
+    return ex;
+  }
+
+  // Streaming state of forward_stream, on the loop thread.
+  struct ForwardStreamHooks final : StreamHooks {
+    explicit ForwardStreamHooks(ForwardSink s) : sink(std::move(s)) {}
+    void begin_attempt(HttpRequest& req) override {
+      decoder = detail::SseDecoder();
+      assembler = detail::StreamAssembler();
+      event_stream = false;
+      complete.store(false);
+      req.complete = &complete;
+      req.on_start = [this](int s, const std::vector<Header>& hs) {
+        const std::string* ct = detail::find_header(hs, "content-type");
+        event_stream = ct && ct->find("event-stream") != std::string::npos;
+        started = true;
+        status = s;
+        headers = hs;
+        if (sink.on_start) call_user([&] { sink.on_start(s, hs); });
+      };
+      req.on_data = [this](std::string_view bytes) {
+        if (user_stopped) return detail::DataAction::stop;
+        if (should_pause && should_pause()) return detail::DataAction::pause;
+        delivered_ = true;
+        if (event_stream) decoder.feed(bytes, [this](const detail::SseEvent& ev) {
+          const auto step = assembler.on_event(ev);
+          if (step == detail::StreamAssembler::Step::done) complete.store(true);
+          return true;
+        });
+        bool go_on = true;
+        if (sink.on_data) call_user([&] { go_on = sink.on_data(bytes); });
+        if (!go_on) user_stopped = true;
+        return go_on && !user_stopped ? detail::DataAction::proceed : detail::DataAction::stop;
+      };
+    }
+    template <typename F>
+    void call_user(F f) {
+      try {
+        f();
+      } catch (const std::exception& e) {
+        user_exception = std::current_exception();
+        stop_reason = fmt::format("stopped by an exception from a callback: {}", e.what());
+        user_stopped = true;
+      } catch (...) {
+        user_exception = std::current_exception();
+        stop_reason = "stopped by an exception from a callback: a non-standard exception";
+        user_stopped = true;
+      }
+    }
+    bool delivered() const override { return delivered_; }
+    Result<HttpResponse> after_delivery(Error e) override {
+      if (event_stream && assembler.done() && !user_stopped) {
+        HttpResponse ok;  // [DONE] was passed on: a complete stream
+        ok.status = status;
+        ok.headers = headers;
+        return ok;
+      }
+      Error out = user_stopped ? Error(ErrorKind::cancelled, stop_reason)
+                  : e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout
+                      ? e
+                      : Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
+      out.http_status = e.http_status;
+      if (event_stream) out.partial = std::make_shared<ChatCompletion>(assembler.assemble());
+      return out;
+    }
+    // The response went to the sink (or goes now, when it was not streamed:
+    // an error status, or an empty body).
+    RawResponse pass_through(HttpResponse& r) {
+      if (!started && sink.on_start) call_user([&] { sink.on_start(r.status, r.headers); });
+      if (!r.body.empty() && sink.on_data) call_user([&] { sink.on_data(r.body); });
+      RawResponse out;
+      out.status = r.status;
+      out.headers = std::move(r.headers);
+      if (event_stream) {
+        assembler.on_end(decoder);
+        out.decoded = std::make_shared<ChatCompletion>(assembler.assemble());
+        if (assembler.error())
+          out.stream_error = std::make_shared<Error>(*assembler.error());
+        else if (!assembler.done())
+          out.stream_error = std::make_shared<Error>(ErrorKind::stream_truncated, "the stream ended before [DONE]");
+      }
+      return out;
+    }
+    ForwardSink sink;
+    std::function<bool()> should_pause;
+    std::atomic<bool> complete{false};
+    int status = 0;
+    std::vector<Header> headers;
+    detail::SseDecoder decoder;
+    detail::StreamAssembler assembler;
+    bool event_stream = false, started = false, delivered_ = false, user_stopped = false;
+    std::string stop_reason = "the sink stopped the stream";
+    std::exception_ptr user_exception;
+  };
+
+  std::shared_ptr<RawExchange> make_forward_stream(std::string_view json_body, ForwardSink sink,
+                                                   std::function<bool()> should_pause,
+                                                   const RequestOptions& ro) const {
+    auto ex = std::make_shared<RawExchange>(*this, ro);
+    std::string model;
+    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+    auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
+    if (!body) ex->pre_error = std::move(body.error());
+    else ex->body = std::move(*body);
+    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/true, /*streaming=*/true);
+    auto hooks = std::make_shared<ForwardStreamHooks>(std::move(sink));
+    hooks->should_pause = std::move(should_pause);
+    ex->hooks = hooks.get();
+    ForwardStreamHooks* h = hooks.get();
+    ex->keep = std::move(hooks);
+    ex->interpret = [h](HttpResponse& r) -> Result<RawResponse> {
+      auto pass = [h](HttpResponse& x) { return h->pass_through(x); };
+      auto out = retry_or_pass(r, pass);
+      if (out && h->user_stopped) return Error(ErrorKind::cancelled, h->stop_reason);
+      return out;
+    };
+    ex->give_up = [h](HttpResponse& r) -> std::optional<RawResponse> { return h->pass_through(r); };
+    ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
+                                                        const Result<RawResponse>& r) {
+      emit_forward(call, "forward_stream", model, true, o, r, size);
+    };
+    return ex;
+  }
+
+  std::shared_ptr<Exchange<std::vector<Model>>> make_list_models(const RequestOptions& ro) const {
+    auto ex = std::make_shared<Exchange<std::vector<Model>>>(*this, ro);
+    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+    prepare(*ex, HttpRequest::Method::get, models_url_, /*passthrough=*/false, /*streaming=*/false);
+    ex->interpret = [](HttpResponse& r) -> Result<std::vector<Model>> {
+      if (r.status < 200 || r.status >= 300) return status_error(r);
+      auto models = detail::decode_models(r.body);
+      if (!models) return success_status_error(std::move(models.error()), r);
+      return models;
+    };
+    ex->give_up = [](HttpResponse&) -> std::optional<std::vector<Model>> { return std::nullopt; };
+    return ex;
+  }
+
+  // Starts an exchange: a call that cannot be sent fails on the loop too, so
+  // async callbacks always run there.
+  template <typename T>
+  void launch(const std::shared_ptr<Exchange<T>>& ex) const {
+    if (ex->pre_error) {
+      std::shared_ptr<ExchangeBase> base = ex;
+      Error e = std::move(*ex->pre_error);
+      ex->pre_error.reset();
+      if (!loop_->post([base, e = std::move(e)]() mutable { base->reject(std::move(e)); }))
+        ex->complete(finish_error(Error(ErrorKind::cancelled, "the client is shutting down"), ex->call, 0));
+      return;
+    }
+    submit(ex);
+  }
+
+  // ---- synchronous calls: hand the exchange to the loop and wait.
+
+  template <typename T>
+  Result<T> run_sync(const std::shared_ptr<Exchange<T>>& ex) const {
+    SyncWait<T> wait;
+    std::exception_ptr thrown;
+    ex->finish = [&wait, &thrown](Result<T> r, std::exception_ptr e) {
+      thrown = e;
+      wait.set(std::move(r));
+    };
+    if (auto e = reentry_error()) {
+      ex->complete(finish_error(std::move(*e), ex->call, 0));
+    } else {
+      launch(ex);
+    }
+    Result<T> r = wait.get();
+    if (thrown) std::rethrow_exception(thrown);
+    return r;
+  }
+
+  Result<ChatCompletion> chat(const ChatRequest& request, const RequestOptions& ro) const {
+    return run_sync(make_chat(request, ro));
+  }
+
+  Result<RawResponse> forward(std::string_view json_body, const RequestOptions& ro) const {
+    return run_sync(make_forward(json_body, ro));
+  }
+
+  Result<std::vector<Model>> list_models(const RequestOptions& ro) const { return run_sync(make_list_models(ro)); }
+
+  // A synchronous stream: the exchange runs on the loop; the caller's
+  // callbacks run here, fed through a mailbox. The record is written here
+  // too, once the callbacks have run, so it says what the caller saw.
+  template <typename T, typename Make, typename Stopped>
+  Result<T> run_sync_stream(std::string stop_reason_text, Make make, Stopped when_stopped) const {
+    auto mb = std::make_shared<Mailbox>(std::move(stop_reason_text));
+    auto ex = make(mb);
+    typename Exchange<T>::Record record = std::move(ex->record);
+    std::optional<Result<T>> out;
+    std::exception_ptr hook_thrown;
+    ex->finish = [mb, &out, &hook_thrown](Result<T> r, std::exception_ptr e) {
+      out.emplace(std::move(r));
+      hook_thrown = e;
+      mb->close(nullptr);
+    };
+    std::string stop_reason;
+    std::exception_ptr thrown;
+    if (auto e = reentry_error()) {
+      ex->complete(finish_error(std::move(*e), ex->call, 0));
+    } else {
+      launch(ex);
+      std::weak_ptr<detail::Loop> loop = loop_;
+      thrown = mb->pump(
+          [&](std::string reason) {
+            stop_reason = reason;
+            std::shared_ptr<ExchangeBase> base = ex;
+            if (auto l = loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
+          },
+          [&] {
+            std::shared_ptr<ExchangeBase> base = ex;
+            if (auto l = loop.lock()) l->post([base] { base->resume(); });
+          });
+    }
+    Result<T> r = std::move(*out);
+    if (mb->stopped_by_caller() && r.ok()) r = when_stopped(std::move(*r), stop_reason);
+    if (record && !opts_.recorders.empty()) record(ex->call, ex->ro, r);
+    if (thrown) std::rethrow_exception(thrown);
+    if (hook_thrown) std::rethrow_exception(hook_thrown);
+    return r;
+  }
+
+  // The caller stopped a stream that had in fact completed: it still gets
+  // `cancelled`, with everything as the partial result.
+  static Error stopped_error(std::string reason, const std::string& id, const std::string& upstream_id, int attempts,
+                             std::vector<AttemptRecord> log, int http_status) {
+    Error e(ErrorKind::cancelled, std::move(reason));
+    e.request_id = id;
+    e.upstream_request_id = upstream_id;
+    e.attempts = attempts;
+    e.attempt_log = std::move(log);
+    e.http_status = http_status;
+    return e;
   }
 
   Result<ChatCompletion> chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
                                      const RequestOptions& ro) const {
-    Call call(ro);
-    std::optional<Result<ChatCompletion>> r;
-    try {
-      r.emplace(chat_stream_impl(request, on_chunk, ro, call));
-    } catch (const std::exception& ex) {
-      record_exception(call, "chat_stream", requested_model(request), true, ro, ex.what());
-      throw;
-    } catch (...) {
-      record_exception(call, "chat_stream", requested_model(request), true, ro, "a non-standard exception");
-      throw;
-    }
-    if (!opts_.recorders.empty())
-      emit(call, "chat_stream", requested_model(request), true, ro, r->ok() ? &**r : nullptr,
-           r->ok() ? nullptr : &r->error(), summary_of(request));
-    return std::move(*r);
-  }
-
-  Result<ChatCompletion> chat_stream_impl(const ChatRequest& request, const ChunkCallback& on_chunk,
-                                          const RequestOptions& ro, Call& call) const {
-    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
-    auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
-    if (!body) return finish_error(std::move(body.error()), call, 0);
-
-    struct Hooks final : StreamHooks {
-      Hooks(const ChunkCallback& cb, Clock::time_point started, std::size_t max_json_bytes)
-          : on_chunk(cb), start(started), max_json(max_json_bytes) {}
-      void begin_attempt(HttpRequest& req) override {
-        decoder = detail::SseDecoder();
-        assembler = detail::StreamAssembler();
-        json_mode = false;
-        json_body.clear();
-        req.on_start = [this](int, const std::vector<Header>& headers) {
-          const std::string* ct = detail::find_header(headers, "content-type");
-          json_mode = ct && ct->find("event-stream") == std::string::npos && ct->find("json") != std::string::npos;
-        };
-        req.on_data = [this](std::string_view bytes) { return json_mode ? collect(bytes) : feed(bytes); };
-        complete.store(false);
-        req.complete = &complete;
-      }
-      bool delivered() const override { return delivered_; }
-      Result<HttpResponse> after_delivery(Error e) override {
-        if (assembler.done() && !user_stopped) {
-          HttpResponse ok;  // everything arrived; how the connection ended does not matter
-          ok.status = e.http_status ? e.http_status : 200;
-          return ok;
-        }
-        if (user_stopped || e.kind() == ErrorKind::cancelled) {
-          Error out(ErrorKind::cancelled, user_stopped ? "the chunk callback cancelled the stream" : e.message());
-          return with_partial(std::move(out));
-        }
-        if (e.kind() == ErrorKind::timeout) return with_partial(std::move(e));
-        Error cut(ErrorKind::stream_truncated, "the stream was cut before [DONE]: " + e.message());
-        cut.http_status = e.http_status;
-        return with_partial(std::move(cut));
-      }
-      bool collect(std::string_view bytes) {
-        if (json_body.size() + bytes.size() > max_json) return false;
-        json_body.append(bytes);
-        return true;
-      }
-      bool feed(std::string_view bytes) {
-        return decoder.feed(bytes, [this](const detail::SseEvent& ev) {
-          const auto step = assembler.on_event(ev);
-          if (step == detail::StreamAssembler::Step::done || step == detail::StreamAssembler::Step::failed)
-            complete.store(true);
-          if (step != detail::StreamAssembler::Step::chunk) return true;
-          if (!ttft && assembler.has_token())
-            ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-          delivered_ = true;
-          try {
-            if (on_chunk && !on_chunk(assembler.chunk())) {
-              user_stopped = true;
-              return false;
-            }
-          } catch (...) {
-            user_exception = std::current_exception();
-            user_stopped = true;
-            return false;
-          }
-          return true;
-        });
-      }
-      Error with_partial(Error e) const {
-        auto partial = std::make_shared<ChatCompletion>(assembler.assemble());
-        partial->time_to_first_token = ttft;
-        e.partial = std::move(partial);
-        return e;
-      }
-      // The end of a 2xx attempt.
-      Result<ChatCompletion> finish(HttpResponse& r) {
-        if (json_mode) {
-          auto c = detail::decode_chat_completion(json_body);
-          if (c) c->http_status = r.status;
-          return c;
-        }
-        assembler.on_end(decoder);
-        if (assembler.error()) {
-          Error e = *assembler.error();
-          if (!delivered_) e.should_retry = false;  // an upstream's verdict, not a transport fault
-          return with_partial(std::move(e));
-        }
-        if (!assembler.done()) {
-          Error e(ErrorKind::stream_truncated, decoder.has_unterminated_tail()
-                                                   ? "the stream ended in the middle of an event, before [DONE]"
-                                                   : "the stream ended before [DONE]");
-          if (!delivered_) e.should_retry = true;  // nothing reached the caller: safe to try again
-          return with_partial(std::move(e));
-        }
-        ChatCompletion c = assembler.assemble();
-        c.http_status = r.status;
-        c.time_to_first_token = ttft;
-        return c;
-      }
-
-      const ChunkCallback& on_chunk;
-      std::atomic<bool> complete{false};
-      Clock::time_point start;
-      std::size_t max_json;
-      detail::SseDecoder decoder;
-      detail::StreamAssembler assembler;
-      bool json_mode = false;
-      std::string json_body;
-      bool delivered_ = false;
-      bool user_stopped = false;
-      std::exception_ptr user_exception;
-      std::optional<std::chrono::milliseconds> ttft;
-    } hooks(on_chunk, call.start, opts_.max_response_bytes);
-
-    auto result = execute<ChatCompletion>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/false,
-        [&](HttpResponse& r) -> Result<ChatCompletion> {
-          if (r.status < 200 || r.status >= 300) return status_error(r);
-          auto c = hooks.finish(r);
-          if (!c) return success_status_error(std::move(c.error()), r);
-          return c;
+    return run_sync_stream<ChatCompletion>(
+        "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
+          ChunkCallback relay;
+          if (on_chunk)
+            relay = [mb, &on_chunk](const ChatCompletionChunk& c) {
+              if (mb->stopped()) return false;
+              mb->push([&on_chunk, c] { return on_chunk(c); });
+              return true;
+            };
+          return make_chat_stream(request, std::move(relay), [mb] { return mb->should_pause(); }, ro);
         },
-        [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; }, &hooks);
-    if (hooks.user_exception) std::rethrow_exception(hooks.user_exception);
-    return result;
+        [](ChatCompletion c, const std::string& reason) -> Result<ChatCompletion> {
+          Error e = stopped_error(reason, c.request_id, c.upstream_request_id, c.attempts, c.attempt_log,
+                                  c.http_status);
+          e.partial = std::make_shared<ChatCompletion>(std::move(c));
+          return e;
+        });
   }
 
   Result<RawResponse> forward_stream(std::string_view json_body, const ForwardSink& sink,
                                      const RequestOptions& ro) const {
-    Call call(ro);
-    std::string model;
-    std::optional<Result<RawResponse>> r;
-    try {
-      r.emplace(forward_stream_impl(json_body, sink, ro, call, model));
-    } catch (const std::exception& ex) {
-      record_exception(call, "forward_stream", model, true, ro, ex.what());
-      throw;
-    } catch (...) {
-      record_exception(call, "forward_stream", model, true, ro, "a non-standard exception");
-      throw;
-    }
-    if (!opts_.recorders.empty()) emit_forward(call, "forward_stream", model, true, ro, *r, json_body.size());
-    return std::move(*r);
-  }
-
-  Result<RawResponse> forward_stream_impl(std::string_view json_body, const ForwardSink& sink,
-                                          const RequestOptions& ro, Call& call, std::string& model) const {
-    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
-    auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
-    if (!body) return finish_error(std::move(body.error()), call, 0);
-
-    struct Hooks final : StreamHooks {
-      explicit Hooks(const ForwardSink& s) : sink(s) {}
-      void begin_attempt(HttpRequest& req) override {
-        decoder = detail::SseDecoder();
-        assembler = detail::StreamAssembler();
-        event_stream = false;
-        complete.store(false);
-        req.complete = &complete;
-        req.on_start = [this](int s, const std::vector<Header>& hs) {
-          const std::string* ct = detail::find_header(hs, "content-type");
-          event_stream = ct && ct->find("event-stream") != std::string::npos;
-          started = true;
-          status = s;
-          headers = hs;
-          if (sink.on_start) sink.on_start(s, hs);
-        };
-        req.on_data = [this](std::string_view bytes) {
-          delivered_ = true;
-          if (event_stream) decoder.feed(bytes, [this](const detail::SseEvent& ev) {
-            const auto step = assembler.on_event(ev);
-            if (step == detail::StreamAssembler::Step::done) complete.store(true);
+    return run_sync_stream<RawResponse>(
+        "the sink stopped the stream", [&](const std::shared_ptr<Mailbox>& mb) {
+          ForwardSink relay;
+          if (sink.on_start)
+            relay.on_start = [mb, &sink](int status, const std::vector<Header>& headers) {
+              mb->push([&sink, status, headers] {
+                sink.on_start(status, headers);
+                return true;
+              });
+            };
+          relay.on_data = [mb, &sink](std::string_view bytes) {
+            if (mb->stopped()) return false;
+            if (sink.on_data) mb->push([&sink, data = std::string(bytes)] { return sink.on_data(data); });
             return true;
-          });
-          bool go_on = true;
-          try {
-            go_on = !sink.on_data || sink.on_data(bytes);
-          } catch (...) {
-            user_exception = std::current_exception();
-            go_on = false;
-          }
-          return go_on;
-        };
-      }
-      bool delivered() const override { return delivered_; }
-      Result<HttpResponse> after_delivery(Error e) override {
-        if (event_stream && assembler.done() && !user_exception) {
-          HttpResponse ok;  // [DONE] was passed on: a complete stream
-          ok.status = status;
-          ok.headers = headers;
-          return ok;
-        }
-        Error out = e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout
-                        ? e
-                        : Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
-        out.http_status = e.http_status;
-        if (event_stream) out.partial = std::make_shared<ChatCompletion>(assembler.assemble());
-        return out;
-      }
-      const ForwardSink& sink;
-      std::atomic<bool> complete{false};
-      int status = 0;
-      std::vector<Header> headers;
-      detail::SseDecoder decoder;
-      detail::StreamAssembler assembler;
-      bool event_stream = false, started = false, delivered_ = false;
-      std::exception_ptr user_exception;
-    } hooks(sink);
-
-    auto pass_through = [&](HttpResponse& r) {
-      // Not streamed to the sink yet (an error status, or an empty body).
-      if (!hooks.started && sink.on_start) sink.on_start(r.status, r.headers);
-      if (!r.body.empty() && sink.on_data) sink.on_data(r.body);
-      RawResponse out;
-      out.status = r.status;
-      out.headers = std::move(r.headers);
-      if (hooks.event_stream) {
-        hooks.assembler.on_end(hooks.decoder);
-        out.decoded = std::make_shared<ChatCompletion>(hooks.assembler.assemble());
-        if (hooks.assembler.error())
-          out.stream_error = std::make_shared<Error>(*hooks.assembler.error());
-        else if (!hooks.assembler.done())
-          out.stream_error = std::make_shared<Error>(ErrorKind::stream_truncated, "the stream ended before [DONE]");
-      }
-      return out;
-    };
-    auto result = execute<RawResponse>(
-        HttpRequest::Method::post, chat_url_, *body, ro, call, /*passthrough=*/true,
-        [&](HttpResponse& r) { return retry_or_pass(r, pass_through); },
-        [&](HttpResponse& r) -> std::optional<RawResponse> { return pass_through(r); }, &hooks);
-    if (hooks.user_exception) std::rethrow_exception(hooks.user_exception);
-    return result;
+          };
+          return make_forward_stream(json_body, std::move(relay), [mb] { return mb->should_pause(); }, ro);
+        },
+        [](RawResponse r, const std::string& reason) -> Result<RawResponse> {
+          Error e = stopped_error(reason, r.request_id, r.upstream_request_id, r.attempts, r.attempt_log, r.status);
+          if (r.decoded) e.partial = r.decoded;
+          return e;
+        });
   }
 
-  Result<std::vector<Model>> list_models(const RequestOptions& ro) const {
-    Call call(ro);
-    if (auto e = precheck(ro, call)) return finish_error(std::move(*e), call, 0);
-    return execute<std::vector<Model>>(
-        HttpRequest::Method::get, models_url_, {}, ro, call, /*passthrough=*/false,
-        [](HttpResponse& r) -> Result<std::vector<Model>> {
-          if (r.status < 200 || r.status >= 300) return status_error(r);
-          auto models = detail::decode_models(r.body);
-          if (!models) return success_status_error(std::move(models.error()), r);
-          return models;
-        },
-        [](HttpResponse&) -> std::optional<std::vector<Model>> { return std::nullopt; });
+  // ---- asynchronous calls
+
+  using Started = std::pair<std::shared_ptr<CancelToken>, std::string>;
+
+  template <typename T>
+  Started start_async(std::shared_ptr<Exchange<T>> ex, std::shared_ptr<CancelToken> token,
+                      std::function<void(Result<T>)> on_done) const {
+    Started handle(std::move(token), ex->call.id);
+    ex->finish = [this, on_done = std::move(on_done)](Result<T> r, std::exception_ptr) {
+      deliver_async(on_done, std::move(r));
+    };
+    launch(ex);
+    return handle;
+  }
+
+  Started chat_async(const ChatRequest& request, ChatCallback on_done, const RequestOptions& ro) const {
+    RequestOptions o = ro;
+    auto token = own_token(o);
+    return start_async(make_chat(request, o), std::move(token), std::move(on_done));
+  }
+
+  Started chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
+                            const RequestOptions& ro) const {
+    RequestOptions o = ro;
+    auto token = own_token(o);
+    return start_async(make_chat_stream(request, std::move(on_chunk), nullptr, o), std::move(token),
+                       std::move(on_done));
+  }
+
+  Started forward_async(std::string json_body, RawCallback on_done, const RequestOptions& ro) const {
+    RequestOptions o = ro;
+    auto token = own_token(o);
+    return start_async(make_forward(json_body, o), std::move(token), std::move(on_done));
+  }
+
+  Started forward_stream_async(std::string json_body, ForwardSink sink, RawCallback on_done,
+                               const RequestOptions& ro) const {
+    RequestOptions o = ro;
+    auto token = own_token(o);
+    return start_async(make_forward_stream(json_body, std::move(sink), nullptr, o), std::move(token),
+                       std::move(on_done));
   }
 
  private:
@@ -573,7 +1256,8 @@ class TaotokenClient::Impl {
         chat_url_(opts_.base_url + "/chat/completions"),
         models_url_(opts_.base_url + "/models"),
         loopback_(is_loopback_url(opts_.base_url)),
-        transport_(detail::make_curl_transport({opts_.proxy, opts_.ca_bundle, opts_.ca_path})) {
+        loop_(std::make_shared<detail::Loop>(
+            detail::TransportConfig{opts_.proxy, opts_.ca_bundle, opts_.ca_path, opts_.max_connections_per_host})) {
     base_headers_.reserve(opts_.default_headers.size() + 3);
     if (!opts_.api_key.empty()) base_headers_.emplace_back("Authorization", "Bearer " + opts_.api_key);
     base_headers_.emplace_back("Content-Type", "application/json");
@@ -779,114 +1463,6 @@ class TaotokenClient::Impl {
   }
   static void stamp(std::vector<Model>&, Call&, int, std::vector<AttemptRecord>&, const std::string&) {}
 
-  // The attempt loop shared by every call: per-attempt limits under one
-  // total deadline, the retry policy's decision, the optional budget, the
-  // retry hook and the wait. `interpret` turns a response into the result
-  // (an error makes the attempt a failure the policy may retry);
-  // `give_up` may still turn the last response into a result.
-  template <typename T, typename Interpret, typename GiveUp>
-  Result<T> execute(HttpRequest::Method method, const std::string& url, std::string_view body,
-                    const RequestOptions& ro, Call& call, bool passthrough, Interpret interpret,
-                    GiveUp give_up, StreamHooks* hooks = nullptr) const {
-    std::unique_ptr<RetryPolicy> policy;  // made at the first failure: successes never pay for it
-    const auto deadline = call.start + ro.timeout.value_or(opts_.timeout);
-    const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : opts_.attempt_timeout;
-    const auto first_byte = ro.first_byte_timeout ? ro.first_byte_timeout : opts_.first_byte_timeout;
-
-    HttpRequest req;
-    req.method = method;
-    req.url = url;
-    req.body = body;
-    req.connect_timeout = opts_.connect_timeout;
-    req.first_byte_timeout = first_byte.value_or(std::chrono::milliseconds(0));
-    req.max_response_bytes = opts_.max_response_bytes;
-    // Pass-through (forward): no compression asked for, so the bytes stay as
-    // sent, and every response header kept for the caller.
-    req.accept_compressed = !passthrough;
-    req.all_headers = passthrough;
-    req.cancel = ro.cancel ? &ro.cancel->flag() : nullptr;
-    if (hooks) req.idle_timeout = (ro.idle_timeout ? ro.idle_timeout : opts_.idle_timeout).value_or(std::chrono::milliseconds(0));
-    // The client's fixed headers go by reference (the transport caches
-    // them) unless this call overrides one of them.
-    bool overrides = false;
-    for (const auto& h : ro.headers)
-      for (const auto& b : base_headers_)
-        if (h.first.size() == b.first.size() && starts_with_icase(h.first, lower(b.first))) overrides = true;
-    if (overrides) {
-      req.headers = base_headers_;
-    } else {
-      req.base_headers = &base_headers_;
-      if (!ro.headers.empty() || opts_.send_request_id) req.headers.reserve(ro.headers.size() + 1);
-    }
-    if (opts_.send_request_id) put_header(req.headers, {"X-Client-Request-Id", call.id});
-    for (const auto& h : ro.headers) put_header(req.headers, h);
-
-    std::vector<AttemptRecord> log;
-    std::chrono::milliseconds delay_before{0};
-    for (int attempt = 1;; ++attempt) {
-      if (ro.cancel && ro.cancel->cancelled()) {
-        Error e(ErrorKind::cancelled, "the caller cancelled the request");
-        e.attempt_log = std::move(log);
-        return finish_error(std::move(e), call, attempt - 1);
-      }
-      const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (remaining.count() <= 0) {
-        Error e(ErrorKind::timeout, fmt::format("total deadline of {} ms exceeded before attempt {}",
-                                                ro.timeout.value_or(opts_.timeout).count(), attempt));
-        e.attempt_log = std::move(log);
-        return finish_error(std::move(e), call, attempt - 1);
-      }
-      req.timeout = attempt_limit ? std::min(*attempt_limit, remaining) : remaining;
-      if (hooks) hooks->begin_attempt(req);
-      const auto sent = Clock::now();
-      auto resp = transport_->perform(req);
-      if (!resp && hooks && hooks->delivered()) resp = hooks->after_delivery(std::move(resp.error()));
-      AttemptRecord rec;
-      rec.delay_before = delay_before;
-      rec.latency = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - sent);
-      std::string upstream_id;
-      std::optional<Result<T>> outcome;
-      if (resp) {
-        rec.http_status = resp->status;
-        upstream_id = upstream_request_id(resp->headers);
-        outcome.emplace(interpret(*resp));
-      } else {
-        outcome.emplace(std::move(resp.error()));
-      }
-      if (outcome->ok()) {
-        log.push_back(rec);
-        if (opts_.retry_budget) opts_.retry_budget->on_success();
-        stamp(**outcome, call, attempt, log, upstream_id);
-        return std::move(*outcome);
-      }
-      Error& err = outcome->error();
-      rec.error = err.kind();
-      if (!resp) rec.http_status = err.http_status;
-      log.push_back(rec);
-
-      if (!policy) policy = make_policy(ro);
-      std::optional<std::chrono::milliseconds> wait = policy->on_failure(err, attempt);
-      if (hooks && hooks->delivered()) wait.reset();  // data reached the caller: never retried
-      if (wait && Clock::now() + *wait >= deadline) wait.reset();  // would cross the deadline
-      if (wait && opts_.retry_budget && !opts_.retry_budget->try_acquire(err)) wait.reset();
-      if (!wait) {
-        if (resp) {
-          if (std::optional<T> passed = give_up(*resp)) {
-            stamp(*passed, call, attempt, log, upstream_id);
-            return std::move(*passed);
-          }
-        }
-        err.attempt_log = std::move(log);
-        return finish_error(std::move(err), call, attempt, upstream_id);
-      }
-      if (opts_.on_retry) opts_.on_retry(RetryEvent{call.id, attempt, &err, *wait});
-      if (opts_.sleep_for) opts_.sleep_for(*wait);
-      else if (ro.cancel) ro.cancel->wait_for(*wait);  // the loop's next check reports it
-      else std::this_thread::sleep_for(*wait);
-      delay_before = *wait;
-    }
-  }
-
   static std::string upstream_request_id(const std::vector<Header>& headers) {
     for (const char* name : {"x-request-id", "request-id", "apim-request-id"})
       if (const auto* v = detail::find_header(headers, name)) return *v;
@@ -988,7 +1564,13 @@ class TaotokenClient::Impl {
   std::string models_url_;
   bool loopback_;
   std::vector<Header> base_headers_;
-  std::unique_ptr<detail::Transport> transport_;
+  std::shared_ptr<detail::Loop> loop_;
+  // Loop thread only: every call admitted and not finished, the calls
+  // waiting for a slot, the slots taken.
+  mutable std::unordered_map<ExchangeBase*, std::shared_ptr<ExchangeBase>> live_;
+  mutable std::deque<std::weak_ptr<ExchangeBase>> waiting_;
+  mutable std::size_t in_flight_ = 0;
+  mutable std::atomic<bool> shutting_down_{false};
 };
 
 TaotokenClient::TaotokenClient() : TaotokenClient(ClientOptions{}) {}
@@ -1031,6 +1613,49 @@ Result<RawResponse> TaotokenClient::forward_stream(std::string_view json_body, c
 
 Result<std::vector<Model>> TaotokenClient::list_models(const RequestOptions& options) const {
   return impl_->list_models(options);
+}
+
+AsyncCall TaotokenClient::chat_async(const ChatRequest& request, ChatCallback on_done,
+                                     const RequestOptions& options) const {
+  auto [token, id] = impl_->chat_async(request, std::move(on_done), options);
+  return AsyncCall(std::move(token), std::move(id));
+}
+
+std::future<Result<ChatCompletion>> TaotokenClient::chat_async(const ChatRequest& request,
+                                                               const RequestOptions& options) const {
+  auto promise = std::make_shared<std::promise<Result<ChatCompletion>>>();
+  auto future = promise->get_future();
+  impl_->chat_async(
+      request, [promise](Result<ChatCompletion> r) { promise->set_value(std::move(r)); }, options);
+  return future;
+}
+
+AsyncCall TaotokenClient::chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
+                                            const RequestOptions& options) const {
+  auto [token, id] = impl_->chat_stream_async(request, std::move(on_chunk), std::move(on_done), options);
+  return AsyncCall(std::move(token), std::move(id));
+}
+
+AsyncCall TaotokenClient::forward_async(std::string json_body, RawCallback on_done,
+                                        const RequestOptions& options) const {
+  auto [token, id] = impl_->forward_async(std::move(json_body), std::move(on_done), options);
+  return AsyncCall(std::move(token), std::move(id));
+}
+
+std::future<Result<RawResponse>> TaotokenClient::forward_async(std::string json_body,
+                                                               const RequestOptions& options) const {
+  auto promise = std::make_shared<std::promise<Result<RawResponse>>>();
+  auto future = promise->get_future();
+  impl_->forward_async(
+      std::move(json_body), [promise](Result<RawResponse> r) { promise->set_value(std::move(r)); }, options);
+  return future;
+}
+
+AsyncCall TaotokenClient::forward_stream_async(std::string json_body, ForwardSink sink, RawCallback on_done,
+                                               const RequestOptions& options) const {
+  auto [token, id] =
+      impl_->forward_stream_async(std::move(json_body), std::move(sink), std::move(on_done), options);
+  return AsyncCall(std::move(token), std::move(id));
 }
 
 const std::string& TaotokenClient::base_url() const noexcept { return impl_->options().base_url; }

@@ -1,8 +1,7 @@
-// libcurl transport for synchronous calls: a pool of easy handles, each
-// keeping its own connection cache, so a thread that finishes a call hands
-// its warm connection to the next caller. The per-transfer state (callbacks,
-// limits) lives in `Transfer`, which a future curl-multi loop can drive the
-// same way.
+// The client's event loop: one thread driving one curl multi handle, with a
+// queue of posted functions (woken by curl_multi_wakeup) and a timer heap.
+// Transfers reuse pooled easy handles; connections live in the multi
+// handle's cache, so every call of a client shares one pool.
 
 #include <curl/curl.h>
 #include <fmt/format.h>
@@ -11,6 +10,9 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <queue>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "transport.h"
@@ -63,8 +65,9 @@ struct Transfer {
   std::chrono::milliseconds idle_timeout{0};
   bool idle_expired = false;
   std::chrono::steady_clock::time_point last_activity = started;
-  const std::atomic<bool>* cancel = nullptr;
   const HttpRequest* request = nullptr;
+  bool complete_seen = false;          // request->complete turned true
+  std::function<void()> on_complete;   // arms the loop's check, once
   CURL* handle = nullptr;
   int streaming = -1;  // -1 undecided, 0 collecting, 1 handing bytes to on_data
   bool sink_stopped = false;
@@ -90,15 +93,24 @@ struct Transfer {
       }
     }
     if (t->streaming == 1) {
-      t->streamed += n;
-      if (t->streamed > t->max_bytes) {  // a stream is capped like a body
+      if (t->streamed + n > t->max_bytes) {  // a stream is capped like a body
         t->too_large = true;
         return 0;
       }
       // The sink never throws (the client wraps user callbacks).
-      if (!t->request->on_data(std::string_view(data, n))) {
-        t->sink_stopped = true;
-        return 0;
+      switch (t->request->on_data(std::string_view(data, n))) {
+        case DataAction::pause:
+          return CURL_WRITEFUNC_PAUSE;
+        case DataAction::stop:
+          t->sink_stopped = true;
+          return 0;
+        case DataAction::proceed:
+          break;
+      }
+      t->streamed += n;
+      if (!t->complete_seen && t->request->complete && t->request->complete->load()) {
+        t->complete_seen = true;
+        if (t->on_complete) t->on_complete();
       }
       return n;
     }
@@ -113,24 +125,6 @@ struct Transfer {
       return 0;
     }
     return n;
-  }
-
-  // libcurl calls this at least every second while idle, and far more
-  // often while connecting (about every 100 ms in practice).
-  static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
-    auto* t = static_cast<Transfer*>(user);
-    if (t->cancel && t->cancel->load()) return 1;
-    if (t->request->complete && t->request->complete->load() &&
-        std::chrono::steady_clock::now() - t->last_activity >= std::chrono::milliseconds(50))
-      return 1;  // the consumer is done; do not wait for the server to hang up
-    if (t->idle_timeout.count() > 0 && std::chrono::steady_clock::now() - t->last_activity >= t->idle_timeout) {
-      t->idle_expired = true;
-      return 1;
-    }
-    if (t->got_first_byte || t->first_byte_timeout.count() == 0) return 0;
-    if (std::chrono::steady_clock::now() - t->started < t->first_byte_timeout) return 0;
-    t->first_byte_expired = true;
-    return 1;
   }
 
   static size_t on_header(char* data, size_t size, size_t nmemb, void* user) noexcept {
@@ -226,125 +220,220 @@ struct PooledEasy {
   curl_slist* cached_last = nullptr;
   int method = -1;            // last HttpRequest::Method set
   int compressed = -1;        // last accept_compressed set
-  bool progress_on = false;   // NOPROGRESS currently 0
 };
 
-class CurlTransport final : public Transport {
- public:
-  explicit CurlTransport(TransportConfig config) : config_(std::move(config)) { ensure_curl_global_init(); }
+// This attempt's headers: the cached list of the client's fixed headers
+// with this call's own list linked after it (unlinked when the transfer
+// ends, before the handle is pooled again).
+bool build_headers(PooledEasy& easy, const HttpRequest& request, Slist& own, curl_slist*& head) {
+  curl_slist* tail = nullptr;
+  auto add = [](Slist& list, curl_slist*& last, const char* line) {
+    curl_slist* node = curl_slist_append(nullptr, line);
+    if (!node) return false;
+    if (last) last->next = node;
+    else list.reset(node);
+    last = node;
+    return true;
+  };
+  std::string line;
+  auto add_all = [&](Slist& list, curl_slist*& last, const std::vector<Header>& hs) {
+    for (const auto& [name, value] : hs) {
+      line.clear();
+      line.append(name).append(value.empty() ? ";" : ": ").append(value);
+      if (!add(list, last, line.c_str())) return false;
+    }
+    return true;
+  };
+  bool ok = true;
+  if (request.base_headers && easy.cached_for != request.base_headers) {
+    easy.cached.reset();
+    easy.cached_last = nullptr;
+    easy.cached_for = nullptr;
+    ok = add_all(easy.cached, easy.cached_last, *request.base_headers);
+    if (ok) easy.cached_for = request.base_headers;
+  }
+  ok = ok && add_all(own, tail, request.headers);
+  // Suppress "Expect: 100-continue" (older libcurl sends it for bodies over
+  // 1 KiB): it costs a round trip, or a 1 s wait with servers that ignore it.
+  if (ok && request.method == HttpRequest::Method::post && request.body.size() >= 1024)
+    ok = add(own, tail, "Expect:");
+  if (!ok) return false;
+  head = own.get();
+  if (request.base_headers && easy.cached_last) {
+    easy.cached_last->next = own.get();
+    head = easy.cached.get();
+  }
+  return true;
+}
 
-  Result<HttpResponse> perform(const HttpRequest& request) const override {
-    std::unique_ptr<PooledEasy> easy = acquire();
-    if (!easy) return Error(ErrorKind::connection, "curl_easy_init failed");
-    CURL* h = easy->handle.get();
-    Transfer t;
+// A transfer in progress on the loop.
+struct Active {
+  Loop::Id id = 0;
+  std::unique_ptr<PooledEasy> easy;
+  Transfer t;
+  Slist headers;
+  Loop::Done done;
+  Loop::Id watchdog = 0;  // timer for first-byte / idle / completion checks
+  bool paused = false;
+};
+
+constexpr std::chrono::milliseconds kCompleteGrace{50};
+
+
+}  // namespace
+
+class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit Impl(TransportConfig config) : config_(std::move(config)) {
+    ensure_curl_global_init();
+    multi_ = curl_multi_init();
+    if (!multi_) throw Error(ErrorKind::connection, "curl_multi_init failed");
+    if (config_.max_host_connections > 0)
+      curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, config_.max_host_connections);
+    curl_multi_setopt(multi_, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_MULTIPLEX));
+  }
+
+  ~Impl() {
+    for (auto& [id, a] : active_) {
+      curl_multi_remove_handle(multi_, a->easy->handle.get());
+      detach(*a);
+    }
+    active_.clear();
+    idle_.clear();
+    curl_multi_cleanup(multi_);
+  }
+
+  void launch(const std::shared_ptr<Impl>& self) {
+    thread_ = std::thread([self] { self->run(); });
+    thread_id_ = thread_.get_id();
+  }
+
+  bool post(std::function<void()> fn) {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return false;
+      wake = posted_.empty();
+      posted_.push_back(std::move(fn));
+    }
+    if (wake) curl_multi_wakeup(multi_);
+    return true;
+  }
+
+  bool on_loop_thread() const noexcept { return std::this_thread::get_id() == thread_id_; }
+
+  void stop() {
+    stop_.store(true);
+    curl_multi_wakeup(multi_);
+  }
+
+  void join_or_detach() {
+    if (!thread_.joinable()) return;
+    if (on_loop_thread()) thread_.detach();
+    else thread_.join();
+  }
+
+  Id add_timer(Clock::time_point at, std::function<void()> fn) {
+    const Id id = ++next_id_;
+    timers_.emplace(id, std::move(fn));
+    heap_.emplace(at, id);
+    return id;
+  }
+
+  void cancel_timer(Id id) noexcept { timers_.erase(id); }
+
+  Id start(const HttpRequest& request, Done done) {
+    const Id id = ++next_id_;
+    auto a = std::make_unique<Active>();
+    a->id = id;
+    a->done = std::move(done);
+    a->easy = acquire();
+    if (!a->easy) {
+      fail_later(std::move(a), Error(ErrorKind::connection, "curl_easy_init failed"));
+      return id;
+    }
+    Transfer& t = a->t;
     t.max_bytes = request.max_response_bytes;
     t.request = &request;
+    PooledEasy& easy = *a->easy;
+    CURL* h = easy.handle.get();
     t.handle = h;
-
-    // This call's headers as a list of their own, appended to the cached
-    // list of the client's fixed headers for the transfer.
-    Slist headers;
-    curl_slist* tail = nullptr;
-    auto add = [&](Slist& list, curl_slist*& last, const char* line) {
-      curl_slist* node = curl_slist_append(nullptr, line);
-      if (!node) return false;
-      if (last) last->next = node;
-      else list.reset(node);
-      last = node;
-      return true;
-    };
-    std::string line;
-    auto add_all = [&](Slist& list, curl_slist*& last, const std::vector<Header>& hs) {
-      for (const auto& [name, value] : hs) {
-        line.clear();
-        line.append(name).append(value.empty() ? ";" : ": ").append(value);
-        if (!add(list, last, line.c_str())) return false;
-      }
-      return true;
-    };
-    bool ok = true;
-    if (request.base_headers && easy->cached_for != request.base_headers) {
-      easy->cached.reset();
-      easy->cached_last = nullptr;
-      easy->cached_for = nullptr;
-      ok = add_all(easy->cached, easy->cached_last, *request.base_headers);
-      if (ok) easy->cached_for = request.base_headers;
+    curl_slist* head = nullptr;
+    if (!build_headers(easy, request, a->headers, head)) {
+      if (easy.cached_last) easy.cached_last->next = nullptr;
+      release(std::move(a->easy));
+      fail_later(std::move(a), Error(ErrorKind::connection, "out of memory building request headers"));
+      return id;
     }
-    ok = ok && add_all(headers, tail, request.headers);
-    // Suppress "Expect: 100-continue" (older libcurl sends it for bodies over
-    // 1 KiB): it costs a round trip, or a 1 s wait with servers that ignore it.
-    if (ok && request.method == HttpRequest::Method::post && request.body.size() >= 1024)
-      ok = add(headers, tail, "Expect:");
-    if (!ok) return Error(ErrorKind::connection, "out of memory building request headers");
-    curl_slist* head = headers.get();
-    if (request.base_headers && easy->cached_last) {
-      easy->cached_last->next = headers.get();
-      head = easy->cached.get();
-    }
-
     curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
+    curl_easy_setopt(h, CURLOPT_PRIVATE, static_cast<void*>(a.get()));
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, t.errbuf);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, head);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(request.connect_timeout.count()));
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(request.timeout.count()));
     curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(request.max_response_bytes));
-    if (easy->compressed != static_cast<int>(request.accept_compressed)) {
+    if (easy.compressed != static_cast<int>(request.accept_compressed)) {
       curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, request.accept_compressed ? "gzip" : nullptr);
-      easy->compressed = request.accept_compressed;
+      easy.compressed = request.accept_compressed;
     }
     if (request.method == HttpRequest::Method::post) {
-      if (easy->method != static_cast<int>(HttpRequest::Method::post)) curl_easy_setopt(h, CURLOPT_POST, 1L);
+      if (easy.method != static_cast<int>(HttpRequest::Method::post)) curl_easy_setopt(h, CURLOPT_POST, 1L);
       curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
       curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.data());
-    } else if (easy->method != static_cast<int>(HttpRequest::Method::get)) {
+    } else if (easy.method != static_cast<int>(HttpRequest::Method::get)) {
       curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
     }
-    easy->method = static_cast<int>(request.method);
+    easy.method = static_cast<int>(request.method);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
-    const bool progress = request.first_byte_timeout.count() > 0 || request.cancel || request.idle_timeout.count() > 0 ||
-                          request.complete;
-    if (progress) {
-      t.first_byte_timeout = request.first_byte_timeout;
-      t.idle_timeout = request.idle_timeout;
-      t.cancel = request.cancel;
-      curl_easy_setopt(h, CURLOPT_XFERINFODATA, &t);
+    t.first_byte_timeout = request.first_byte_timeout;
+    t.idle_timeout = request.idle_timeout;
+    if (request.complete) {
+      Active* raw = a.get();
+      t.on_complete = [this, raw] { arm_watchdog(*raw); };
     }
-    if (progress != easy->progress_on) {
-      curl_easy_setopt(h, CURLOPT_NOPROGRESS, progress ? 0L : 1L);
-      easy->progress_on = progress;
+    const CURLMcode mc = curl_multi_add_handle(multi_, h);
+    if (mc != CURLM_OK) {
+      detach(*a);
+      release(std::move(a->easy));
+      fail_later(std::move(a), Error(ErrorKind::connection, fmt::format("curl_multi_add_handle failed: {}",
+                                                                         curl_multi_strerror(mc))));
+      return id;
     }
-
-    const CURLcode rc = curl_easy_perform(h);
-    // Detach pointers into this stack frame before the handle is pooled.
-    if (easy->cached_last) easy->cached_last->next = nullptr;
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
-    if (rc != CURLE_OK) {
-      // A failed transfer may leave the connection in an unknown state;
-      // libcurl closes it itself, so the handle is still fine to reuse.
-      release(std::move(easy));
-      Error e = curl_error(rc, t, request.max_response_bytes);
-      if (t.streaming == 1) e.http_status = t.response.status;  // a stream was under way
-      return e;
-    }
-    long status = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    t.response.status = static_cast<int>(status);
-    release(std::move(easy));
-    return std::move(t.response);
+    Active& ref = *a;
+    active_.emplace(id, std::move(a));
+    arm_watchdog(ref);
+    return id;
   }
 
+  void abort(Id id, Error e) {
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    std::unique_ptr<Active> a = std::move(it->second);
+    active_.erase(it);
+    curl_multi_remove_handle(multi_, a->easy->handle.get());
+    if (a->t.streaming == 1 && !e.http_status) e.http_status = a->t.response.status;
+    end(std::move(a), std::move(e));
+  }
+
+  void resume(Id id) {
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    Active& a = *it->second;
+    a.t.last_activity = Clock::now();  // a slow consumer is not an idle server
+    curl_easy_pause(a.easy->handle.get(), CURLPAUSE_CONT);
+  }
+
+  std::size_t transfers() const noexcept { return active_.size(); }
+
  private:
-  std::unique_ptr<PooledEasy> acquire() const {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!idle_.empty()) {
-        std::unique_ptr<PooledEasy> e = std::move(idle_.back());
-        idle_.pop_back();
-        return e;
-      }
+  std::unique_ptr<PooledEasy> acquire() {
+    if (!idle_.empty()) {
+      std::unique_ptr<PooledEasy> e = std::move(idle_.back());
+      idle_.pop_back();
+      return e;
     }
     auto e = std::make_unique<PooledEasy>();
     e->handle.reset(curl_easy_init());
@@ -354,27 +443,201 @@ class CurlTransport final : public Transport {
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
     if (!config_.proxy.empty()) curl_easy_setopt(h, CURLOPT_PROXY, config_.proxy.c_str());
     if (!config_.ca_bundle.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, config_.ca_bundle.c_str());
     if (!config_.ca_path.empty()) curl_easy_setopt(h, CURLOPT_CAPATH, config_.ca_path.c_str());
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Transfer::on_body);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &Transfer::on_progress);
     return e;
   }
 
-  void release(std::unique_ptr<PooledEasy> e) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (idle_.size() < kMaxIdleHandles) idle_.push_back(std::move(e));
+  void release(std::unique_ptr<PooledEasy> e) {
+    if (e && idle_.size() < kMaxIdleHandles) idle_.push_back(std::move(e));
   }
 
-  static constexpr std::size_t kMaxIdleHandles = 64;
-  TransportConfig config_;
-  mutable std::mutex mu_;
-  mutable std::vector<std::unique_ptr<PooledEasy>> idle_;
-};
+  // Unlinks pointers into the Active before its handle is pooled again.
+  static void detach(Active& a) {
+    if (!a.easy) return;
+    if (a.easy->cached_last) a.easy->cached_last->next = nullptr;
+    CURL* h = a.easy->handle.get();
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, nullptr);
+  }
 
-}  // namespace
+  // Hands a result to the transfer's owner; the Active is already out of
+  // active_ and its handle out of the multi.
+  void end(std::unique_ptr<Active> a, Result<HttpResponse> r) {
+    if (a->watchdog) cancel_timer(a->watchdog);
+    detach(*a);
+    release(std::move(a->easy));
+    Done done = std::move(a->done);
+    a.reset();
+    done(std::move(r));
+  }
+
+  // A failure found before the transfer was added: reported from the loop,
+  // never inside start().
+  void fail_later(std::unique_ptr<Active> a, Error e) {
+    std::shared_ptr<Active> held(std::move(a));
+    add_timer(Clock::now(), [held, e = std::move(e)]() mutable { held->done(std::move(e)); });
+  }
+
+  void on_message(CURLMsg* msg) {
+    void* priv = nullptr;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+    auto* raw = static_cast<Active*>(priv);
+    if (!raw) return;
+    const CURLcode rc = msg->data.result;
+    auto it = active_.find(raw->id);
+    if (it == active_.end()) return;
+    std::unique_ptr<Active> a = std::move(it->second);
+    active_.erase(it);
+    curl_multi_remove_handle(multi_, msg->easy_handle);
+    Transfer& t = a->t;
+    if (rc != CURLE_OK) {
+      Error e = curl_error(rc, t, t.max_bytes);
+      if (t.streaming == 1) e.http_status = t.response.status;  // a stream was under way
+      end(std::move(a), std::move(e));
+      return;
+    }
+    long status = 0;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+    t.response.status = static_cast<int>(status);
+    HttpResponse resp = std::move(t.response);
+    end(std::move(a), std::move(resp));
+  }
+
+  // First-byte and idle limits, and the short grace after a consumer says
+  // it has everything: one timer per transfer at the earliest deadline.
+  void arm_watchdog(Active& a) {
+    const Transfer& t = a.t;
+    std::optional<Clock::time_point> at;
+    auto earliest = [&](Clock::time_point p) {
+      if (!at || p < *at) at = p;
+    };
+    if (t.first_byte_timeout.count() > 0 && !t.got_first_byte) earliest(t.started + t.first_byte_timeout);
+    if (t.idle_timeout.count() > 0) earliest(t.last_activity + t.idle_timeout);
+    if (t.complete_seen) earliest(t.last_activity + kCompleteGrace);
+    if (a.watchdog) cancel_timer(a.watchdog);
+    a.watchdog = 0;
+    if (!at) return;
+    const Id id = a.id;
+    a.watchdog = add_timer(*at, [this, id] { check_watchdog(id); });
+  }
+
+  void check_watchdog(Id id) {
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    Active& a = *it->second;
+    a.watchdog = 0;
+    Transfer& t = a.t;
+    const auto now = Clock::now();
+    bool expire = false;
+    if (t.first_byte_timeout.count() > 0 && !t.got_first_byte && now - t.started >= t.first_byte_timeout) {
+      t.first_byte_expired = true;
+      expire = true;
+    } else if (t.idle_timeout.count() > 0 && now - t.last_activity >= t.idle_timeout && !a.paused) {
+      t.idle_expired = true;
+      expire = true;
+    } else if (t.complete_seen && now - t.last_activity >= kCompleteGrace) {
+      expire = true;  // the consumer is done; do not wait for the server to hang up
+    }
+    if (!expire) {
+      arm_watchdog(a);
+      return;
+    }
+    Error e = curl_error(CURLE_ABORTED_BY_CALLBACK, t, t.max_bytes);
+    abort(id, std::move(e));
+  }
+
+  void run_timers() {
+    const auto now = Clock::now();
+    while (!heap_.empty() && heap_.top().first <= now) {
+      const Id id = heap_.top().second;
+      heap_.pop();
+      auto it = timers_.find(id);
+      if (it == timers_.end()) continue;  // cancelled
+      std::function<void()> fn = std::move(it->second);
+      timers_.erase(it);
+      fn();
+    }
+  }
+
+  bool run_posted() {
+    std::vector<std::function<void()>> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      batch.swap(posted_);
+    }
+    for (auto& fn : batch) fn();
+    return !batch.empty();
+  }
+
+  int wait_ms() {
+    while (!heap_.empty() && timers_.find(heap_.top().second) == timers_.end()) heap_.pop();
+    if (heap_.empty()) return 60000;
+    const auto d = heap_.top().first - Clock::now();
+    if (d <= Clock::duration::zero()) return 0;
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count() + 1;
+    return ms > 60000 ? 60000 : static_cast<int>(ms);
+  }
+
+  void run() {
+    while (!stop_.load()) {
+      run_posted();
+      int running = 0;
+      curl_multi_perform(multi_, &running);
+      int left = 0;
+      while (CURLMsg* msg = curl_multi_info_read(multi_, &left))
+        if (msg->msg == CURLMSG_DONE) on_message(msg);
+      run_timers();
+      if (stop_.load()) break;
+      int ms = wait_ms();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!posted_.empty()) ms = 0;
+      }
+      curl_multi_poll(multi_, nullptr, 0, ms, nullptr);
+    }
+    // Stopping: run what was posted, including what that posts in turn.
+    for (;;) {
+      if (run_posted()) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (posted_.empty()) {
+        closed_ = true;
+        break;
+      }
+    }
+    timers_.clear();
+    if (exit_hook_) {
+      std::function<void()> hook = std::move(exit_hook_);
+      hook();
+    }
+  }
+
+ public:
+  std::function<void()> exit_hook_;
+
+ private:
+  static constexpr std::size_t kMaxIdleHandles = 256;
+  TransportConfig config_;
+  CURLM* multi_ = nullptr;
+  std::thread thread_;
+  std::thread::id thread_id_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<std::function<void()>> posted_;
+  bool closed_ = false;
+  // Loop thread only.
+  Id next_id_ = 0;
+  using HeapEntry = std::pair<Clock::time_point, Id>;
+  std::priority_queue<HeapEntry, std::vector<HeapEntry>, std::greater<HeapEntry>> heap_;
+  std::unordered_map<Id, std::function<void()>> timers_;
+  std::unordered_map<Id, std::unique_ptr<Active>> active_;
+  std::vector<std::unique_ptr<PooledEasy>> idle_;
+};
 
 const std::string* find_header(const std::vector<Header>& headers, std::string_view name) noexcept {
   for (const auto& h : headers)
@@ -399,9 +662,32 @@ void ensure_curl_global_init() {
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
-std::unique_ptr<Transport> make_curl_transport(TransportConfig config) {
-  return std::make_unique<CurlTransport>(std::move(config));
+
+Loop::Loop(TransportConfig config) {
+  auto impl = std::make_shared<Impl>(std::move(config));
+  impl->launch(impl);
+  impl_ = std::move(impl);
 }
+
+Loop::~Loop() {
+  impl_->stop();
+  impl_->join_or_detach();
+}
+
+bool Loop::post(std::function<void()> fn) { return impl_->post(std::move(fn)); }
+bool Loop::on_loop_thread() const noexcept { return impl_->on_loop_thread(); }
+void Loop::stop() { impl_->stop(); }
+void Loop::join() { impl_->join_or_detach(); }
+void Loop::set_exit_hook(std::function<void()> fn) { impl_->exit_hook_ = std::move(fn); }
+Loop::Id Loop::add_timer(std::chrono::steady_clock::time_point at, std::function<void()> fn) {
+  return impl_->add_timer(at, std::move(fn));
+}
+void Loop::cancel_timer(Id id) noexcept { impl_->cancel_timer(id); }
+Loop::Id Loop::start(const HttpRequest& request, Done done) { return impl_->start(request, std::move(done)); }
+void Loop::abort(Id id, Error e) { impl_->abort(id, std::move(e)); }
+void Loop::resume(Id id) { impl_->resume(id); }
+std::size_t Loop::transfers() const noexcept { return impl_->transfers(); }
+
 
 }  // namespace detail
 TAOTOKEN_END_NAMESPACE

@@ -20,6 +20,7 @@ std::string_view to_string(ErrorKind kind) noexcept {
     case ErrorKind::cancelled: return "cancelled";
     case ErrorKind::invalid_argument: return "invalid_argument";
     case ErrorKind::stream_truncated: return "stream_truncated";
+    case ErrorKind::overloaded: return "overloaded";
   }
   return "unknown";
 }

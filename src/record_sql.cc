@@ -39,7 +39,7 @@ std::optional<double> to_double(const std::optional<std::string>& s) {
 }
 
 std::optional<ErrorKind> kind_from(std::string_view s) {
-  for (int k = 0; k <= static_cast<int>(ErrorKind::stream_truncated); ++k)
+  for (int k = 0; k <= static_cast<int>(ErrorKind::overloaded); ++k)
     if (to_string(static_cast<ErrorKind>(k)) == s) return static_cast<ErrorKind>(k);
   return std::nullopt;
 }

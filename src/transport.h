@@ -1,14 +1,15 @@
 #ifndef TAOTOKEN_SRC_TRANSPORT_H
 #define TAOTOKEN_SRC_TRANSPORT_H
 
-// The seam between the client's policy logic and HTTP. The client builds an
-// HttpRequest and a Transport performs it; tests of pure logic can plug in a
-// fake, and every feature is also tested through CurlTransport.
+// The seam between the client's policy logic and HTTP: the client builds an
+// HttpRequest and the client's event loop (one thread driving a curl multi
+// handle) performs it, calling back on the loop thread when it ends.
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,13 @@
 
 TAOTOKEN_BEGIN_NAMESPACE
 namespace detail {
+
+// What a streaming body sink tells the transfer.
+enum class DataAction {
+  proceed,  // bytes consumed, go on
+  stop,     // stop the transfer (Error kind cancelled)
+  pause,    // nothing consumed: pause until Loop::resume()
+};
 
 struct HttpRequest {
   enum class Method { get, post };
@@ -42,17 +50,16 @@ struct HttpRequest {
   // Streaming: when set, the body of a 2xx response is handed to on_data as
   // it arrives instead of being collected (other statuses are collected, so
   // their error bodies can be decoded and the attempt retried). on_data
-  // returns false to stop the transfer (Error kind cancelled, unless the
-  // sink says otherwise). on_start is called once, before the first byte
-  // given to on_data, with the status and headers.
+  // may stop the transfer (Error kind cancelled, unless the sink says
+  // otherwise) or pause it. on_start is called once, before the first byte
+  // given to on_data, with the status and headers. Both run on the loop
+  // thread and must not throw.
   std::function<void(int status, const std::vector<Header>& headers)> on_start;
-  std::function<bool(std::string_view bytes)> on_data;
+  std::function<DataAction(std::string_view bytes)> on_data;
   // Streams: set once the consumer has everything it needs (e.g. [DONE]);
   // from then a silence of 50 ms ends the transfer (kind cancelled) instead
   // of waiting for the server to close.
   const std::atomic<bool>* complete = nullptr;
-  // When set and true, the transfer is aborted (Error kind cancelled).
-  const std::atomic<bool>* cancel = nullptr;
   // Keep every response header (forwarding); otherwise only those the
   // client reads (content type, request ids, retry hints).
   bool all_headers = false;
@@ -69,23 +76,63 @@ struct HttpResponse {
 // Case-insensitive header lookup; nullptr when absent.
 const std::string* find_header(const std::vector<Header>& headers, std::string_view name) noexcept;
 
-// Settings fixed for the life of a transport.
+// Settings fixed for the life of a loop.
 struct TransportConfig {
   std::string proxy;
   std::string ca_bundle;
   std::string ca_path;
+  long max_host_connections = 0;  // 0: no limit
 };
 
-class Transport {
+// One thread driving one curl multi handle: every transfer of a client runs
+// here, so all of them share one connection pool (HTTP/1.1 keep-alive, or
+// HTTP/2 multiplexing when a TLS upstream offers it). Besides transfers it
+// runs posted functions and timers. Nothing on it may block.
+class Loop {
  public:
-  virtual ~Transport() = default;
-  // Performs one HTTP exchange. Errors: connection, timeout, bad_response
-  // (oversized or undecodable body), invalid_argument (bad URL). Any HTTP
-  // status is a successful result here; the caller interprets it.
-  virtual Result<HttpResponse> perform(const HttpRequest& request) const = 0;
-};
+  using Id = std::uint64_t;
+  using Done = std::function<void(Result<HttpResponse>)>;
 
-std::unique_ptr<Transport> make_curl_transport(TransportConfig config);
+  explicit Loop(TransportConfig config);
+  // Stops the thread (see stop()) and joins it; when called on the loop
+  // thread itself the thread is detached instead and exits on its own.
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // Any thread: runs fn on the loop thread, in posting order. Returns false
+  // (fn dropped) once the loop has stopped.
+  bool post(std::function<void()> fn);
+  bool on_loop_thread() const noexcept;
+  // Any thread: the thread leaves its loop after the current iteration;
+  // pending posts are run first. Transfers still running are aborted
+  // (their Done is not called). Idempotent.
+  void stop();
+  // Any thread: waits for the thread to finish; on the loop thread itself
+  // it detaches instead.
+  void join();
+  // Runs on the loop thread as its very last act, after stop() took effect
+  // and every posted function ran. Set before stop().
+  void set_exit_hook(std::function<void()> fn);
+
+  // ---- loop thread only
+  Id add_timer(std::chrono::steady_clock::time_point at, std::function<void()> fn);
+  void cancel_timer(Id id) noexcept;
+  // Starts a transfer; `request` must stay valid until `done` runs. `done`
+  // runs exactly once, on the loop thread, never inside start().
+  Id start(const HttpRequest& request, Done done);
+  // Ends a running transfer now with `e` (its Done runs before abort returns).
+  // No effect when it already ended.
+  void abort(Id id, Error e);
+  // Resumes a transfer paused by DataAction::pause.
+  void resume(Id id);
+  std::size_t transfers() const noexcept;
+
+  class Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;  // shared with the thread, which may outlive a detached Loop
+};
 
 // The host of an absolute URL as libcurl parses it (IPv6 without
 // brackets), or nullopt when libcurl rejects the URL.

@@ -77,6 +77,7 @@ int exit_code(ErrorKind kind) {
     case ErrorKind::stream_truncated: return 8;
     case ErrorKind::bad_response: return 9;
     case ErrorKind::cancelled: return 10;
+    case ErrorKind::overloaded: return 1;
   }
   return 1;
 }

@@ -4,6 +4,8 @@
 /// @file
 /// `TaotokenClient`: calls an OpenAI-compatible chat-completion API.
 
+#include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -17,6 +19,31 @@
 
 TAOTOKEN_BEGIN_NAMESPACE
 
+/// Completion callback of `chat_async` / `chat_stream_async`.
+using ChatCallback = std::function<void(Result<ChatCompletion>)>;
+/// Completion callback of `forward_async`.
+using RawCallback = std::function<void(Result<RawResponse>)>;
+
+/// The handle of one asynchronous call: cancel it, or read its request id.
+/// Cheap to copy; may outlive the call and the client.
+class AsyncCall {
+ public:
+  AsyncCall() = default;
+  /// Ends the call at once with a `cancelled` result (and record), unless
+  /// it already ended. Thread-safe; callable from any callback.
+  void cancel() const noexcept {
+    if (token_) token_->cancel();
+  }
+  /// The call's request id (`req_<ms>_<9 chars>`).
+  const std::string& request_id() const noexcept { return id_; }
+
+ private:
+  friend class TaotokenClient;
+  AsyncCall(std::shared_ptr<CancelToken> token, std::string id) : token_(std::move(token)), id_(std::move(id)) {}
+  std::shared_ptr<CancelToken> token_;
+  std::string id_;
+};
+
 /// A client for `{base_url}/chat/completions` and `{base_url}/models`.
 ///
 /// A cheap-to-copy handle over a shared implementation: copies share the
@@ -25,8 +52,32 @@ TAOTOKEN_BEGIN_NAMESPACE
 /// kept alive and reused across calls. The implementation lives until the
 /// last copy is destroyed.
 ///
-/// Calls never throw (except `std::bad_alloc`): failures come back as a
+/// Calls never throw (except `std::bad_alloc`, and an exception thrown by
+/// your own callback or hook, which is passed on): failures come back as a
 /// `Result` holding an `Error`.
+///
+/// **One event loop per client.** Each client (with its copies) owns one
+/// thread driving a libcurl multi handle. Every call runs there, the
+/// synchronous ones too: a synchronous call hands its request to the loop
+/// and waits, so sync and async calls share one connection pool, one
+/// in-flight cap and one set of timers. Retry waits are timers on the
+/// loop; no thread sleeps for a call.
+///
+/// **Callbacks.** The chunk and completion callbacks of the `*_async` calls
+/// run on the loop thread and must not block (set
+/// `ClientOptions::callback_executor` to run completions elsewhere). The
+/// callbacks of the synchronous calls (`chat_stream`'s `on_chunk`,
+/// `forward_stream`'s sink) run on the calling thread, fed from the loop
+/// through a bounded queue: a slow callback pauses its own transfer, never
+/// the others. A synchronous call made on the loop thread (from an async
+/// callback) would wait for itself: it fails at once with
+/// `invalid_argument` instead.
+///
+/// **Shutdown.** Destroying the last copy cancels every call still in
+/// progress (each gets its `cancelled` result and record), drains the
+/// recorders and joins the loop thread. If that last copy is destroyed on
+/// the loop thread itself (inside a callback), the same happens just after
+/// the callback returns, and the thread then exits on its own.
 ///
 /// @code
 /// taotoken::TaotokenClient client;  // TAOTOKEN_API_KEY, TAOTOKEN_BASE_URL
@@ -68,7 +119,8 @@ class TaotokenClient {
   /// `POST {base}/chat/completions` with `"stream": true`.
   ///
   /// `on_chunk` is called on this thread for every chunk as it arrives;
-  /// return false to cancel. The result is the assembled completion
+  /// return false to cancel (if everything had already arrived, the call
+  /// still reports `cancelled`, with the whole completion as `partial`). The result is the assembled completion
   /// (content and refusal concatenated, tool calls merged by index, the last
   /// finish reason, usage from the chunk carrying it), with
   /// `time_to_first_token` set. Failures before the first chunk are retried
@@ -81,8 +133,8 @@ class TaotokenClient {
                                      const RequestOptions& options = {}) const;
 
   /// Pull-style streaming: iterate the returned `ChatStream`. The transfer
-  /// runs on a helper thread owned by the stream (one per stream), with
-  /// chunks handed over through a small queue.
+  /// runs on the client's loop; chunks are handed over through a bounded
+  /// queue (a consumer that falls behind pauses the transfer).
   ChatStream stream(const ChatRequest& request, const RequestOptions& options = {}) const;
 
   /// `forward()` for streams: the upstream's status, headers and body bytes
@@ -95,6 +147,29 @@ class TaotokenClient {
 
   /// `GET {base}/models`.
   Result<std::vector<Model>> list_models(const RequestOptions& options = {}) const;
+
+  // ---- asynchronous calls: return at once; the result comes later.
+
+  /// `chat()` without waiting: `on_done` gets the result, exactly once, on
+  /// the loop thread (or the `callback_executor`). `options.cancel` works as
+  /// for sync calls; the returned handle can cancel too.
+  AsyncCall chat_async(const ChatRequest& request, ChatCallback on_done, const RequestOptions& options = {}) const;
+  /// `chat()` without waiting, as a future. Do not wait on it from a
+  /// callback of this client (the loop would wait for itself).
+  std::future<Result<ChatCompletion>> chat_async(const ChatRequest& request, const RequestOptions& options = {}) const;
+  /// `chat_stream()` without waiting: `on_chunk` runs on the loop thread for
+  /// each chunk (return false to cancel), then `on_done` gets the assembled
+  /// completion. An exception from `on_chunk` ends the call as `cancelled`
+  /// with the exception's message.
+  AsyncCall chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
+                              const RequestOptions& options = {}) const;
+  /// `forward()` without waiting.
+  AsyncCall forward_async(std::string json_body, RawCallback on_done, const RequestOptions& options = {}) const;
+  /// `forward()` without waiting, as a future.
+  std::future<Result<RawResponse>> forward_async(std::string json_body, const RequestOptions& options = {}) const;
+  /// `forward_stream()` without waiting; the sink runs on the loop thread.
+  AsyncCall forward_stream_async(std::string json_body, ForwardSink sink, RawCallback on_done,
+                                 const RequestOptions& options = {}) const;
 
   /// The resolved base URL (no trailing slash).
   const std::string& base_url() const noexcept;

@@ -38,6 +38,7 @@ enum class ErrorKind {
   cancelled,          ///< the caller cancelled the request
   invalid_argument,   ///< the request could not be sent as given
   stream_truncated,   ///< a stream ended (closed, reset) before `[DONE]`
+  overloaded,         ///< the client's own cap on requests in flight and queued was reached
 };
 
 /// Stable snake_case name of a kind, e.g. "rate_limited".

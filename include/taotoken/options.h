@@ -73,11 +73,14 @@ struct ClientOptions {
   std::shared_ptr<const RetryPolicy> retry_policy;
   /// Optional quota shared by clients to stop retry storms; null: off.
   std::shared_ptr<RetryBudget> retry_budget;
-  /// Called before each retry wait (on the calling thread). Must not throw.
+  /// Called before each retry wait, on the client's loop thread: must not
+  /// block. An exception from it ends the call (see `TaotokenClient`).
   std::function<void(const RetryEvent&)> on_retry;
-  /// How the client waits between attempts. Default: sleeps on the calling
-  /// thread, woken at once by `RequestOptions::cancel`. Tests inject a fake
-  /// to run retry schedules in microseconds.
+  /// Replaces the wait between attempts. Default (unset): a timer on the
+  /// client's loop, ended at once by `RequestOptions::cancel`; no thread
+  /// sleeps. When set, it is called on the loop thread and the next attempt
+  /// starts when it returns: tests inject a no-op to run retry schedules in
+  /// microseconds. Anything slower blocks every call of the client.
   std::function<void(std::chrono::milliseconds)> sleep_for;
   /// Headers added to every request (e.g. "HTTP-Referer"). Names and values
   /// containing CR or LF are rejected.
@@ -111,6 +114,26 @@ struct ClientOptions {
   /// Responses larger than this fail with `bad_response` instead of using
   /// unbounded memory.
   std::size_t max_response_bytes = kDefaultMaxResponseBytes;
+
+  // ---- concurrency (see docs/async.md)
+
+  /// Calls of this client in progress at once (sync and async alike; a call
+  /// counts from its first attempt until its result, retry waits
+  /// included). 0: no cap. Beyond it, calls wait in a queue.
+  std::size_t max_in_flight = 0;
+  /// Calls that may wait for a free slot when `max_in_flight` is reached;
+  /// a call beyond this fails at once with `ErrorKind::overloaded`.
+  /// 0 makes the cap fail fast.
+  std::size_t max_queued = 10000;
+  /// Connections to one host (libcurl's `CURLMOPT_MAX_HOST_CONNECTIONS`);
+  /// transfers beyond it wait for a connection (or share one with HTTP/2).
+  /// 0: no cap.
+  long max_connections_per_host = 0;
+  /// Where the completion callbacks of `*_async` calls run. Unset: on the
+  /// client's loop thread, where they must not block. Set it to hand them
+  /// to your own executor (a thread pool, an io_context). Chunk callbacks
+  /// always run on the loop thread (their return value steers the transfer).
+  std::function<void(std::function<void()>)> callback_executor;
 };
 
 /// Per-call overrides. Unset fields use the client's `ClientOptions`.
