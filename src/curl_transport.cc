@@ -4,6 +4,7 @@
 // handle's cache, so every call of a client shares one pool.
 
 #include <curl/curl.h>
+#include <pthread.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -306,7 +307,10 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   }
 
   void launch(const std::shared_ptr<Impl>& self) {
-    thread_ = std::thread([self] { self->run(); });
+    thread_ = std::thread([self] {
+      ::pthread_setname_np(::pthread_self(), "taotoken-loop");
+      self->run();
+    });
     thread_id_ = thread_.get_id();
   }
 

@@ -17,10 +17,13 @@ void usage(std::FILE* out) {
   std::fputs(
       "usage: taotoken-sim [--host ADDR] [--port N] [--port-file FILE] [--api-key KEY]\n"
       "                    [--fail-first N --fail-status CODE [--retry-after SECONDS]]\n"
-      "                    [--delay-ms MS]\n"
+      "                    [--delay-ms MS] [--hold-until N]\n"
+      "                    [--max-fragment BYTES] [--fragment-delay-us US]\n"
       "Serves POST /v1/chat/completions (echoes the last user message) and GET /v1/models\n"
       "on 127.0.0.1 until SIGINT/SIGTERM. --port 0 (default) picks a free port;\n"
-      "--port-file writes it to FILE once listening.\n",
+      "--port-file writes it to FILE once listening. --hold-until N holds every answer until N\n"
+      "requests have arrived. Streams go out in random fragments of 1..--max-fragment bytes\n"
+      "(default 48) with random pauses of 0..--fragment-delay-us (default 1000).\n",
       out);
 }
 
@@ -32,6 +35,7 @@ int main(int argc, char** argv) try {
   int fail_first = 0, fail_status = 503;
   std::string retry_after;
   long delay_ms = 0;
+  std::size_t hold_until = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -49,6 +53,9 @@ int main(int argc, char** argv) try {
     else if (a == "--fail-status") fail_status = std::stoi(next());
     else if (a == "--retry-after") retry_after = next();
     else if (a == "--delay-ms") delay_ms = std::stol(next());
+    else if (a == "--hold-until") hold_until = static_cast<std::size_t>(std::stoul(next()));
+    else if (a == "--max-fragment") opts.max_fragment = static_cast<std::size_t>(std::stoul(next()));
+    else if (a == "--fragment-delay-us") opts.max_fragment_delay = std::chrono::microseconds(std::stol(next()));
     else if (a == "--help" || a == "-h") {
       usage(stdout);
       return 0;
@@ -82,9 +89,10 @@ int main(int argc, char** argv) try {
     if (!retry_after.empty()) f.headers.emplace_back("Retry-After", retry_after);
     sim.push_fault(f, fail_first);
   }
-  if (delay_ms > 0) {
+  if (delay_ms > 0 || hold_until > 0) {
     taotoken::sim::Fault f;
     f.delay = std::chrono::milliseconds(delay_ms);
+    f.hold_until_requests = hold_until;
     sim.set_fault(f);
   }
   if (!port_file.empty()) {

@@ -52,6 +52,9 @@ struct Fault {
   std::vector<std::pair<std::string, std::string>> headers;
   /// Wait this long before sending the status line.
   std::chrono::milliseconds delay{0};
+  /// Hold the answer until the simulator has received this many requests
+  /// in all (0: off): proves that many requests were in flight at once.
+  std::size_t hold_until_requests = 0;
   /// Close the connection (FIN) after this many body bytes, although the
   /// Content-Length announced the whole body.
   std::optional<std::size_t> close_after_bytes;

@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <pthread.h>
+
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -353,7 +355,7 @@ class Simulator::Impl {
       ::close(fd);
       throw std::system_error(EINVAL, std::generic_category(), "simulator: bad host " + opts_.host);
     }
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, SOMAXCONN) != 0) {
       const int err = errno;
       ::close(fd);
       throw std::system_error(err, std::generic_category(), "simulator: bind/listen");
@@ -435,6 +437,7 @@ class Simulator::Impl {
   };
 
   void accept_loop() {
+    ::pthread_setname_np(::pthread_self(), "taotoken-sim");
     for (;;) {
       pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
       if (::poll(fds, 2, 1000) < 0 && errno != EINTR) return;
@@ -451,6 +454,7 @@ class Simulator::Impl {
       c.fd = fd;
       c.id = ++connections_;
       c.thread = std::thread([this, &c] {
+        ::pthread_setname_np(::pthread_self(), "taotoken-sim");  // tests tell its threads from the client's
         serve(c);
         close_conn(c);
         c.done = true;
@@ -555,6 +559,10 @@ class Simulator::Impl {
       // Recorded before answering, so a client that has its answer can
       // always find its request.
       ++count_;
+      {
+        std::lock_guard<std::mutex> g(conn_mu_);  // no lost wake-up for a hold_until_requests waiter
+      }
+      conn_cv_.notify_all();
       if (opts_.record_requests) {
         std::lock_guard<std::mutex> g(rec_mu_);
         recorded_.push_back(req);
@@ -601,6 +609,11 @@ class Simulator::Impl {
   // Sends the answer; false when the connection must be closed.
   bool handle(int fd, const ReceivedRequest& req, bool close_after, bool& reset) {
     std::optional<Fault> fault = take_fault(req);
+    if (fault && fault->hold_until_requests > 0) {
+      std::unique_lock<std::mutex> g(conn_mu_);
+      conn_cv_.wait(g, [&] { return stopping_.load() || count_.load() >= fault->hold_until_requests; });
+      if (stopping_) return false;
+    }
     if (fault && fault->delay.count() > 0) {
       std::unique_lock<std::mutex> g(conn_mu_);
       conn_cv_.wait_for(g, fault->delay, [this] { return stopping_.load(); });
