@@ -262,10 +262,10 @@ template <typename T>
 class SyncWait {
  public:
   void set(Result<T> r) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      result_.emplace(std::move(r));
-    }
+    // Notified under the lock: the waiter destroys this object as soon as
+    // it sees the result.
+    std::lock_guard<std::mutex> lock(mu_);
+    result_.emplace(std::move(r));
     cv_.notify_one();
   }
   Result<T> get() {
@@ -538,6 +538,7 @@ class TaotokenClient::Impl {
       log_.push_back(rec);
 
       std::optional<std::chrono::milliseconds> wait;
+      std::chrono::milliseconds delay{0};
       try {
         if (!policy_) policy_ = impl_.make_policy(ro);  // made at the first failure only
         wait = policy_->on_failure(err, attempt_);
@@ -557,14 +558,15 @@ class TaotokenClient::Impl {
           complete(impl_.finish_error(std::move(err), call, attempt_, upstream_id));
           return;
         }
-        if (impl_.opts_.on_retry) impl_.opts_.on_retry(RetryEvent{call.id, attempt_, &err, *wait});
-        if (impl_.opts_.sleep_for) impl_.opts_.sleep_for(*wait);
+        delay = *wait;
+        if (impl_.opts_.on_retry) impl_.opts_.on_retry(RetryEvent{call.id, attempt_, &err, delay});
+        if (impl_.opts_.sleep_for) impl_.opts_.sleep_for(delay);
       } catch (...) {
         fail_by_exception(std::current_exception());
         return;
       }
-      delay_before_ = *wait;
-      const auto at = impl_.opts_.sleep_for ? Clock::now() : Clock::now() + *wait;
+      delay_before_ = delay;
+      const auto at = impl_.opts_.sleep_for ? Clock::now() : Clock::now() + delay;
       auto self = this->shared_from_this();
       timer_ = impl_.loop_->add_timer(at, [self] {
         self->timer_ = 0;
