@@ -176,18 +176,29 @@ class Mailbox {
 
   // Loop side.
   bool should_pause() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (items_.size() < kHigh) return false;
-    paused_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (items_.size() < kHigh) return false;
+      paused_ = true;
+    }
+    kick();
     return true;
   }
   bool stopped() const noexcept { return stopped_.load(); }
+  // Queues an item without waking the caller: kick() does, once per batch
+  // of bytes decoded (a wake-up per chunk would bounce between the two
+  // threads on every chunk).
   void push(Item item) {
+    std::lock_guard<std::mutex> lock(mu_);
+    items_.push_back(std::move(item));
+  }
+  void kick() {
+    bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      items_.push_back(std::move(item));
+      wake = !items_.empty() && waiting_;
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
   }
   void close(std::function<void()> last) {
     {
@@ -210,7 +221,9 @@ class Mailbox {
       std::function<void()> last;
       {
         std::unique_lock<std::mutex> lock(mu_);
+        waiting_ = true;
         cv_.wait(lock, [this] { return !items_.empty() || closed_; });
+        waiting_ = false;
         batch.swap(items_);
         if (batch.empty()) {
           last = std::move(last_);
@@ -252,6 +265,7 @@ class Mailbox {
   std::deque<Item> items_;
   bool paused_ = false;
   bool closed_ = false;
+  bool waiting_ = false;  // the caller sleeps on cv_
   std::function<void()> last_;
   std::atomic<bool> stopped_{false};
   std::string stop_reason_;
@@ -537,16 +551,21 @@ class TaotokenClient::Impl {
       if (!resp) rec.http_status = err.http_status;
       log_.push_back(rec);
 
-      std::optional<std::chrono::milliseconds> wait;
+      // (Plain variables rather than an optional: GCC's -O2 flow analysis
+      // reports a false "maybe uninitialized" on the optional.)
+      bool retry = false;
       std::chrono::milliseconds delay{0};
       try {
         if (!policy_) policy_ = impl_.make_policy(ro);  // made at the first failure only
-        wait = policy_->on_failure(err, attempt_);
-        if (cancelled_ || impl_.shutting_down_.load()) wait.reset();
-        if (hooks && hooks->delivered()) wait.reset();  // data reached the caller: never retried
-        if (wait && Clock::now() + *wait >= deadline_) wait.reset();  // would cross the deadline
-        if (wait && impl_.opts_.retry_budget && !impl_.opts_.retry_budget->try_acquire(err)) wait.reset();
-        if (!wait) {
+        if (const auto w = policy_->on_failure(err, attempt_)) {
+          retry = true;
+          delay = *w;
+        }
+        if (cancelled_ || impl_.shutting_down_.load()) retry = false;
+        if (hooks && hooks->delivered()) retry = false;  // data reached the caller: never retried
+        if (retry && Clock::now() + delay >= deadline_) retry = false;  // would cross the deadline
+        if (retry && impl_.opts_.retry_budget && !impl_.opts_.retry_budget->try_acquire(err)) retry = false;
+        if (!retry) {
           if (resp) {
             if (std::optional<T> passed = give_up(*resp)) {
               stamp(*passed, call, attempt_, log_, upstream_id);
@@ -558,7 +577,6 @@ class TaotokenClient::Impl {
           complete(impl_.finish_error(std::move(err), call, attempt_, upstream_id));
           return;
         }
-        delay = *wait;
         if (impl_.opts_.on_retry) impl_.opts_.on_retry(RetryEvent{call.id, attempt_, &err, delay});
         if (impl_.opts_.sleep_for) impl_.opts_.sleep_for(delay);
       } catch (...) {
@@ -773,7 +791,9 @@ class TaotokenClient::Impl {
       };
       req.on_data = [this](std::string_view bytes) {
         if (should_pause && should_pause()) return detail::DataAction::pause;
-        return (json_mode ? collect(bytes) : feed(bytes)) ? detail::DataAction::proceed : detail::DataAction::stop;
+        const bool go_on = json_mode ? collect(bytes) : feed(bytes);
+        if (after_data) after_data();
+        return go_on ? detail::DataAction::proceed : detail::DataAction::stop;
       };
       complete.store(false);
       req.complete = &complete;
@@ -861,6 +881,7 @@ class TaotokenClient::Impl {
 
     ChunkCallback on_chunk;
     std::function<bool()> should_pause;
+    std::function<void()> after_data;  // after each piece of body bytes was handled
     std::atomic<bool> complete{false};
     Clock::time_point start;
     std::size_t max_json;
@@ -876,7 +897,8 @@ class TaotokenClient::Impl {
   };
 
   std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChunkCallback on_chunk,
-                                                 std::function<bool()> should_pause, const RequestOptions& ro) const {
+                                                 std::function<bool()> should_pause, std::function<void()> after_data,
+                                                 const RequestOptions& ro) const {
     auto ex = std::make_shared<ChatExchange>(*this, ro);
     if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
@@ -885,6 +907,7 @@ class TaotokenClient::Impl {
     prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/false, /*streaming=*/true);
     auto hooks = std::make_shared<ChatStreamHooks>(std::move(on_chunk), ex->call.start, opts_.max_response_bytes);
     hooks->should_pause = std::move(should_pause);
+    hooks->after_data = std::move(after_data);
     ex->hooks = hooks.get();
     ChatStreamHooks* h = hooks.get();
     ex->keep = std::move(hooks);
@@ -956,6 +979,7 @@ class TaotokenClient::Impl {
         });
         bool go_on = true;
         if (sink.on_data) call_user([&] { go_on = sink.on_data(bytes); });
+        if (after_data) after_data();
         if (!go_on) user_stopped = true;
         return go_on && !user_stopped ? detail::DataAction::proceed : detail::DataAction::stop;
       };
@@ -1010,6 +1034,7 @@ class TaotokenClient::Impl {
     }
     ForwardSink sink;
     std::function<bool()> should_pause;
+    std::function<void()> after_data;
     std::atomic<bool> complete{false};
     int status = 0;
     std::vector<Header> headers;
@@ -1022,6 +1047,7 @@ class TaotokenClient::Impl {
 
   std::shared_ptr<RawExchange> make_forward_stream(std::string_view json_body, ForwardSink sink,
                                                    std::function<bool()> should_pause,
+                                                   std::function<void()> after_data,
                                                    const RequestOptions& ro) const {
     auto ex = std::make_shared<RawExchange>(*this, ro);
     std::string model;
@@ -1032,6 +1058,7 @@ class TaotokenClient::Impl {
     prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/true, /*streaming=*/true);
     auto hooks = std::make_shared<ForwardStreamHooks>(std::move(sink));
     hooks->should_pause = std::move(should_pause);
+    hooks->after_data = std::move(after_data);
     ex->hooks = hooks.get();
     ForwardStreamHooks* h = hooks.get();
     ex->keep = std::move(hooks);
@@ -1173,7 +1200,8 @@ class TaotokenClient::Impl {
               mb->push([&on_chunk, c] { return on_chunk(c); });
               return true;
             };
-          return make_chat_stream(request, std::move(relay), [mb] { return mb->should_pause(); }, ro);
+          return make_chat_stream(
+              request, std::move(relay), [mb] { return mb->should_pause(); }, [mb] { mb->kick(); }, ro);
         },
         [](ChatCompletion c, const std::string& reason) -> Result<ChatCompletion> {
           Error e = stopped_error(reason, c.request_id, c.upstream_request_id, c.attempts, c.attempt_log,
@@ -1200,7 +1228,8 @@ class TaotokenClient::Impl {
             if (sink.on_data) mb->push([&sink, data = std::string(bytes)] { return sink.on_data(data); });
             return true;
           };
-          return make_forward_stream(json_body, std::move(relay), [mb] { return mb->should_pause(); }, ro);
+          return make_forward_stream(
+              json_body, std::move(relay), [mb] { return mb->should_pause(); }, [mb] { mb->kick(); }, ro);
         },
         [](RawResponse r, const std::string& reason) -> Result<RawResponse> {
           Error e = stopped_error(reason, r.request_id, r.upstream_request_id, r.attempts, r.attempt_log, r.status);
@@ -1234,7 +1263,7 @@ class TaotokenClient::Impl {
                             const RequestOptions& ro) const {
     RequestOptions o = ro;
     auto token = own_token(o);
-    return start_async(make_chat_stream(request, std::move(on_chunk), nullptr, o), std::move(token),
+    return start_async(make_chat_stream(request, std::move(on_chunk), nullptr, nullptr, o), std::move(token),
                        std::move(on_done));
   }
 
@@ -1248,7 +1277,7 @@ class TaotokenClient::Impl {
                                const RequestOptions& ro) const {
     RequestOptions o = ro;
     auto token = own_token(o);
-    return start_async(make_forward_stream(json_body, std::move(sink), nullptr, o), std::move(token),
+    return start_async(make_forward_stream(json_body, std::move(sink), nullptr, nullptr, o), std::move(token),
                        std::move(on_done));
   }
 

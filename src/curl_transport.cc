@@ -294,6 +294,10 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     if (config_.max_host_connections > 0)
       curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, config_.max_host_connections);
     curl_multi_setopt(multi_, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_MULTIPLEX));
+    // Idle connections kept for reuse. libcurl's default (4 x the transfers
+    // currently added) shrinks whenever transfers end, closing warm
+    // connections between bursts.
+    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, kMaxIdleConnections);
   }
 
   ~Impl() {
@@ -322,7 +326,9 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
       wake = posted_.empty();
       posted_.push_back(std::move(fn));
     }
-    if (wake) curl_multi_wakeup(multi_);
+    // The loop runs what is posted before it polls again: posting from the
+    // loop thread itself (a callback starting the next call) needs no wake-up.
+    if (wake && std::this_thread::get_id() != thread_id_) curl_multi_wakeup(multi_);
     return true;
   }
 
@@ -626,6 +632,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
 
  private:
   static constexpr std::size_t kMaxIdleHandles = 256;
+  static constexpr long kMaxIdleConnections = 256;
   TransportConfig config_;
   CURLM* multi_ = nullptr;
   std::thread thread_;
