@@ -55,8 +55,11 @@ class RawMulti {
     headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
     headers_ = curl_slist_append(headers_, "Content-Type: application/json");
     headers_ = curl_slist_append(headers_, "Accept: application/json");
+    curl_slist* extra = nullptr;
     for (auto& s : slots_) {
       s.h = curl_easy_init();
+      if (!extra) headers_ = extra = bench::add_library_headers(s.h, headers_);
+      else curl_easy_setopt(s.h, CURLOPT_ACCEPT_ENCODING, "gzip");
       curl_easy_setopt(s.h, CURLOPT_URL, url.c_str());
       curl_easy_setopt(s.h, CURLOPT_NOSIGNAL, 1L);
       curl_easy_setopt(s.h, CURLOPT_HTTPHEADER, headers_);
@@ -247,7 +250,7 @@ long parse_count(const char* s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string base_url, status_url;
+  std::string base_url, status_url, only;  // --only raw|chat: one side alone (profiling)
   long rounds = 15, requests = 4000, warmup = 2000, concurrency = 64, streams = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
@@ -259,6 +262,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup" && has_value) warmup = parse_count(argv[++i]);
     else if (a == "--concurrency" && has_value) concurrency = parse_count(argv[++i]);
     else if (a == "--streams" && has_value) streams = parse_count(argv[++i]);
+    else if (a == "--only" && has_value) only = argv[++i];
     else usage();
   }
   if (base_url.empty()) usage();
@@ -288,14 +292,15 @@ int main(int argc, char** argv) {
   auto run_chat = [&](long n) {
     if (!driver.run(n, concurrency)) std::exit(1);
   };
-  run_raw(warmup);
-  run_chat(warmup);
+  const bool do_raw = only != "chat", do_chat = only != "raw";
+  if (do_raw) run_raw(warmup);
+  if (do_chat) run_chat(warmup);
   std::printf("INFO upstream %s, %ld in flight, %ld rounds x %ld requests per side, warm-up %ld\n", base_url.c_str(),
               concurrency, rounds, requests, warmup);
   const std::string raw_name = "raw_curl_multi_c" + std::to_string(concurrency);
   const std::string chat_name = "chat_async_c" + std::to_string(concurrency);
-  bench::run_interleaved(raw_name.c_str(), chat_name.c_str(), 0.90, rounds, requests, true, true, run_raw, run_chat,
-                         status_url);
+  bench::run_interleaved(raw_name.c_str(), chat_name.c_str(), 0.90, rounds, requests, do_raw, do_chat, run_raw,
+                         run_chat, status_url);
   curl_global_cleanup();
   return 0;
 }

@@ -6,6 +6,8 @@
 #ifndef TAOTOKEN_BENCH_CHAT_H
 #define TAOTOKEN_BENCH_CHAT_H
 
+#include <curl/curl.h>
+
 #include <string>
 
 #include "taotoken/client.h"
@@ -41,6 +43,16 @@ inline taotoken::ChatRequest chat_request() {
   req.messages.push_back(taotoken::Message::system(kSystem));
   req.messages.push_back(taotoken::Message::user(kUser));
   return req;
+}
+
+// The request headers the library sends besides those every raw program
+// sets (Authorization, Content-Type, Accept): its User-Agent, and
+// `Accept-Encoding: gzip` (compressed responses are a feature; libcurl then
+// sets up its decoder on every transfer). The raw baselines send them too,
+// so both sides put the same request on the wire (checked at start).
+inline curl_slist* add_library_headers(CURL* h, curl_slist* headers) {
+  curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "gzip");
+  return curl_slist_append(headers, "User-Agent: taotoken-cpp/" TAOTOKEN_VERSION_STRING);
 }
 
 // A realistic non-streaming chat.completion (~750 bytes, with usage).

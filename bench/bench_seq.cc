@@ -53,6 +53,7 @@ class RawCurl {
     headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
     headers_ = curl_slist_append(headers_, "Content-Type: application/json");
     headers_ = curl_slist_append(headers_, "Accept: application/json");
+    headers_ = bench::add_library_headers(h_, headers_);
     curl_easy_setopt(h_, CURLOPT_URL, url.c_str());
     // What careful libcurl code sets (and the library sets too): without it
     // libcurl swaps the SIGPIPE handler around every transfer (6

@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_chat.h"
 #include "bench_common.h"
 #include "sse.h"
 #include "stream_assembler.h"
@@ -182,6 +183,7 @@ class RawStream {
     headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
     headers_ = curl_slist_append(headers_, "Content-Type: application/json");
     headers_ = curl_slist_append(headers_, "Accept: text/event-stream");
+    headers_ = bench::add_library_headers(h_, headers_);
     curl_easy_setopt(h_, CURLOPT_URL, url.c_str());
     // See bench_seq.cc: without it libcurl swaps the SIGPIPE handler around
     // every transfer; the library sets it too.

@@ -310,6 +310,10 @@ class ExchangeBase {
   virtual void resume() = 0;
   bool finished = false;
   bool holds_slot = false;
+  // The client's list of live calls (loop thread only): the list owns them.
+  std::shared_ptr<ExchangeBase> owner;
+  ExchangeBase* prev = nullptr;
+  ExchangeBase* next = nullptr;
 };
 
 class TaotokenClient::Impl {
@@ -400,9 +404,9 @@ class TaotokenClient::Impl {
     using Interpret = std::function<Result<T>(HttpResponse&)>;
     using GiveUp = std::function<std::optional<T>(HttpResponse&)>;
     using Record = std::function<void(const Call&, const RequestOptions&, const Result<T>&)>;
-    using Finish = std::function<void(Result<T>, std::exception_ptr)>;
+    using Finish = std::function<void(Result<T>&&, std::exception_ptr)>;
 
-    Exchange(const Impl& impl, const RequestOptions& options) : call(options), ro(options), impl_(impl) {}
+    Exchange(const Impl& impl, RequestOptions options) : call(options), ro(std::move(options)), impl_(impl) {}
 
     // Set up before submit().
     std::string body;
@@ -647,6 +651,10 @@ class TaotokenClient::Impl {
   template <typename T>
   void submit(const std::shared_ptr<Exchange<T>>& ex) const {
     std::shared_ptr<ExchangeBase> base = ex;
+    if (!shutting_down_.load() && loop_->can_start_now()) {  // a callback starting the next call
+      admit(base);
+      return;
+    }
     if (shutting_down_.load() || !loop_->post([this, base] { admit(base); })) {
       ex->complete(finish_error(Error(ErrorKind::cancelled, "the client is shutting down"), ex->call, 0));
     }
@@ -655,7 +663,7 @@ class TaotokenClient::Impl {
   // Loop thread: a call arrives; it runs now, waits for a slot, or is refused.
   void admit(const std::shared_ptr<ExchangeBase>& op) const {
     if (op->finished) return;
-    live_.emplace(op.get(), op);
+    link_live(op);
     op->watch_cancel();
     if (shutting_down_.load()) {
       op->cancel_now("the client was destroyed with the call in progress");
@@ -674,11 +682,29 @@ class TaotokenClient::Impl {
     }
   }
 
+  void link_live(const std::shared_ptr<ExchangeBase>& op) const {
+    if (op->owner) return;
+    op->owner = op;
+    op->prev = nullptr;
+    op->next = live_head_;
+    if (live_head_) live_head_->prev = op.get();
+    live_head_ = op.get();
+  }
+
+  std::shared_ptr<ExchangeBase> unlink_live(ExchangeBase* op) const {
+    if (!op->owner) return nullptr;
+    if (op->prev) op->prev->next = op->next;
+    else live_head_ = op->next;
+    if (op->next) op->next->prev = op->prev;
+    op->prev = op->next = nullptr;
+    return std::move(op->owner);
+  }
+
   // Loop thread: a call ended; its slot goes to the next waiting call.
   void on_finished(ExchangeBase* op) const {
     const bool freed = op->holds_slot;
     op->holds_slot = false;
-    live_.erase(op);
+    std::shared_ptr<ExchangeBase> keep = unlink_live(op);  // released on return
     if (!freed) return;
     --in_flight_;
     while (!waiting_.empty() && (opts_.max_in_flight == 0 || in_flight_ < opts_.max_in_flight)) {
@@ -694,8 +720,7 @@ class TaotokenClient::Impl {
   // Loop thread, at shutdown.
   void cancel_all() const {
     std::vector<std::shared_ptr<ExchangeBase>> all;
-    all.reserve(live_.size());
-    for (const auto& [ptr, op] : live_) all.push_back(op);
+    for (ExchangeBase* op = live_head_; op; op = op->next) all.push_back(op->owner);
     waiting_.clear();
     for (const auto& op : all) op->cancel_now("the client was destroyed with the call in progress");
   }
@@ -721,7 +746,7 @@ class TaotokenClient::Impl {
 
   // Runs a completion callback of an async call where the options say.
   template <typename T>
-  void deliver_async(const std::function<void(Result<T>)>& cb, Result<T> r) const {
+  void deliver_async(const std::function<void(Result<T>)>& cb, Result<T>&& r) const {
     if (!cb) return;
     if (opts_.callback_executor) {
       try {
@@ -741,22 +766,15 @@ class TaotokenClient::Impl {
     }
   }
 
-  // An async call's own token, linked to the caller's.
-  static std::shared_ptr<CancelToken> own_token(RequestOptions& ro) {
-    auto token = std::make_shared<CancelToken>();
-    if (ro.cancel) ro.cancel->link(token);
-    ro.cancel = token;
-    return token;
-  }
 
   // ---- endpoints: each builds an exchange; the public calls submit it.
 
   using ChatExchange = Exchange<ChatCompletion>;
   using RawExchange = Exchange<RawResponse>;
 
-  std::shared_ptr<ChatExchange> make_chat(const ChatRequest& request, const RequestOptions& ro) const {
-    auto ex = std::make_shared<ChatExchange>(*this, ro);
-    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+  std::shared_ptr<ChatExchange> make_chat(const ChatRequest& request, RequestOptions ro) const {
+    auto ex = std::make_shared<ChatExchange>(*this, std::move(ro));
+    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::encode_chat_request(request, opts_.default_model, false);
     if (!body) ex->pre_error = std::move(body.error());
     else ex->body = std::move(*body);
@@ -769,7 +787,8 @@ class TaotokenClient::Impl {
       return decoded;
     };
     ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
-    ex->record = [this, model = requested_model(request), summary = summary_of(request)](
+    if (!opts_.recorders.empty())
+      ex->record = [this, model = requested_model(request), summary = summary_of(request)](
                      const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
       emit(call, "chat", model, false, o, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(), summary);
     };
@@ -898,9 +917,9 @@ class TaotokenClient::Impl {
 
   std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChunkCallback on_chunk,
                                                  std::function<bool()> should_pause, std::function<void()> after_data,
-                                                 const RequestOptions& ro) const {
-    auto ex = std::make_shared<ChatExchange>(*this, ro);
-    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+                                                 RequestOptions ro) const {
+    auto ex = std::make_shared<ChatExchange>(*this, std::move(ro));
+    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
     if (!body) ex->pre_error = std::move(body.error());
     else ex->body = std::move(*body);
@@ -918,17 +937,18 @@ class TaotokenClient::Impl {
       return c;
     };
     ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
-    ex->record = [this, model = requested_model(request), summary = summary_of(request)](
+    if (!opts_.recorders.empty())
+      ex->record = [this, model = requested_model(request), summary = summary_of(request)](
                      const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
       emit(call, "chat_stream", model, true, o, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(), summary);
     };
     return ex;
   }
 
-  std::shared_ptr<RawExchange> make_forward(std::string_view json_body, const RequestOptions& ro) const {
-    auto ex = std::make_shared<RawExchange>(*this, ro);
+  std::shared_ptr<RawExchange> make_forward(std::string_view json_body, RequestOptions ro) const {
+    auto ex = std::make_shared<RawExchange>(*this, std::move(ro));
     std::string model;
-    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
     if (!body) ex->pre_error = std::move(body.error());
     else ex->body = std::move(*body);
@@ -944,7 +964,8 @@ class TaotokenClient::Impl {
     // gives up, the upstream's response is passed through as it came.
     ex->interpret = [to_raw](HttpResponse& r) { return retry_or_pass(r, to_raw); };
     ex->give_up = [to_raw](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); };
-    ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
+    if (!opts_.recorders.empty())
+      ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
                                                         const Result<RawResponse>& r) {
       emit_forward(call, "forward", model, false, o, r, size);
     };
@@ -1048,10 +1069,10 @@ class TaotokenClient::Impl {
   std::shared_ptr<RawExchange> make_forward_stream(std::string_view json_body, ForwardSink sink,
                                                    std::function<bool()> should_pause,
                                                    std::function<void()> after_data,
-                                                   const RequestOptions& ro) const {
-    auto ex = std::make_shared<RawExchange>(*this, ro);
+                                                   RequestOptions ro) const {
+    auto ex = std::make_shared<RawExchange>(*this, std::move(ro));
     std::string model;
-    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
     if (!body) ex->pre_error = std::move(body.error());
     else ex->body = std::move(*body);
@@ -1069,16 +1090,17 @@ class TaotokenClient::Impl {
       return out;
     };
     ex->give_up = [h](HttpResponse& r) -> std::optional<RawResponse> { return h->pass_through(r); };
-    ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
+    if (!opts_.recorders.empty())
+      ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
                                                         const Result<RawResponse>& r) {
       emit_forward(call, "forward_stream", model, true, o, r, size);
     };
     return ex;
   }
 
-  std::shared_ptr<Exchange<std::vector<Model>>> make_list_models(const RequestOptions& ro) const {
-    auto ex = std::make_shared<Exchange<std::vector<Model>>>(*this, ro);
-    if (auto e = precheck(ro, ex->call)) ex->pre_error = std::move(*e);
+  std::shared_ptr<Exchange<std::vector<Model>>> make_list_models(RequestOptions ro) const {
+    auto ex = std::make_shared<Exchange<std::vector<Model>>>(*this, std::move(ro));
+    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
     prepare(*ex, HttpRequest::Method::get, models_url_, /*passthrough=*/false, /*streaming=*/false);
     ex->interpret = [](HttpResponse& r) -> Result<std::vector<Model>> {
       if (r.status < 200 || r.status >= 300) return status_error(r);
@@ -1111,7 +1133,7 @@ class TaotokenClient::Impl {
   Result<T> run_sync(const std::shared_ptr<Exchange<T>>& ex) const {
     SyncWait<T> wait;
     std::exception_ptr thrown;
-    ex->finish = [&wait, &thrown](Result<T> r, std::exception_ptr e) {
+    ex->finish = [&wait, &thrown](Result<T>&& r, std::exception_ptr e) {
       thrown = e;
       wait.set(std::move(r));
     };
@@ -1145,7 +1167,7 @@ class TaotokenClient::Impl {
     typename Exchange<T>::Record record = std::move(ex->record);
     std::optional<Result<T>> out;
     std::exception_ptr hook_thrown;
-    ex->finish = [mb, &out, &hook_thrown](Result<T> r, std::exception_ptr e) {
+    ex->finish = [mb, &out, &hook_thrown](Result<T>&& r, std::exception_ptr e) {
       out.emplace(std::move(r));
       hook_thrown = e;
       mb->close(nullptr);
@@ -1240,13 +1262,22 @@ class TaotokenClient::Impl {
 
   // ---- asynchronous calls
 
-  using Started = std::pair<std::shared_ptr<CancelToken>, std::string>;
+  // What an AsyncCall holds: a way to cancel the call, and its id.
+  using Started = std::pair<std::function<void()>, std::string>;
 
   template <typename T>
-  Started start_async(std::shared_ptr<Exchange<T>> ex, std::shared_ptr<CancelToken> token,
-                      std::function<void(Result<T>)> on_done) const {
-    Started handle(std::move(token), ex->call.id);
-    ex->finish = [this, on_done = std::move(on_done)](Result<T> r, std::exception_ptr) {
+  Started start_async(std::shared_ptr<Exchange<T>> ex, std::function<void(Result<T>)> on_done) const {
+    std::weak_ptr<ExchangeBase> weak = std::static_pointer_cast<ExchangeBase>(ex);
+    std::weak_ptr<detail::Loop> loop = loop_;
+    Started handle(
+        [weak, loop] {
+          if (auto l = loop.lock())
+            l->post([weak] {
+              if (auto e = weak.lock()) e->cancel_now("the caller cancelled the request");
+            });
+        },
+        ex->call.id);
+    ex->finish = [this, on_done = std::move(on_done)](Result<T>&& r, std::exception_ptr) {
       deliver_async(on_done, std::move(r));
     };
     launch(ex);
@@ -1254,31 +1285,21 @@ class TaotokenClient::Impl {
   }
 
   Started chat_async(const ChatRequest& request, ChatCallback on_done, const RequestOptions& ro) const {
-    RequestOptions o = ro;
-    auto token = own_token(o);
-    return start_async(make_chat(request, o), std::move(token), std::move(on_done));
+    return start_async(make_chat(request, ro), std::move(on_done));
   }
 
   Started chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
                             const RequestOptions& ro) const {
-    RequestOptions o = ro;
-    auto token = own_token(o);
-    return start_async(make_chat_stream(request, std::move(on_chunk), nullptr, nullptr, o), std::move(token),
-                       std::move(on_done));
+    return start_async(make_chat_stream(request, std::move(on_chunk), nullptr, nullptr, ro), std::move(on_done));
   }
 
   Started forward_async(std::string json_body, RawCallback on_done, const RequestOptions& ro) const {
-    RequestOptions o = ro;
-    auto token = own_token(o);
-    return start_async(make_forward(json_body, o), std::move(token), std::move(on_done));
+    return start_async(make_forward(json_body, ro), std::move(on_done));
   }
 
   Started forward_stream_async(std::string json_body, ForwardSink sink, RawCallback on_done,
                                const RequestOptions& ro) const {
-    RequestOptions o = ro;
-    auto token = own_token(o);
-    return start_async(make_forward_stream(json_body, std::move(sink), nullptr, nullptr, o), std::move(token),
-                       std::move(on_done));
+    return start_async(make_forward_stream(json_body, std::move(sink), nullptr, nullptr, ro), std::move(on_done));
   }
 
  private:
@@ -1598,7 +1619,7 @@ class TaotokenClient::Impl {
   std::shared_ptr<detail::Loop> loop_;
   // Loop thread only: every call admitted and not finished, the calls
   // waiting for a slot, the slots taken.
-  mutable std::unordered_map<ExchangeBase*, std::shared_ptr<ExchangeBase>> live_;
+  mutable ExchangeBase* live_head_ = nullptr;
   mutable std::deque<std::weak_ptr<ExchangeBase>> waiting_;
   mutable std::size_t in_flight_ = 0;
   mutable std::atomic<bool> shutting_down_{false};
@@ -1648,8 +1669,8 @@ Result<std::vector<Model>> TaotokenClient::list_models(const RequestOptions& opt
 
 AsyncCall TaotokenClient::chat_async(const ChatRequest& request, ChatCallback on_done,
                                      const RequestOptions& options) const {
-  auto [token, id] = impl_->chat_async(request, std::move(on_done), options);
-  return AsyncCall(std::move(token), std::move(id));
+  auto [cancel, id] = impl_->chat_async(request, std::move(on_done), options);
+  return AsyncCall(std::move(cancel), std::move(id));
 }
 
 std::future<Result<ChatCompletion>> TaotokenClient::chat_async(const ChatRequest& request,
@@ -1663,14 +1684,14 @@ std::future<Result<ChatCompletion>> TaotokenClient::chat_async(const ChatRequest
 
 AsyncCall TaotokenClient::chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
                                             const RequestOptions& options) const {
-  auto [token, id] = impl_->chat_stream_async(request, std::move(on_chunk), std::move(on_done), options);
-  return AsyncCall(std::move(token), std::move(id));
+  auto [cancel, id] = impl_->chat_stream_async(request, std::move(on_chunk), std::move(on_done), options);
+  return AsyncCall(std::move(cancel), std::move(id));
 }
 
 AsyncCall TaotokenClient::forward_async(std::string json_body, RawCallback on_done,
                                         const RequestOptions& options) const {
-  auto [token, id] = impl_->forward_async(std::move(json_body), std::move(on_done), options);
-  return AsyncCall(std::move(token), std::move(id));
+  auto [cancel, id] = impl_->forward_async(std::move(json_body), std::move(on_done), options);
+  return AsyncCall(std::move(cancel), std::move(id));
 }
 
 std::future<Result<RawResponse>> TaotokenClient::forward_async(std::string json_body,
@@ -1684,9 +1705,9 @@ std::future<Result<RawResponse>> TaotokenClient::forward_async(std::string json_
 
 AsyncCall TaotokenClient::forward_stream_async(std::string json_body, ForwardSink sink, RawCallback on_done,
                                                const RequestOptions& options) const {
-  auto [token, id] =
+  auto [cancel, id] =
       impl_->forward_stream_async(std::move(json_body), std::move(sink), std::move(on_done), options);
-  return AsyncCall(std::move(token), std::move(id));
+  return AsyncCall(std::move(cancel), std::move(id));
 }
 
 const std::string& TaotokenClient::base_url() const noexcept { return impl_->options().base_url; }

@@ -104,6 +104,9 @@ class Loop {
   // (fn dropped) once the loop has stopped.
   bool post(std::function<void()> fn);
   bool on_loop_thread() const noexcept;
+  // On the loop thread and not inside a libcurl call (whose callbacks may
+  // not add transfers): work may be started directly instead of posted.
+  bool can_start_now() const noexcept;
   // Any thread: the thread leaves its loop after the current iteration;
   // pending posts are run first. Transfers still running are aborted
   // (their Done is not called). Idempotent.

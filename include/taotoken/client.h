@@ -30,17 +30,21 @@ class AsyncCall {
  public:
   AsyncCall() = default;
   /// Ends the call at once with a `cancelled` result (and record), unless
-  /// it already ended. Thread-safe; callable from any callback.
+  /// it already ended. Thread-safe; callable from any callback; does
+  /// nothing once the client is gone.
   void cancel() const noexcept {
-    if (token_) token_->cancel();
+    try {
+      if (cancel_) cancel_();
+    } catch (...) {  // only allocation can fail here; the call then runs on
+    }
   }
   /// The call's request id (`req_<ms>_<9 chars>`).
   const std::string& request_id() const noexcept { return id_; }
 
  private:
   friend class TaotokenClient;
-  AsyncCall(std::shared_ptr<CancelToken> token, std::string id) : token_(std::move(token)), id_(std::move(id)) {}
-  std::shared_ptr<CancelToken> token_;
+  AsyncCall(std::function<void()> cancel, std::string id) : cancel_(std::move(cancel)), id_(std::move(id)) {}
+  std::function<void()> cancel_;
   std::string id_;
 };
 
