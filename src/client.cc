@@ -200,10 +200,9 @@ class Mailbox {
     }
     if (wake) cv_.notify_one();
   }
-  void close(std::function<void()> last) {
+  void close() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      last_ = std::move(last);
       closed_ = true;
     }
     cv_.notify_one();
@@ -214,49 +213,94 @@ class Mailbox {
   // may go on. Returns the exception an item threw, if any.
   template <typename Stop, typename Resume>
   std::exception_ptr pump(Stop stop, Resume resume) {
-    std::exception_ptr thrown;
-    std::deque<Item> batch;
     for (;;) {
+      std::deque<Item> batch;
       bool was_paused = false;
-      std::function<void()> last;
       {
         std::unique_lock<std::mutex> lock(mu_);
         waiting_ = true;
         cv_.wait(lock, [this] { return !items_.empty() || closed_; });
         waiting_ = false;
         batch.swap(items_);
-        if (batch.empty()) {
-          last = std::move(last_);
-        }
         was_paused = paused_;
         paused_ = false;
       }
-      if (batch.empty()) {
-        if (last) last();
-        return thrown;
-      }
-      for (auto& item : batch) {
-        if (stopped_.load()) break;
-        try {
-          if (!item()) {
-            stopped_.store(true);
-            stop(stop_reason_);
-          }
-        } catch (const std::exception& e) {
-          thrown = std::current_exception();
-          stopped_.store(true);
-          stop(fmt::format("stopped by an exception from a callback: {}", e.what()));
-        } catch (...) {
-          thrown = std::current_exception();
-          stopped_.store(true);
-          stop(std::string("stopped by an exception from a callback: a non-standard exception"));
-        }
-      }
-      batch.clear();
+      if (batch.empty()) return thrown_;
+      run_batch(batch, stop);
       if (was_paused) resume();
     }
   }
 
+  // Caller side, while it drives the loop itself: runs what is there now.
+  template <typename Stop, typename Resume>
+  void run_ready(Stop stop, Resume resume) {
+    std::deque<Item> batch;
+    bool was_paused = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      batch.swap(items_);
+      was_paused = paused_;
+      paused_ = false;
+    }
+    run_batch(batch, stop);
+    if (was_paused) resume();
+  }
+
+  std::exception_ptr thrown() const { return thrown_; }
+
+  // Caller side, inside the transfer (this thread drives the loop): runs a
+  // callback at once. False when it asks to stop; an exception is noted and
+  // passed on (the stream's hooks turn it into the call's error).
+  template <typename F>
+  bool run_direct(F&& f) {
+    if (stopped_.load()) return false;
+    try {
+      if (f()) return true;
+      stopped_.store(true);
+      last_reason_ = stop_reason_;
+      return false;
+    } catch (const std::exception& e) {
+      thrown_ = std::current_exception();
+      stopped_.store(true);
+      last_reason_ = fmt::format("stopped by an exception from a callback: {}", e.what());
+      throw;
+    } catch (...) {
+      thrown_ = std::current_exception();
+      stopped_.store(true);
+      last_reason_ = "stopped by an exception from a callback: a non-standard exception";
+      throw;
+    }
+  }
+
+  // Why the caller stopped the stream (when it did).
+  const std::string& last_reason() const noexcept { return last_reason_; }
+
+ private:
+  template <typename Stop>
+  void run_batch(std::deque<Item>& batch, Stop& stop) {
+    for (auto& item : batch) {
+      if (stopped_.load()) break;
+      try {
+        if (!item()) {
+          stopped_.store(true);
+          last_reason_ = stop_reason_;
+          stop(last_reason_);
+        }
+      } catch (const std::exception& e) {
+        thrown_ = std::current_exception();
+        stopped_.store(true);
+        last_reason_ = fmt::format("stopped by an exception from a callback: {}", e.what());
+        stop(last_reason_);
+      } catch (...) {
+        thrown_ = std::current_exception();
+        stopped_.store(true);
+        last_reason_ = "stopped by an exception from a callback: a non-standard exception";
+        stop(last_reason_);
+      }
+    }
+  }
+
+ public:
   bool stopped_by_caller() const noexcept { return stopped_.load(); }
 
  private:
@@ -266,9 +310,10 @@ class Mailbox {
   bool paused_ = false;
   bool closed_ = false;
   bool waiting_ = false;  // the caller sleeps on cv_
-  std::function<void()> last_;
   std::atomic<bool> stopped_{false};
   std::string stop_reason_;
+  std::exception_ptr thrown_;  // caller side only
+  std::string last_reason_;    // caller side only
 };
 
 // Where a synchronous call waits for its result.
@@ -473,7 +518,7 @@ class TaotokenClient::Impl {
       auto self = this->shared_from_this();  // the registry may hold the last reference
       if (cancel_hook_) ro.cancel->remove_hook(cancel_hook_);
       cancel_hook_ = 0;
-      if (impl_.loop_->on_loop_thread()) impl_.on_finished(this);
+      if (impl_.loop_->is_driver()) impl_.on_finished(this);
       if (record && !impl_.opts_.recorders.empty()) record(call, ro, r);
       Finish f = std::move(finish);
       f(std::move(r), user_exception_);
@@ -738,7 +783,7 @@ class TaotokenClient::Impl {
 
   // A synchronous call made on the loop thread would wait for itself.
   std::optional<Error> reentry_error() const {
-    if (!loop_->on_loop_thread()) return std::nullopt;
+    if (!loop_->is_driver()) return std::nullopt;
     return Error(ErrorKind::invalid_argument,
                  "a synchronous call was made on this client's event-loop thread (from an async callback); it "
                  "would wait for itself. Use the *_async form there");
@@ -1139,6 +1184,12 @@ class TaotokenClient::Impl {
     };
     if (auto e = reentry_error()) {
       ex->complete(finish_error(std::move(*e), ex->call, 0));
+    } else if (!ex->pre_error && loop_->try_drive()) {
+      // The loop is idle: run it on this thread until the call ends (no
+      // hand-over to the loop thread and back).
+      admit(ex);
+      Exchange<T>* raw = ex.get();
+      loop_->drive_until([raw] { return raw->finished; }, nullptr);
     } else {
       launch(ex);
     }
@@ -1170,18 +1221,30 @@ class TaotokenClient::Impl {
     ex->finish = [mb, &out, &hook_thrown](Result<T>&& r, std::exception_ptr e) {
       out.emplace(std::move(r));
       hook_thrown = e;
-      mb->close(nullptr);
+      mb->close();
     };
-    std::string stop_reason;
     std::exception_ptr thrown;
     if (auto e = reentry_error()) {
       ex->complete(finish_error(std::move(*e), ex->call, 0));
     } else {
-      launch(ex);
+      if (!ex->pre_error && loop_->try_drive()) {
+        // The loop is idle: this thread runs it, and the callbacks between
+        // rounds (stop and resume act directly: this thread is the driver).
+        admit(ex);
+        Exchange<T>* raw = ex.get();
+        loop_->drive_until([raw] { return raw->finished; },
+                           [&] {
+                             mb->run_ready(
+                                 [&](const std::string& reason) { raw->cancel_now(reason); },
+                                 [raw] { raw->resume(); });
+                           });
+      } else {
+        launch(ex);
+      }
+      // What is left (all of it, when the loop thread took over).
       std::weak_ptr<detail::Loop> loop = loop_;
       thrown = mb->pump(
-          [&](std::string reason) {
-            stop_reason = reason;
+          [&](const std::string& reason) {
             std::shared_ptr<ExchangeBase> base = ex;
             if (auto l = loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
           },
@@ -1191,7 +1254,7 @@ class TaotokenClient::Impl {
           });
     }
     Result<T> r = std::move(*out);
-    if (mb->stopped_by_caller() && r.ok()) r = when_stopped(std::move(*r), stop_reason);
+    if (mb->stopped_by_caller() && r.ok()) r = when_stopped(std::move(*r), mb->last_reason());
     if (record && !opts_.recorders.empty()) record(ex->call, ex->ro, r);
     if (thrown) std::rethrow_exception(thrown);
     if (hook_thrown) std::rethrow_exception(hook_thrown);
@@ -1217,7 +1280,9 @@ class TaotokenClient::Impl {
         "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
           ChunkCallback relay;
           if (on_chunk)
-            relay = [mb, &on_chunk](const ChatCompletionChunk& c) {
+            relay = [mb, &on_chunk, caller = std::this_thread::get_id()](const ChatCompletionChunk& c) {
+              // This thread drives the loop: no hand-over, call it now.
+              if (std::this_thread::get_id() == caller) return mb->run_direct([&] { return on_chunk(c); });
               if (mb->stopped()) return false;
               mb->push([&on_chunk, c] { return on_chunk(c); });
               return true;
@@ -1239,13 +1304,23 @@ class TaotokenClient::Impl {
         "the sink stopped the stream", [&](const std::shared_ptr<Mailbox>& mb) {
           ForwardSink relay;
           if (sink.on_start)
-            relay.on_start = [mb, &sink](int status, const std::vector<Header>& headers) {
+            relay.on_start = [mb, &sink, caller = std::this_thread::get_id()](int status,
+                                                                            const std::vector<Header>& headers) {
+              if (std::this_thread::get_id() == caller) {
+                mb->run_direct([&] {
+                  sink.on_start(status, headers);
+                  return true;
+                });
+                return;
+              }
               mb->push([&sink, status, headers] {
                 sink.on_start(status, headers);
                 return true;
               });
             };
-          relay.on_data = [mb, &sink](std::string_view bytes) {
+          relay.on_data = [mb, &sink, caller = std::this_thread::get_id()](std::string_view bytes) {
+            if (std::this_thread::get_id() == caller)
+              return !sink.on_data || mb->run_direct([&] { return sink.on_data(bytes); });
             if (mb->stopped()) return false;
             if (sink.on_data) mb->push([&sink, data = std::string(bytes)] { return sink.on_data(data); });
             return true;

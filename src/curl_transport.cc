@@ -8,7 +8,9 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <queue>
@@ -322,32 +324,105 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   }
 
   void launch(const std::shared_ptr<Impl>& self) {
-    thread_ = std::thread([self] {
+    std::promise<void> started;
+    auto ready = started.get_future();
+    thread_ = std::thread([self, &started] {
       ::pthread_setname_np(::pthread_self(), "taotoken-loop");
+      self->thread_id_ = std::this_thread::get_id();
+      started.set_value();
       self->run();
     });
-    thread_id_ = thread_.get_id();
+    ready.wait();  // thread_id_ is set before anyone can ask
   }
 
   bool post(std::function<void()> fn) {
     bool wake = false;
+    std::thread::id driver;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_) return false;
       wake = posted_.empty();
       posted_.push_back(std::move(fn));
+      driver = driver_.load();
     }
-    // The loop runs what is posted before it polls again: posting from the
-    // loop thread itself (a callback starting the next call) needs no wake-up.
-    if (wake && std::this_thread::get_id() != thread_id_) curl_multi_wakeup(multi_);
+    if (driver == std::thread::id()) {
+      drive_cv_.notify_one();  // the loop thread is parked: wake it
+    } else if (wake && driver != std::this_thread::get_id()) {
+      // The driver (the loop thread, or a caller driving its own call) may
+      // sleep in curl_multi_poll. One that posts itself runs the post before
+      // it polls again.
+      curl_multi_wakeup(multi_);
+    }
     return true;
   }
 
   bool on_loop_thread() const noexcept { return std::this_thread::get_id() == thread_id_; }
-  bool can_start_now() const noexcept { return on_loop_thread() && !in_curl_; }
+  bool is_driver() const noexcept { return driver_.load() == std::this_thread::get_id(); }
+  bool can_start_now() const noexcept { return is_driver() && !in_curl_; }
+
+  // ---- a calling thread drives the loop for its own synchronous call
+  //
+  // The loop thread parks (waits on drive_cv_, not in curl) whenever it has
+  // nothing in progress. A synchronous call arriving then need not hand its
+  // request over and wait for two thread switches: the calling thread takes
+  // the loop (the multi handle, the timers, the client's registry) and runs
+  // it until its call ends. As soon as anything else is posted (an async
+  // call, another thread's call, a cancellation) it hands the loop to the
+  // loop thread and waits like any other caller: async callbacks only ever
+  // run on the loop thread.
+
+  bool try_drive() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_ || stop_.load() || driver_.load() != std::thread::id() || !posted_.empty()) return false;
+    if (!active_.empty() || !timers_.empty()) return false;
+    driver_.store(std::this_thread::get_id());
+    return true;
+  }
+
+  // Runs the loop until done() or until the loop must go to the loop thread;
+  // `between` runs after each iteration. Returns whether done() became true
+  // while driving. The caller is not the driver afterwards.
+  bool drive_until(const std::function<bool()>& done, const std::function<void()>& between) {
+    bool finished = false;
+    for (;;) {
+      if (done()) {
+        finished = true;
+        break;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!posted_.empty() || stop_.load()) break;
+      }
+      perform_once();
+      if (between) between();
+      if (done()) {
+        finished = true;
+        break;
+      }
+      if (active_.empty() && timers_.empty()) break;  // nothing here will end the call: hand over
+      int ms = wait_ms();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!posted_.empty()) break;
+      }
+      curl_multi_poll(multi_, nullptr, 0, ms, nullptr);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!posted_.empty() || !active_.empty() || !timers_.empty() || stop_.load()) {
+      driver_.store(thread_id_);
+      drive_cv_.notify_all();
+    } else {
+      driver_.store(std::thread::id());
+    }
+    return finished;
+  }
 
   void stop() {
-    stop_.store(true);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+    }
+    drive_cv_.notify_all();
     curl_multi_wakeup(multi_);
   }
 
@@ -635,24 +710,59 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     return ms > 60000 ? 60000 : static_cast<int>(ms);
   }
 
+  // One round of libcurl work: transfers, finished transfers, due timers.
+  void perform_once() {
+    int running = 0;
+    in_curl_ = true;
+    curl_multi_perform(multi_, &running);
+    in_curl_ = false;
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi_, &left))
+      if (msg->msg == CURLMSG_DONE) on_message(msg);
+    run_timers();
+  }
+
   void run() {
-    while (!stop_.load()) {
+    const auto me = std::this_thread::get_id();
+    for (;;) {
+      {
+        // Park until there is work and nobody else drives.
+        std::unique_lock<std::mutex> lock(mu_);
+        drive_cv_.wait(lock, [&] {
+          const auto d = driver_.load();
+          if (d == me) return true;
+          if (d != std::thread::id()) return false;  // a caller drives; it hands over when done
+          if (stop_.load() || !posted_.empty()) {
+            driver_.store(me);
+            return true;
+          }
+          return false;
+        });
+        if (stop_.load()) break;
+      }
       run_posted();
-      int running = 0;
-      in_curl_ = true;
-      curl_multi_perform(multi_, &running);
-      in_curl_ = false;
-      int left = 0;
-      while (CURLMsg* msg = curl_multi_info_read(multi_, &left))
-        if (msg->msg == CURLMSG_DONE) on_message(msg);
-      run_timers();
+      perform_once();
       if (stop_.load()) break;
       int ms = wait_ms();
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!posted_.empty()) ms = 0;
+        if (!posted_.empty()) {
+          ms = 0;
+        } else if (active_.empty() && timers_.empty()) {
+          driver_.store(std::thread::id());  // nothing in progress: park
+          continue;
+        }
       }
       curl_multi_poll(multi_, nullptr, 0, ms, nullptr);
+    }
+    {
+      // Stopping (only when no caller drives: callers hold the client).
+      std::unique_lock<std::mutex> lock(mu_);
+      drive_cv_.wait(lock, [&] {
+        const auto d = driver_.load();
+        return d == me || d == std::thread::id();
+      });
+      driver_.store(me);
     }
     // Stopping: run what was posted, including what that posts in turn.
     for (;;) {
@@ -681,8 +791,12 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   std::thread thread_;
   std::thread::id thread_id_;
   std::atomic<bool> stop_{false};
-  bool in_curl_ = false;  // loop thread: inside a libcurl call that runs callbacks
+  bool in_curl_ = false;  // driver: inside a libcurl call that runs callbacks
   std::mutex mu_;
+  std::condition_variable drive_cv_;  // the parked loop thread waits here
+  // Who runs the loop now: the loop thread, a calling thread, or nobody
+  // (the loop thread is parked). Changed under mu_.
+  std::atomic<std::thread::id> driver_{};
   std::vector<std::function<void()>> posted_;
   bool closed_ = false;
   // Loop thread only.
@@ -732,6 +846,11 @@ Loop::~Loop() {
 bool Loop::post(std::function<void()> fn) { return impl_->post(std::move(fn)); }
 bool Loop::on_loop_thread() const noexcept { return impl_->on_loop_thread(); }
 bool Loop::can_start_now() const noexcept { return impl_->can_start_now(); }
+bool Loop::is_driver() const noexcept { return impl_->is_driver(); }
+bool Loop::try_drive() { return impl_->try_drive(); }
+bool Loop::drive_until(const std::function<bool()>& done, const std::function<void()>& between) {
+  return impl_->drive_until(done, between);
+}
 void Loop::stop() { impl_->stop(); }
 void Loop::join() { impl_->join_or_detach(); }
 void Loop::set_exit_hook(std::function<void()> fn) { impl_->exit_hook_ = std::move(fn); }

@@ -104,9 +104,20 @@ class Loop {
   // (fn dropped) once the loop has stopped.
   bool post(std::function<void()> fn);
   bool on_loop_thread() const noexcept;
-  // On the loop thread and not inside a libcurl call (whose callbacks may
-  // not add transfers): work may be started directly instead of posted.
+  // The calling thread runs the loop right now (the loop thread, or a
+  // caller driving its own synchronous call). The loop's state (timers,
+  // transfers, the client's registry) belongs to the driver.
+  bool is_driver() const noexcept;
+  // The driver, and not inside a libcurl call (whose callbacks may not add
+  // transfers): work may be started directly instead of posted.
   bool can_start_now() const noexcept;
+  // A synchronous caller may run the loop itself while the loop thread is
+  // parked with nothing in progress: try_drive() makes it the driver (false:
+  // post and wait instead); drive_until() then runs the loop until done()
+  // (true) or until it must go back to the loop thread (false: something
+  // else was posted); either way the caller is no longer the driver after.
+  bool try_drive();
+  bool drive_until(const std::function<bool()>& done, const std::function<void()>& between);
   // Any thread: the thread leaves its loop after the current iteration;
   // pending posts are run first. Transfers still running are aborted
   // (their Done is not called). Idempotent.
@@ -118,7 +129,7 @@ class Loop {
   // and every posted function ran. Set before stop().
   void set_exit_hook(std::function<void()> fn);
 
-  // ---- loop thread only
+  // ---- the driver only
   Id add_timer(std::chrono::steady_clock::time_point at, std::function<void()> fn);
   void cancel_timer(Id id) noexcept;
   // Starts a transfer; `request` must stay valid until `done` runs. `done`

@@ -3,6 +3,7 @@
 // every stage, shutdown with calls in flight, retries that wait on timers,
 // the in-flight cap and the callback executor.
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -20,6 +21,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "sim_fixture.h"
@@ -559,4 +561,66 @@ TEST_CASE("a synchronous call from a loop callback fails fast instead of deadloc
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().kind() == ErrorKind::invalid_argument);
   CHECK_THAT(r.error().message(), Catch::Contains("_async"));
+}
+
+namespace {
+std::string this_thread_name() {
+  char name[32] = {0};
+  ::pthread_getname_np(::pthread_self(), name, sizeof name);
+  return name;
+}
+}  // namespace
+
+TEST_CASE("a sync call driving the idle loop hands it over when async work arrives") {
+  // A lone synchronous call runs the loop on its own thread (no hand-over);
+  // an async call posted meanwhile must still complete on the loop thread,
+  // and both get their results.
+  SimFixture f;
+  sim::Fault slow;
+  slow.delay = 300ms;
+  slow.session = "sync";
+  f.sim.push_fault(slow);
+  auto client = f.client();
+  RequestOptions sync_ro;
+  sync_ro.headers.emplace_back("X-Sim-Session", "sync");
+  // (Catch assertions stay on this thread.)
+  bool in_flight = false, async_ok = false;
+  std::string async_thread;
+  std::thread other([&] {
+    in_flight = eventually([&] { return f.sim.request_count() == 1; });  // the sync call is in flight
+    std::promise<std::pair<bool, std::string>> p;
+    client.chat_async(SimFixture::ask("async meanwhile"), [&](Result<ChatCompletion> r) {
+      p.set_value({r.ok() && r->text() == "Echo: async meanwhile", this_thread_name()});
+    });
+    std::tie(async_ok, async_thread) = p.get_future().get();
+  });
+  auto r = client.chat(SimFixture::ask("sync first"), sync_ro);
+  other.join();
+  CHECK(in_flight);
+  CHECK(async_ok);
+  CHECK(async_thread == "taotoken-loop");
+  REQUIRE(r.ok());
+  CHECK(r->text() == "Echo: sync first");
+  // And the loop still serves both kinds afterwards.
+  CHECK(client.chat(SimFixture::ask("again")).ok());
+  CHECK(client.chat_async(SimFixture::ask("again async")).get().ok());
+}
+
+TEST_CASE("async completion callbacks run on the loop thread, sync stream callbacks on the caller's") {
+  SimFixture f;
+  auto client = f.client();
+  const auto caller = std::this_thread::get_id();
+  bool chunks_on_caller = true;
+  int chunks = 0;
+  auto r = client.chat_stream(SimFixture::ask("where am I"), [&](const ChatCompletionChunk&) {
+    chunks_on_caller = chunks_on_caller && std::this_thread::get_id() == caller;
+    ++chunks;
+    return true;
+  });
+  REQUIRE(r.ok());
+  CHECK(chunks > 0);
+  CHECK(chunks_on_caller);
+  std::promise<std::string> where;
+  client.chat_async(SimFixture::ask("and now"), [&](Result<ChatCompletion>) { where.set_value(this_thread_name()); });
+  CHECK(where.get_future().get() == "taotoken-loop");
 }
