@@ -469,6 +469,12 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     if (easy.url != request.url) {
       curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
       easy.url = request.url;
+      // Over TLS a new transfer waits for a connection being set up to
+      // learn whether it speaks HTTP/2 (then it multiplexes on it) instead
+      // of opening one connection per transfer of a burst.
+      const bool tls = request.url.size() > 8 && (request.url.compare(0, 8, "https://") == 0 ||
+                                                   request.url.compare(0, 8, "HTTPS://") == 0);
+      curl_easy_setopt(h, CURLOPT_PIPEWAIT, tls ? 1L : 0L);
     }
     easy.transfer = &t;
     easy.active = a.get();

@@ -624,3 +624,48 @@ TEST_CASE("async completion callbacks run on the loop thread, sync stream callba
   client.chat_async(SimFixture::ask("and now"), [&](Result<ChatCompletion>) { where.set_value(this_thread_name()); });
   CHECK(where.get_future().get() == "taotoken-loop");
 }
+
+TEST_CASE("sync and async calls share one connection pool") {
+  SimFixture f;
+  auto client = f.client();
+  REQUIRE(client.chat(SimFixture::ask("sync")).ok());
+  REQUIRE(client.chat_async(SimFixture::ask("async")).get().ok());
+  REQUIRE(client.chat(SimFixture::ask("sync again")).ok());
+  std::promise<bool> streamed;
+  client.chat_stream_async(SimFixture::ask("async stream"), nullptr,
+                           [&](Result<ChatCompletion> r) { streamed.set_value(r.ok()); });
+  REQUIRE(streamed.get_future().get());
+  const auto reqs = f.sim.requests();
+  REQUIRE(reqs.size() == 4);
+  for (const auto& q : reqs) CHECK(q.connection_id == reqs.front().connection_id);  // one kept-alive connection
+}
+
+TEST_CASE("max_connections_per_host caps the connections to the upstream") {
+  SimFixture f;
+  auto o = f.options();
+  o.max_connections_per_host = 2;
+  TaotokenClient client(o);
+  std::vector<std::future<Result<ChatCompletion>>> calls;
+  for (int i = 0; i < 20; ++i) calls.push_back(client.chat_async(SimFixture::ask("capped " + std::to_string(i))));
+  for (int i = 0; i < 20; ++i) {
+    auto r = calls[static_cast<std::size_t>(i)].get();
+    REQUIRE(r.ok());
+    CHECK(r->text() == "Echo: capped " + std::to_string(i));
+  }
+  std::set<std::uint64_t> connections;
+  for (const auto& q : f.sim.requests()) connections.insert(q.connection_id);
+  CHECK(connections.size() <= 2);
+
+  // Without the cap the same burst opens more than two.
+  SimFixture g;
+  auto client2 = g.client();
+  sim::Fault slow;
+  slow.delay = 100ms;  // so the burst overlaps
+  g.sim.set_fault(slow);
+  std::vector<std::future<Result<ChatCompletion>>> more;
+  for (int i = 0; i < 20; ++i) more.push_back(client2.chat_async(SimFixture::ask("free")));
+  for (auto& m : more) REQUIRE(m.get().ok());
+  std::set<std::uint64_t> free_connections;
+  for (const auto& q : g.sim.requests()) free_connections.insert(q.connection_id);
+  CHECK(free_connections.size() > 2);
+}
