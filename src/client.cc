@@ -462,6 +462,7 @@ class TaotokenClient::Impl {
     GiveUp give_up;
     Record record;
     Finish finish;
+    std::function<void(Result<T>)> on_done;  // async calls: instead of finish
     std::optional<Error> pre_error;  // the call cannot be sent: fail at admission
     Call call;
     RequestOptions ro;
@@ -520,6 +521,11 @@ class TaotokenClient::Impl {
       cancel_hook_ = 0;
       if (impl_.loop_->is_driver()) impl_.on_finished(this);
       if (record && !impl_.opts_.recorders.empty()) record(call, ro, r);
+      if (on_done) {
+        const std::function<void(Result<T>)> cb = std::move(on_done);
+        impl_.deliver_async(cb, std::move(r));
+        return;
+      }
       Finish f = std::move(finish);
       f(std::move(r), user_exception_);
     }
@@ -1352,9 +1358,7 @@ class TaotokenClient::Impl {
             });
         },
         ex->call.id);
-    ex->finish = [this, on_done = std::move(on_done)](Result<T>&& r, std::exception_ptr) {
-      deliver_async(on_done, std::move(r));
-    };
+    ex->on_done = std::move(on_done);
     launch(ex);
     return handle;
   }

@@ -7,8 +7,10 @@
 #include <pthread.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <memory>
@@ -53,6 +55,10 @@ bool wanted(std::string_view name) noexcept {
     if (iequals(name, n)) return true;
   return false;
 }
+
+// simdjson's SIMDJSON_PADDING: the decoder needs this many bytes of spare
+// capacity after a body (codec.cc reserves them if they are missing).
+constexpr std::size_t kParsePadding = 64;
 
 // State of one transfer, reachable from libcurl's C callbacks. The callbacks
 // never throw: allocation failure aborts the transfer instead.
@@ -124,7 +130,11 @@ struct Transfer {
       return 0;
     }
     try {
-      t->response.body.append(data, n);
+      // Room for the JSON parser's padding too, so decoding needs no copy.
+      std::string& body = t->response.body;
+      if (body.capacity() < body.size() + n + kParsePadding)
+        body.reserve(std::max(body.size() + n + kParsePadding, 2 * body.capacity()));
+      body.append(data, n);
     } catch (...) {
       t->out_of_memory = true;
       return 0;
@@ -302,6 +312,9 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
 
   explicit Impl(TransportConfig config) : config_(std::move(config)) {
     ensure_curl_global_init();
+    for (const char* name : {"http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
+                             "NO_PROXY", "socks_proxy", "SOCKS_PROXY"})
+      if (const char* v = std::getenv(name); v && *v) env_proxy_ = true;
     multi_ = curl_multi_init();
     if (!multi_) throw Error(ErrorKind::connection, "curl_multi_init failed");
     if (config_.max_host_connections > 0)
@@ -566,7 +579,15 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-    if (!config_.proxy.empty()) curl_easy_setopt(h, CURLOPT_PROXY, config_.proxy.c_str());
+    if (!config_.proxy.empty()) {
+      curl_easy_setopt(h, CURLOPT_PROXY, config_.proxy.c_str());
+    } else if (!env_proxy_) {
+      // No proxy configured and none in the environment (checked once, when
+      // the client was made): say so, or libcurl reads five environment
+      // variables on every transfer to find out.
+      curl_easy_setopt(h, CURLOPT_PROXY, "");
+      curl_easy_setopt(h, CURLOPT_NOPROXY, "");
+    }
     if (!config_.ca_bundle.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, config_.ca_bundle.c_str());
     if (!config_.ca_path.empty()) curl_easy_setopt(h, CURLOPT_CAPATH, config_.ca_path.c_str());
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Transfer::on_body);
@@ -793,6 +814,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   static constexpr std::size_t kMaxIdleHandles = 256;
   static constexpr long kMaxIdleConnections = 256;
   TransportConfig config_;
+  bool env_proxy_ = false;  // a proxy variable was set when the client was made
   CURLM* multi_ = nullptr;
   std::thread thread_;
   std::thread::id thread_id_;

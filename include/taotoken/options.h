@@ -88,7 +88,10 @@ struct ClientOptions {
   /// `User-Agent` header.
   std::string user_agent;
   /// Proxy URL passed to libcurl (`CURLOPT_PROXY`), e.g. "http://proxy:3128".
-  /// Empty: libcurl's defaults apply (it honours `https_proxy` / `no_proxy`).
+  /// Empty: libcurl's defaults apply (it honours `https_proxy` / `no_proxy`)
+  /// when any proxy variable is set in the environment as the client is
+  /// constructed; when none is, the client uses no proxy (and libcurl skips
+  /// looking them up on every transfer).
   std::string proxy;
   /// CA bundle file (`CURLOPT_CAINFO`); empty: the system default.
   std::string ca_bundle;
