@@ -231,45 +231,12 @@ class Mailbox {
     }
   }
 
-  // Caller side, while it drives the loop itself: runs what is there now.
-  template <typename Stop, typename Resume>
-  void run_ready(Stop stop, Resume resume) {
-    std::deque<Item> batch;
-    bool was_paused = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      batch.swap(items_);
-      was_paused = paused_;
-      paused_ = false;
-    }
-    run_batch(batch, stop);
-    if (was_paused) resume();
-  }
-
   std::exception_ptr thrown() const { return thrown_; }
 
-  // Caller side, inside the transfer (this thread drives the loop): runs a
-  // callback at once. False when it asks to stop; an exception is noted and
-  // passed on (the stream's hooks turn it into the call's error).
-  template <typename F>
-  bool run_direct(F&& f) {
-    if (stopped_.load()) return false;
-    try {
-      if (f()) return true;
-      stopped_.store(true);
-      last_reason_ = stop_reason_;
-      return false;
-    } catch (const std::exception& e) {
-      thrown_ = std::current_exception();
-      stopped_.store(true);
-      last_reason_ = fmt::format("stopped by an exception from a callback: {}", e.what());
-      throw;
-    } catch (...) {
-      thrown_ = std::current_exception();
-      stopped_.store(true);
-      last_reason_ = "stopped by an exception from a callback: a non-standard exception";
-      throw;
-    }
+  // Driver side: callbacks are waiting to run.
+  bool has_items() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !items_.empty();
   }
 
   // Why the caller stopped the stream (when it did).
@@ -353,8 +320,11 @@ class ExchangeBase {
   virtual void reject(Error e) = 0;
   // Loop thread: a transfer paused by a full mailbox may go on.
   virtual void resume() = 0;
+  // Loop thread: the call now waits for a slot (its deadline keeps running).
+  virtual void on_queued() = 0;
   bool finished = false;
   bool holds_slot = false;
+  bool queued = false;
   // The client's list of live calls (loop thread only): the list owns them.
   std::shared_ptr<ExchangeBase> owner;
   ExchangeBase* prev = nullptr;
@@ -480,13 +450,31 @@ class TaotokenClient::Impl {
       }
     }
 
+    void on_queued() override {
+      auto self = this->shared_from_this();
+      timer_ = impl_.loop_->add_timer(deadline(), [self] {
+        self->timer_ = 0;
+        Error e(ErrorKind::timeout,
+                fmt::format("total deadline of {} ms exceeded while waiting for a free slot (max_in_flight {})",
+                            self->ro.timeout.value_or(self->impl_.opts_.timeout).count(),
+                            self->impl_.opts_.max_in_flight));
+        self->complete(self->impl_.finish_error(std::move(e), self->call, 0));
+      });
+    }
+
     void run() override {
       if (finished) return;
+      if (timer_) {  // the queue's deadline timer
+        impl_.loop_->cancel_timer(timer_);
+        timer_ = 0;
+      }
       const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : impl_.opts_.attempt_timeout;
       attempt_limit_ = attempt_limit;
-      deadline_ = call.start + ro.timeout.value_or(impl_.opts_.timeout);
+      deadline_ = deadline();
       attempt();
     }
+
+    Clock::time_point deadline() const { return call.start + ro.timeout.value_or(impl_.opts_.timeout); }
 
     void cancel_now(std::string reason) override {
       if (finished) return;
@@ -724,12 +712,24 @@ class TaotokenClient::Impl {
       ++in_flight_;
       op->holds_slot = true;
       op->run();
-    } else if (waiting_.size() < opts_.max_queued) {
+    } else if (queued_ < opts_.max_queued) {
+      // Calls that ended while queued leave expired entries behind; drop
+      // them before they outnumber the live ones.
+      if (waiting_.size() > 2 * queued_ + 64)
+        waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
+                                      [](const std::weak_ptr<ExchangeBase>& w) {
+                                        auto p = w.lock();
+                                        return !p || p->finished;
+                                      }),
+                       waiting_.end());
       waiting_.push_back(op);
+      op->queued = true;
+      ++queued_;
+      op->on_queued();
     } else {
       op->reject(Error(ErrorKind::overloaded,
                        fmt::format("too many calls in progress: {} running (max_in_flight) and {} waiting (max_queued)",
-                                   in_flight_, waiting_.size())));
+                                   in_flight_, queued_)));
     }
   }
 
@@ -755,17 +755,30 @@ class TaotokenClient::Impl {
   void on_finished(ExchangeBase* op) const {
     const bool freed = op->holds_slot;
     op->holds_slot = false;
+    if (op->queued) {  // ended while waiting for a slot (cancelled, deadline)
+      op->queued = false;
+      --queued_;
+    }
     std::shared_ptr<ExchangeBase> keep = unlink_live(op);  // released on return
     if (!freed) return;
     --in_flight_;
+    // One loop hands out the freed slots. A call that ends at once when it
+    // gets its slot (deadline passed, already cancelled) comes back here:
+    // that inner call only gives its slot back, so thousands of such calls
+    // do not nest thousands of frames deep.
+    if (handing_out_) return;
+    handing_out_ = true;
     while (!waiting_.empty() && (opts_.max_in_flight == 0 || in_flight_ < opts_.max_in_flight)) {
       std::shared_ptr<ExchangeBase> next = waiting_.front().lock();
       waiting_.pop_front();
       if (!next || next->finished) continue;
+      next->queued = false;
+      --queued_;
       ++in_flight_;
       next->holds_slot = true;
       next->run();
     }
+    handing_out_ = false;
   }
 
   // Loop thread, at shutdown.
@@ -1234,16 +1247,14 @@ class TaotokenClient::Impl {
       ex->complete(finish_error(std::move(*e), ex->call, 0));
     } else {
       if (!ex->pre_error && loop_->try_drive()) {
-        // The loop is idle: this thread runs it, and the callbacks between
-        // rounds (stop and resume act directly: this thread is the driver).
+        // The loop is idle: this thread runs it until the call ends or its
+        // first callbacks are due. User callbacks never run while this
+        // thread holds the loop (they may block, or wait for another call of
+        // this client): with callbacks waiting, the loop goes to the loop
+        // thread first, and they run below.
         admit(ex);
         Exchange<T>* raw = ex.get();
-        loop_->drive_until([raw] { return raw->finished; },
-                           [&] {
-                             mb->run_ready(
-                                 [&](const std::string& reason) { raw->cancel_now(reason); },
-                                 [raw] { raw->resume(); });
-                           });
+        loop_->drive_until([raw] { return raw->finished; }, [&mb] { return mb->has_items(); });
       } else {
         launch(ex);
       }
@@ -1286,9 +1297,7 @@ class TaotokenClient::Impl {
         "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
           ChunkCallback relay;
           if (on_chunk)
-            relay = [mb, &on_chunk, caller = std::this_thread::get_id()](const ChatCompletionChunk& c) {
-              // This thread drives the loop: no hand-over, call it now.
-              if (std::this_thread::get_id() == caller) return mb->run_direct([&] { return on_chunk(c); });
+            relay = [mb, &on_chunk](const ChatCompletionChunk& c) {
               if (mb->stopped()) return false;
               mb->push([&on_chunk, c] { return on_chunk(c); });
               return true;
@@ -1310,23 +1319,13 @@ class TaotokenClient::Impl {
         "the sink stopped the stream", [&](const std::shared_ptr<Mailbox>& mb) {
           ForwardSink relay;
           if (sink.on_start)
-            relay.on_start = [mb, &sink, caller = std::this_thread::get_id()](int status,
-                                                                            const std::vector<Header>& headers) {
-              if (std::this_thread::get_id() == caller) {
-                mb->run_direct([&] {
-                  sink.on_start(status, headers);
-                  return true;
-                });
-                return;
-              }
+            relay.on_start = [mb, &sink](int status, const std::vector<Header>& headers) {
               mb->push([&sink, status, headers] {
                 sink.on_start(status, headers);
                 return true;
               });
             };
-          relay.on_data = [mb, &sink, caller = std::this_thread::get_id()](std::string_view bytes) {
-            if (std::this_thread::get_id() == caller)
-              return !sink.on_data || mb->run_direct([&] { return sink.on_data(bytes); });
+          relay.on_data = [mb, &sink](std::string_view bytes) {
             if (mb->stopped()) return false;
             if (sink.on_data) mb->push([&sink, data = std::string(bytes)] { return sink.on_data(data); });
             return true;
@@ -1701,6 +1700,8 @@ class TaotokenClient::Impl {
   mutable ExchangeBase* live_head_ = nullptr;
   mutable std::deque<std::weak_ptr<ExchangeBase>> waiting_;
   mutable std::size_t in_flight_ = 0;
+  mutable std::size_t queued_ = 0;       // live calls in waiting_
+  mutable bool handing_out_ = false;     // on_finished is handing out slots
   mutable std::atomic<bool> shutting_down_{false};
 };
 

@@ -81,6 +81,7 @@ struct Transfer {
   CURL* handle = nullptr;
   int streaming = -1;  // -1 undecided, 0 collecting, 1 handing bytes to on_data
   bool sink_stopped = false;
+  bool paused = false;  // the sink asked to pause: not the server's silence
   std::size_t streamed = 0;
   const char* errbuf = "";  // the handle's CURLOPT_ERRORBUFFER
 
@@ -111,6 +112,7 @@ struct Transfer {
       // The sink never throws (the client wraps user callbacks).
       switch (t->request->on_data(std::string_view(data, n))) {
         case DataAction::pause:
+          t->paused = true;
           return CURL_WRITEFUNC_PAUSE;
         case DataAction::stop:
           t->sink_stopped = true;
@@ -298,7 +300,6 @@ struct Active {
   Slist headers;
   Loop::Done done;
   Loop::Id watchdog = 0;  // timer for first-byte / idle / completion checks
-  bool paused = false;
 };
 
 constexpr std::chrono::milliseconds kCompleteGrace{50};
@@ -392,10 +393,10 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     return true;
   }
 
-  // Runs the loop until done() or until the loop must go to the loop thread;
-  // `between` runs after each iteration. Returns whether done() became true
-  // while driving. The caller is not the driver afterwards.
-  bool drive_until(const std::function<bool()>& done, const std::function<void()>& between) {
+  // Runs the loop until done(), until stop_when() says so after a round,
+  // or until the loop must go to the loop thread. Returns whether done()
+  // became true while driving. The caller is not the driver afterwards.
+  bool drive_until(const std::function<bool()>& done, const std::function<bool()>& stop_when) {
     bool finished = false;
     for (;;) {
       if (done()) {
@@ -407,11 +408,11 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
         if (!posted_.empty() || stop_.load()) break;
       }
       perform_once();
-      if (between) between();
       if (done()) {
         finished = true;
         break;
       }
+      if (stop_when && stop_when()) break;
       if (active_.empty() && timers_.empty()) break;  // nothing here will end the call: hand over
       int ms = wait_ms();
       {
@@ -447,12 +448,26 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
 
   Id add_timer(Clock::time_point at, std::function<void()> fn) {
     const Id id = ++next_id_;
-    timers_.emplace(id, std::move(fn));
+    timers_.emplace(id, Timer{at, std::move(fn)});
     heap_.emplace(at, id);
     return id;
   }
 
-  void cancel_timer(Id id) noexcept { timers_.erase(id); }
+  // Cancelled timers leave their heap entry behind (found stale when it
+  // comes up); the heap is rebuilt before they outnumber the live ones, so
+  // it does not grow with request rate x timeout.
+  void cancel_timer(Id id) noexcept {
+    timers_.erase(id);
+    if (heap_.size() > 2 * timers_.size() + 64) {
+      try {
+        std::vector<HeapEntry> live;
+        live.reserve(timers_.size());
+        for (const auto& [tid, t] : timers_) live.emplace_back(t.at, tid);
+        heap_ = decltype(heap_)(std::greater<HeapEntry>(), std::move(live));
+      } catch (...) {  // out of memory: keep the stale entries
+      }
+    }
+  }
 
   Id start(const HttpRequest& request, Done done) {
     const Id id = ++next_id_;
@@ -555,6 +570,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     auto it = active_.find(id);
     if (it == active_.end()) return;
     Active& a = *it->second;
+    a.t.paused = false;
     a.t.last_activity = Clock::now();  // a slow consumer is not an idle server
     in_curl_ = true;  // unpausing may deliver data (callbacks) right here
     curl_easy_pause(a.easy->handle.get(), CURLPAUSE_CONT);
@@ -671,7 +687,8 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
       if (!at || p < *at) at = p;
     };
     if (t.first_byte_timeout.count() > 0 && !t.got_first_byte) earliest(t.started + t.first_byte_timeout);
-    if (t.idle_timeout.count() > 0) earliest(t.last_activity + t.idle_timeout);
+    if (t.idle_timeout.count() > 0)
+      earliest((t.paused ? Clock::now() : t.last_activity) + t.idle_timeout);  // paused: not idle
     if (t.complete_seen) earliest(t.last_activity + kCompleteGrace);
     if (a.watchdog) cancel_timer(a.watchdog);
     a.watchdog = 0;
@@ -691,7 +708,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     if (t.first_byte_timeout.count() > 0 && !t.got_first_byte && now - t.started >= t.first_byte_timeout) {
       t.first_byte_expired = true;
       expire = true;
-    } else if (t.idle_timeout.count() > 0 && now - t.last_activity >= t.idle_timeout && !a.paused) {
+    } else if (t.idle_timeout.count() > 0 && now - t.last_activity >= t.idle_timeout && !t.paused) {
       t.idle_expired = true;
       expire = true;
     } else if (t.complete_seen && now - t.last_activity >= kCompleteGrace) {
@@ -712,7 +729,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
       heap_.pop();
       auto it = timers_.find(id);
       if (it == timers_.end()) continue;  // cancelled
-      std::function<void()> fn = std::move(it->second);
+      std::function<void()> fn = std::move(it->second.fn);
       timers_.erase(it);
       fn();
     }
@@ -831,7 +848,11 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   Id next_id_ = 0;
   using HeapEntry = std::pair<Clock::time_point, Id>;
   std::priority_queue<HeapEntry, std::vector<HeapEntry>, std::greater<HeapEntry>> heap_;
-  std::unordered_map<Id, std::function<void()>> timers_;
+  struct Timer {
+    Clock::time_point at;
+    std::function<void()> fn;
+  };
+  std::unordered_map<Id, Timer> timers_;
   std::unordered_map<Id, std::unique_ptr<Active>> active_;
   std::vector<std::unique_ptr<PooledEasy>> idle_;
 };
@@ -876,8 +897,8 @@ bool Loop::on_loop_thread() const noexcept { return impl_->on_loop_thread(); }
 bool Loop::can_start_now() const noexcept { return impl_->can_start_now(); }
 bool Loop::is_driver() const noexcept { return impl_->is_driver(); }
 bool Loop::try_drive() { return impl_->try_drive(); }
-bool Loop::drive_until(const std::function<bool()>& done, const std::function<void()>& between) {
-  return impl_->drive_until(done, between);
+bool Loop::drive_until(const std::function<bool()>& done, const std::function<bool()>& stop_when) {
+  return impl_->drive_until(done, stop_when);
 }
 void Loop::stop() { impl_->stop(); }
 void Loop::join() { impl_->join_or_detach(); }

@@ -114,10 +114,11 @@ class Loop {
   // A synchronous caller may run the loop itself while the loop thread is
   // parked with nothing in progress: try_drive() makes it the driver (false:
   // post and wait instead); drive_until() then runs the loop until done()
-  // (true) or until it must go back to the loop thread (false: something
-  // else was posted); either way the caller is no longer the driver after.
+  // (true), until stop_when() is true after a round, or until it must go
+  // back to the loop thread (something else was posted); either way the
+  // caller is no longer the driver after.
   bool try_drive();
-  bool drive_until(const std::function<bool()>& done, const std::function<void()>& between);
+  bool drive_until(const std::function<bool()>& done, const std::function<bool()>& stop_when);
   // Any thread: the thread leaves its loop after the current iteration;
   // pending posts are run first. Transfers still running are aborted
   // (their Done is not called). Idempotent.

@@ -669,3 +669,130 @@ TEST_CASE("max_connections_per_host caps the connections to the upstream") {
   for (const auto& q : g.sim.requests()) free_connections.insert(q.connection_id);
   CHECK(free_connections.size() > 2);
 }
+
+// ---- found in review: callbacks, queues and deadlines
+
+TEST_CASE("a sync stream's callback may make other calls of the same client") {
+  SimFixture f;
+  auto client = f.client();
+  std::string words;
+  for (int i = 0; i < 30; ++i) words += "w" + std::to_string(i) + " ";
+  int nested_ok = 0, chunks = 0;
+  auto r = client.chat_stream(SimFixture::ask(words), [&](const ChatCompletionChunk&) {
+    if (chunks++ == 2) {
+      // A sync call and a future wait, from inside the callback: the loop
+      // is not held by this thread while callbacks run.
+      if (client.chat(SimFixture::ask("nested sync")).ok()) ++nested_ok;
+      if (client.chat_async(SimFixture::ask("nested future")).get().ok()) ++nested_ok;
+    }
+    return true;
+  });
+  REQUIRE(r.ok());
+  CHECK(nested_ok == 2);
+}
+
+TEST_CASE("a pull stream whose consumer makes another call mid-stream does not hang") {
+  SimFixture f;
+  auto client = f.client();
+  std::string words;
+  for (int i = 0; i < 400; ++i) words += "w" + std::to_string(i) + " ";  // more chunks than the queue holds
+  auto stream = client.stream(SimFixture::ask(words));
+  auto first = stream.next();
+  REQUIRE(first);
+  REQUIRE(first->ok());
+  std::this_thread::sleep_for(100ms);  // let the producer fill its queue
+  auto other = client.chat(SimFixture::ask("meanwhile"));
+  REQUIRE(other.ok());
+  int rest = 0;
+  while (auto c = stream.next()) {
+    REQUIRE(c->ok());
+    ++rest;
+  }
+  CHECK(rest > 256);
+  CHECK(stream.result().ok());
+}
+
+TEST_CASE("a slow sync-stream consumer pauses the transfer without tripping the idle timeout") {
+  sim::SimulatorOptions so;
+  so.max_fragment = 4096;  // the stream arrives at once: the queue fills and the transfer pauses
+  so.max_fragment_delay = std::chrono::microseconds(0);
+  SimFixture f(so);
+  auto o = f.options();
+  o.idle_timeout = 300ms;
+  TaotokenClient client(o);
+  std::string words;
+  for (int i = 0; i < 600; ++i) words += "w" + std::to_string(i) + " ";
+  bool slept = false;
+  auto r = client.chat_stream(SimFixture::ask(words), [&](const ChatCompletionChunk&) {
+    if (!slept) {
+      slept = true;
+      std::this_thread::sleep_for(1500ms);  // the queue fills up and the transfer pauses meanwhile
+    }
+    return true;
+  });
+  INFO((r ? std::string() : r.error().describe()));
+  REQUIRE(r.ok());
+  CHECK(r->text().size() > 2000);
+}
+
+TEST_CASE("queued calls end at their deadline while the slot stays busy, thousands of them") {
+  SimFixture f;
+  auto o = f.options();
+  o.max_in_flight = 1;
+  TaotokenClient client(o);
+  sim::Fault slow;
+  slow.delay = 4s;
+  f.sim.push_fault(slow);
+  auto first = client.chat_async(SimFixture::ask("holds the slot"));
+  REQUIRE(eventually([&] { return f.sim.request_count() == 1; }));
+  constexpr int kQueued = 2000;
+  Latch latch(kQueued);
+  std::atomic<int> timeouts{0};
+  std::atomic<bool> first_done_before{false};
+  RequestOptions ro;
+  ro.timeout = 300ms;
+  for (int i = 0; i < kQueued; ++i)
+    client.chat_async(
+        SimFixture::ask("queued"),
+        [&](Result<ChatCompletion> r) {
+          if (!r && r.error().kind() == ErrorKind::timeout) ++timeouts;
+          latch.count_down();
+        },
+        ro);
+  REQUIRE(latch.wait());
+  // Their deadlines ended them while the first call still held the slot.
+  CHECK(first.wait_for(0s) == std::future_status::timeout);
+  CHECK(timeouts == kQueued);
+  REQUIRE(first.get().ok());
+  CHECK(f.sim.request_count() == 1);  // none of them was sent
+}
+
+TEST_CASE("calls cancelled while queued free their place in max_queued") {
+  SimFixture f;
+  sim::Fault hold;
+  hold.hold_until_requests = 1000000;
+  f.sim.set_fault(hold);
+  auto o = f.options();
+  o.max_in_flight = 1;
+  o.max_queued = 1;
+  TaotokenClient client(o);
+  std::promise<Result<ChatCompletion>> a_done, b_done, c_done;
+  auto a = client.chat_async(SimFixture::ask("a"), [&](Result<ChatCompletion> r) { a_done.set_value(std::move(r)); });
+  REQUIRE(eventually([&] { return f.sim.request_count() == 1; }));
+  auto b = client.chat_async(SimFixture::ask("b"), [&](Result<ChatCompletion> r) { b_done.set_value(std::move(r)); });
+  b.cancel();
+  auto rb = b_done.get_future().get();
+  REQUIRE_FALSE(rb.ok());
+  CHECK(rb.error().kind() == ErrorKind::cancelled);
+  // b's place is free again: c waits in the queue instead of being refused.
+  auto c = client.chat_async(SimFixture::ask("c"), [&](Result<ChatCompletion> r) { c_done.set_value(std::move(r)); });
+  auto cf = c_done.get_future();
+  CHECK(cf.wait_for(200ms) == std::future_status::timeout);  // queued, not refused (refusal is immediate)
+  c.cancel();
+  auto rc = cf.get();
+  REQUIRE_FALSE(rc.ok());
+  CHECK(rc.error().kind() == ErrorKind::cancelled);
+  a.cancel();
+  CHECK(a_done.get_future().get().error().kind() == ErrorKind::cancelled);
+  f.sim.set_fault(std::nullopt);
+}

@@ -148,8 +148,13 @@ TEST_CASE("HTTP/2 over TLS: concurrent calls multiplex on one connection, sync c
   auto sync = client.chat(req);
   REQUIRE(sync.ok());
 
-  // nginx writes a log line when a request ends; all 21 are there by now.
-  const auto lines = server.log();
+  // nginx writes a request's log line just after sending its response:
+  // wait (bounded) for all 21.
+  auto lines = server.log();
+  for (int i = 0; i < 400 && lines.size() < 21; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    lines = server.log();
+  }
   REQUIRE(lines.size() == 21);
   std::set<std::string> connections;
   for (const auto& [conn, proto] : lines) {
