@@ -185,6 +185,30 @@ class Mailbox {
     return true;
   }
   bool stopped() const noexcept { return stopped_.load(); }
+  // Queues a chunk for `cb`. The chunk is copied into a pooled object whose
+  // strings keep their capacity from earlier chunks, and the item fits in
+  // std::function's inline storage: no allocation per chunk once warm.
+  void push_chunk(const ChatCompletionChunk& c, const ChunkCallback* cb) {
+    PooledChunk* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_chunks_.empty()) {
+        p = free_chunks_.back();
+        free_chunks_.pop_back();
+      } else {
+        chunks_.push_back(std::make_unique<PooledChunk>());
+        p = chunks_.back().get();
+        p->owner = this;
+      }
+    }
+    p->chunk = c;
+    push([cb, p] {
+      const bool go_on = (*cb)(p->chunk);
+      p->owner->recycle(p);
+      return go_on;
+    });
+  }
+
   // Queues an item without waking the caller: kick() does, once per batch
   // of bytes decoded (a wake-up per chunk would bounce between the two
   // threads on every chunk).
@@ -232,6 +256,27 @@ class Mailbox {
   }
 
   std::exception_ptr thrown() const { return thrown_; }
+
+  // Caller side, between rounds it drove itself: runs what is there now.
+  template <typename Stop, typename Resume>
+  void run_ready(Stop stop, Resume resume) {
+    std::deque<Item> batch;
+    bool was_paused = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      batch.swap(items_);
+      was_paused = paused_;
+      paused_ = false;
+    }
+    run_batch(batch, stop);
+    if (was_paused) resume();
+  }
+
+  // The call's result is in (close() ran).
+  bool closed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closed_;
+  }
 
   // Driver side: callbacks are waiting to run.
   bool has_items() {
@@ -281,6 +326,17 @@ class Mailbox {
   std::string stop_reason_;
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
+
+  struct PooledChunk {
+    ChatCompletionChunk chunk;
+    Mailbox* owner = nullptr;
+  };
+  void recycle(PooledChunk* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_chunks_.push_back(p);
+  }
+  std::vector<std::unique_ptr<PooledChunk>> chunks_;  // every chunk object (under mu_)
+  std::vector<PooledChunk*> free_chunks_;             // those not queued (under mu_)
 };
 
 // Where a synchronous call waits for its result.
@@ -1247,14 +1303,28 @@ class TaotokenClient::Impl {
       ex->complete(finish_error(std::move(*e), ex->call, 0));
     } else {
       if (!ex->pre_error && loop_->try_drive()) {
-        // The loop is idle: this thread runs it until the call ends or its
-        // first callbacks are due. User callbacks never run while this
-        // thread holds the loop (they may block, or wait for another call of
-        // this client): with callbacks waiting, the loop goes to the loop
-        // thread first, and they run below.
+        // The loop is idle: this thread runs it until the call ends or
+        // callbacks are due. User callbacks never run while this thread
+        // holds the loop (they may block, or wait for another call of this
+        // client): it lets go of the loop, runs them, and takes it back if
+        // nobody else did meanwhile (anything posted meanwhile wakes the
+        // loop thread, which then carries on with this call too).
         admit(ex);
         Exchange<T>* raw = ex.get();
-        loop_->drive_until([raw] { return raw->finished; }, [&mb] { return mb->has_items(); });
+        std::weak_ptr<detail::Loop> weak_loop = loop_;
+        for (bool driving = true; driving;) {
+          loop_->drive_until([raw] { return raw->finished; }, [&mb] { return mb->has_items(); });
+          mb->run_ready(
+              [&](const std::string& reason) {
+                std::shared_ptr<ExchangeBase> base = ex;
+                if (auto l = weak_loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
+              },
+              [&] {
+                std::shared_ptr<ExchangeBase> base = ex;
+                if (auto l = weak_loop.lock()) l->post([base] { base->resume(); });
+              });
+          driving = !mb->closed() && loop_->try_drive(/*resume=*/true);
+        }
       } else {
         launch(ex);
       }
@@ -1299,7 +1369,7 @@ class TaotokenClient::Impl {
           if (on_chunk)
             relay = [mb, &on_chunk](const ChatCompletionChunk& c) {
               if (mb->stopped()) return false;
-              mb->push([&on_chunk, c] { return on_chunk(c); });
+              mb->push_chunk(c, &on_chunk);
               return true;
             };
           return make_chat_stream(

@@ -385,10 +385,10 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   // loop thread and waits like any other caller: async callbacks only ever
   // run on the loop thread.
 
-  bool try_drive() {
+  bool try_drive(bool resume) {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_ || stop_.load() || driver_.load() != std::thread::id() || !posted_.empty()) return false;
-    if (!active_.empty() || !timers_.empty()) return false;
+    if (!resume && (!active_.empty() || !timers_.empty())) return false;
     driver_.store(std::this_thread::get_id());
     return true;
   }
@@ -398,6 +398,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   // became true while driving. The caller is not the driver afterwards.
   bool drive_until(const std::function<bool()>& done, const std::function<bool()>& stop_when) {
     bool finished = false;
+    bool stopped = false;
     for (;;) {
       if (done()) {
         finished = true;
@@ -412,7 +413,10 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
         finished = true;
         break;
       }
-      if (stop_when && stop_when()) break;
+      if (stop_when && stop_when()) {
+        stopped = true;
+        break;
+      }
       if (active_.empty() && timers_.empty()) break;  // nothing here will end the call: hand over
       int ms = wait_ms();
       {
@@ -422,7 +426,12 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
       curl_multi_poll(multi_, nullptr, 0, ms, nullptr);
     }
     std::lock_guard<std::mutex> lock(mu_);
-    if (!posted_.empty() || !active_.empty() || !timers_.empty() || stop_.load()) {
+    // Stopped by stop_when() with nothing else waiting: the caller means to
+    // come back (try_drive(true)) after running its callbacks, so the loop
+    // is left undriven for that moment instead of waking the loop thread;
+    // anything posted meanwhile wakes it (post() sees no driver).
+    const bool leave_parked = stopped && posted_.empty() && !stop_.load();
+    if (!leave_parked && (!posted_.empty() || !active_.empty() || !timers_.empty() || stop_.load())) {
       driver_.store(thread_id_);
       drive_cv_.notify_all();
     } else {
@@ -896,7 +905,7 @@ bool Loop::post(std::function<void()> fn) { return impl_->post(std::move(fn)); }
 bool Loop::on_loop_thread() const noexcept { return impl_->on_loop_thread(); }
 bool Loop::can_start_now() const noexcept { return impl_->can_start_now(); }
 bool Loop::is_driver() const noexcept { return impl_->is_driver(); }
-bool Loop::try_drive() { return impl_->try_drive(); }
+bool Loop::try_drive(bool resume) { return impl_->try_drive(resume); }
 bool Loop::drive_until(const std::function<bool()>& done, const std::function<bool()>& stop_when) {
   return impl_->drive_until(done, stop_when);
 }

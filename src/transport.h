@@ -116,8 +116,13 @@ class Loop {
   // post and wait instead); drive_until() then runs the loop until done()
   // (true), until stop_when() is true after a round, or until it must go
   // back to the loop thread (something else was posted); either way the
-  // caller is no longer the driver after.
-  bool try_drive();
+  // caller is no longer the driver after. Stopped by stop_when() with
+  // nothing else waiting, the loop is left undriven (not handed over): the
+  // caller runs its callbacks and takes it again with try_drive(true), or
+  // the loop thread does as soon as anything is posted.
+  // try_drive(true): also while transfers are in progress, for a caller
+  // that left the loop undriven to run its callbacks (see drive_until).
+  bool try_drive(bool resume = false);
   bool drive_until(const std::function<bool()>& done, const std::function<bool()>& stop_when);
   // Any thread: the thread leaves its loop after the current iteration;
   // pending posts are run first. Transfers still running are aborted
