@@ -240,13 +240,6 @@ int run_streams(const std::string& base_url, long streams) {
   std::exit(2);
 }
 
-long parse_count(const char* s) {
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (!end || *end || v <= 0 || v > 10000000) usage();
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,11 +250,11 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (a == "--base-url" && has_value) base_url = argv[++i];
     else if (a == "--status-url" && has_value) status_url = argv[++i];
-    else if (a == "--rounds" && has_value) rounds = parse_count(argv[++i]);
-    else if (a == "--requests" && has_value) requests = parse_count(argv[++i]);
-    else if (a == "--warmup" && has_value) warmup = parse_count(argv[++i]);
-    else if (a == "--concurrency" && has_value) concurrency = parse_count(argv[++i]);
-    else if (a == "--streams" && has_value) streams = parse_count(argv[++i]);
+    else if (a == "--rounds" && has_value) rounds = bench::parse_count(argv[++i], usage);
+    else if (a == "--requests" && has_value) requests = bench::parse_count(argv[++i], usage);
+    else if (a == "--warmup" && has_value) warmup = bench::parse_count(argv[++i], usage);
+    else if (a == "--concurrency" && has_value) concurrency = bench::parse_count(argv[++i], usage);
+    else if (a == "--streams" && has_value) streams = bench::parse_count(argv[++i], usage);
     else if (a == "--only" && has_value) only = argv[++i];
     else usage();
   }

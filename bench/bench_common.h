@@ -29,6 +29,18 @@ inline size_t append_body(char* data, size_t size, size_t nmemb, void* user) {
   return size * nmemb;
 }
 
+// A count from the command line (1 to 10,000,000); anything else calls
+// `usage` (which exits).
+inline long parse_count(const char* s, void (*usage)()) {
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  if (!end || *end || v <= 0 || v > 10000000) {
+    usage();
+    std::exit(2);
+  }
+  return v;
+}
+
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();

@@ -100,13 +100,6 @@ struct Config {
   std::exit(2);
 }
 
-long parse_count(const char* s) {
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (!end || *end || v <= 0 || v > 10000000) usage();
-  return v;
-}
-
 [[noreturn]] void fail(const std::string& message) {
   std::fprintf(stderr, "taotoken_bench_recorders: %s\n", message.c_str());
   std::exit(1);
@@ -220,9 +213,9 @@ int main(int argc, char** argv) {
     else if (a == "--dir" && has_value) dir = argv[++i];
     else if (a == "--pg" && has_value) pg = argv[++i];
     else if (a == "--configs" && has_value) configs_arg = argv[++i];
-    else if (a == "--rounds" && has_value) rounds = parse_count(argv[++i]);
-    else if (a == "--requests" && has_value) requests = parse_count(argv[++i]);
-    else if (a == "--warmup" && has_value) warmup = parse_count(argv[++i]);
+    else if (a == "--rounds" && has_value) rounds = bench::parse_count(argv[++i], usage);
+    else if (a == "--requests" && has_value) requests = bench::parse_count(argv[++i], usage);
+    else if (a == "--warmup" && has_value) warmup = bench::parse_count(argv[++i], usage);
     else if ((a == "--worker-cpu" || a == "--pg-backend-cpu") && has_value) {
       char* end = nullptr;
       const long cpu = std::strtol(argv[++i], &end, 10);

@@ -151,13 +151,6 @@ bool check_same_body(const std::string& raw_body, const taotoken::ChatRequest& r
   std::exit(2);
 }
 
-long parse_count(const char* s) {
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (!end || *end || v <= 0 || v > 10000000) usage();
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,11 +173,11 @@ int main(int argc, char** argv) {
       only = argv[++i];
       if (only != "raw" && only != "chat") usage();
     } else if (a == "--rounds" && has_value) {
-      rounds = parse_count(argv[++i]);
+      rounds = bench::parse_count(argv[++i], usage);
     } else if (a == "--requests" && has_value) {
-      requests = parse_count(argv[++i]);
+      requests = bench::parse_count(argv[++i], usage);
     } else if (a == "--warmup" && has_value) {
-      warmup = parse_count(argv[++i]);
+      warmup = bench::parse_count(argv[++i], usage);
     } else {
       usage();
     }

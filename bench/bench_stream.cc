@@ -509,13 +509,6 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
   std::exit(2);
 }
 
-long parse_count(const char* s) {
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (!end || *end || v <= 0 || v > 10000000) usage();
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -538,19 +531,19 @@ int main(int argc, char** argv) {
       only = argv[++i];
       if (only != "raw" && only != "chat") usage();
     } else if (a == "--rounds" && has_value) {
-      rounds = parse_count(argv[++i]);
+      rounds = bench::parse_count(argv[++i], usage);
     } else if (a == "--requests" && has_value) {
-      requests = parse_count(argv[++i]);
+      requests = bench::parse_count(argv[++i], usage);
     } else if (a == "--warmup" && has_value) {
-      warmup = parse_count(argv[++i]);
+      warmup = bench::parse_count(argv[++i], usage);
     } else if (a == "--decode") {
       decode = true;
     } else if (a == "--decode-mib" && has_value) {
-      decode_mib = parse_count(argv[++i]);
+      decode_mib = bench::parse_count(argv[++i], usage);
     } else if (a == "--decode-chunk" && has_value) {
-      decode_chunk = parse_count(argv[++i]);
+      decode_chunk = bench::parse_count(argv[++i], usage);
     } else if (a == "--decode-passes" && has_value) {
-      decode_passes = parse_count(argv[++i]);
+      decode_passes = bench::parse_count(argv[++i], usage);
     } else {
       usage();
     }

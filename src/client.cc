@@ -249,7 +249,7 @@ class Mailbox {
         was_paused = paused_;
         paused_ = false;
       }
-      if (batch.empty()) return thrown_;
+      if (batch.empty()) return std::move(thrown_);  // the mailbox may die on another thread: keep no copy
       run_batch(batch, stop);
       if (was_paused) resume();
     }
@@ -571,7 +571,7 @@ class TaotokenClient::Impl {
         return;
       }
       Finish f = std::move(finish);
-      f(std::move(r), user_exception_);
+      f(std::move(r), std::move(user_exception_));  // no copy left here: this object may die on another thread
     }
 
    private:
@@ -1254,7 +1254,7 @@ class TaotokenClient::Impl {
     SyncWait<T> wait;
     std::exception_ptr thrown;
     ex->finish = [&wait, &thrown](Result<T>&& r, std::exception_ptr e) {
-      thrown = e;
+      thrown = std::move(e);
       wait.set(std::move(r));
     };
     if (auto e = reentry_error()) {
@@ -1295,7 +1295,7 @@ class TaotokenClient::Impl {
     std::exception_ptr hook_thrown;
     ex->finish = [mb, &out, &hook_thrown](Result<T>&& r, std::exception_ptr e) {
       out.emplace(std::move(r));
-      hook_thrown = e;
+      hook_thrown = std::move(e);
       mb->close();
     };
     std::exception_ptr thrown;

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "local_server.h"
 #include "taotoken/taotoken.h"
 
 extern char** environ;
@@ -30,28 +31,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-bool can_connect(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(fd);
-  return ok;
-}
 
 std::string nginx_binary() {
   for (const char* p : {"/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"})
@@ -72,12 +51,8 @@ struct H2Server {
     fs::create_directories(dir);
     fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                              fs::perms::others_read | fs::perms::others_exec);
-    const std::string gen = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-                            "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout '" +
-                            (dir / "key.pem").string() + "' -out '" + (dir / "cert.pem").string() +
-                            "' >/dev/null 2>&1";
-    REQUIRE(std::system(gen.c_str()) == 0);
-    port = free_port();
+    REQUIRE(test_support::make_self_signed_cert(dir));
+    port = test_support::free_port();
     const std::string d = dir.string();
     std::ofstream(dir / "nginx.conf")
         << "worker_processes 1;\ndaemon off;\npid " << d << "/nginx.pid;\nerror_log " << d << "/error.log warn;\n"
@@ -93,9 +68,9 @@ struct H2Server {
                                "/nginx.conf' -e '" + d + "/error.log' >/dev/null 2>&1";
     const char* argv[] = {"/bin/sh", "-c", script.c_str(), nullptr};
     REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
-    for (int i = 0; i < 200 && !can_connect(port); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    for (int i = 0; i < 200 && !test_support::can_connect(port); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
     INFO("nginx did not start; is nginx-light installed (./dev installs it)? " << error_log());
-    REQUIRE(can_connect(port));
+    REQUIRE(test_support::can_connect(port));
   }
   ~H2Server() {
     ::kill(pid, SIGTERM);

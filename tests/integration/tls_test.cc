@@ -17,6 +17,7 @@
 #include <fstream>
 #include <thread>
 
+#include "local_server.h"
 #include "taotoken/taotoken.h"
 
 extern char** environ;
@@ -25,45 +26,20 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-bool can_connect(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(fd);
-  return ok;
-}
 
 struct TlsServer {
   TlsServer() {
     dir = fs::temp_directory_path() / ("taotoken-tls-" + std::to_string(::getpid()));
     fs::create_directories(dir / "v1");
     std::ofstream(dir / "v1" / "models") << R"({"object":"list","data":[{"id":"tls-model","object":"model","created":1,"owned_by":"me"}]})";
-    const std::string gen = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-                            "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout '" + (dir / "key.pem").string() +
-                            "' -out '" + (dir / "cert.pem").string() + "' >/dev/null 2>&1";
-    REQUIRE(std::system(gen.c_str()) == 0);
-    port = free_port();
+    REQUIRE(test_support::make_self_signed_cert(dir));
+    port = test_support::free_port();
     const std::string script = "cd '" + dir.string() + "' && exec timeout 120 openssl s_server -quiet -WWW -accept 127.0.0.1:" +
                                std::to_string(port) + " -cert cert.pem -key key.pem >/dev/null 2>&1";
     const char* argv[] = {"/bin/sh", "-c", script.c_str(), nullptr};
     REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
-    for (int i = 0; i < 200 && !can_connect(port); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    REQUIRE(can_connect(port));
+    for (int i = 0; i < 200 && !test_support::can_connect(port); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    REQUIRE(test_support::can_connect(port));
   }
   ~TlsServer() {
     ::kill(pid, SIGTERM);
