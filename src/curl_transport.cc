@@ -304,6 +304,64 @@ struct Active {
 
 constexpr std::chrono::milliseconds kCompleteGrace{50};
 
+// The transfers in progress, found by id without hashing or allocating per
+// transfer: an id is (generation << 32) | slot, so a stale id (a transfer
+// that ended, its slot reused) finds nothing.
+class ActiveSet {
+ public:
+  Loop::Id insert(std::unique_ptr<Active> a) {
+    std::uint32_t slot;
+    if (!free_.empty()) {
+      slot = free_.back();
+      free_.pop_back();
+    } else {
+      slot = static_cast<std::uint32_t>(slots_.size());
+      slots_.emplace_back();
+      gens_.push_back(0);
+    }
+    const Loop::Id id = (static_cast<Loop::Id>(++gens_[slot]) << 32) | slot;
+    a->id = id;
+    slots_[slot] = std::move(a);
+    ++count_;
+    return id;
+  }
+  Active* find(Loop::Id id) const noexcept {
+    const auto slot = static_cast<std::size_t>(id & 0xffffffffu);
+    if (slot >= slots_.size() || !slots_[slot] || slots_[slot]->id != id) return nullptr;
+    return slots_[slot].get();
+  }
+  std::unique_ptr<Active> take(Loop::Id id) {
+    if (!find(id)) return nullptr;
+    const auto slot = static_cast<std::uint32_t>(id & 0xffffffffu);
+    std::unique_ptr<Active> a = std::move(slots_[slot]);
+    free_.push_back(slot);
+    --count_;
+    return a;
+  }
+  bool empty() const noexcept { return count_ == 0; }
+  std::size_t size() const noexcept { return count_; }
+  template <typename F>
+  void for_each(F f) {
+    for (auto& a : slots_)
+      if (a) f(*a);
+  }
+  void clear() {
+    slots_.clear();
+    free_.clear();
+    gens_.clear();
+    count_ = 0;
+  }
+
+ private:
+  std::vector<std::unique_ptr<Active>> slots_;
+  std::vector<std::uint32_t> free_;
+  std::vector<std::uint32_t> gens_;
+  std::size_t count_ = 0;
+};
+
+// Ids of transfers that failed before they started: never a slot's id.
+constexpr Loop::Id kUnslottedId = Loop::Id{1} << 63;
+
 
 }  // namespace
 
@@ -328,10 +386,10 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   }
 
   ~Impl() {
-    for (auto& [id, a] : active_) {
-      curl_multi_remove_handle(multi_, a->easy->handle.get());
-      detach(*a);
-    }
+    active_.for_each([&](Active& a) {
+      curl_multi_remove_handle(multi_, a.easy->handle.get());
+      detach(a);
+    });
     active_.clear();
     idle_.clear();
     curl_multi_cleanup(multi_);
@@ -479,7 +537,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   }
 
   Id start(const HttpRequest& request, Done done) {
-    const Id id = ++next_id_;
+    const Id id = kUnslottedId | ++next_id_;  // until it is added
     auto a = std::make_unique<Active>();
     a->id = id;
     a->done = std::move(done);
@@ -560,25 +618,23 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
       return id;
     }
     Active& ref = *a;
-    active_.emplace(id, std::move(a));
+    const Id slotted = active_.insert(std::move(a));
     arm_watchdog(ref);
-    return id;
+    return slotted;
   }
 
   void abort(Id id, Error e) {
-    auto it = active_.find(id);
-    if (it == active_.end()) return;
-    std::unique_ptr<Active> a = std::move(it->second);
-    active_.erase(it);
+    std::unique_ptr<Active> a = active_.take(id);
+    if (!a) return;
     curl_multi_remove_handle(multi_, a->easy->handle.get());
     if (a->t.streaming == 1 && !e.http_status) e.http_status = a->t.response.status;
     end(std::move(a), std::move(e));
   }
 
   void resume(Id id) {
-    auto it = active_.find(id);
-    if (it == active_.end()) return;
-    Active& a = *it->second;
+    Active* found = active_.find(id);
+    if (!found) return;
+    Active& a = *found;
     a.t.paused = false;
     a.t.last_activity = Clock::now();  // a slow consumer is not an idle server
     in_curl_ = true;  // unpausing may deliver data (callbacks) right here
@@ -668,10 +724,8 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     if (!easy || !easy->active) return;
     auto* raw = static_cast<Active*>(easy->active);
     const CURLcode rc = msg->data.result;
-    auto it = active_.find(raw->id);
-    if (it == active_.end()) return;
-    std::unique_ptr<Active> a = std::move(it->second);
-    active_.erase(it);
+    std::unique_ptr<Active> a = active_.take(raw->id);
+    if (!a) return;
     curl_multi_remove_handle(multi_, msg->easy_handle);
     Transfer& t = a->t;
     if (rc != CURLE_OK) {
@@ -707,9 +761,9 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   }
 
   void check_watchdog(Id id) {
-    auto it = active_.find(id);
-    if (it == active_.end()) return;
-    Active& a = *it->second;
+    Active* found = active_.find(id);
+    if (!found) return;
+    Active& a = *found;
     a.watchdog = 0;
     Transfer& t = a.t;
     const auto now = Clock::now();
@@ -732,6 +786,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   }
 
   void run_timers() {
+    if (heap_.empty()) return;
     const auto now = Clock::now();
     while (!heap_.empty() && heap_.top().first <= now) {
       const Id id = heap_.top().second;
@@ -862,7 +917,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     std::function<void()> fn;
   };
   std::unordered_map<Id, Timer> timers_;
-  std::unordered_map<Id, std::unique_ptr<Active>> active_;
+  ActiveSet active_;
   std::vector<std::unique_ptr<PooledEasy>> idle_;
 };
 

@@ -98,10 +98,22 @@ void JsonlRecorder::record(const RequestRecord& record) {
   std::string line = record.to_json();
   line.push_back('\n');
   std::lock_guard<std::mutex> lock(mu_);
-  const std::string today = opts_.daily ? utc_day(opts_.now()) : day_;
-  if ((opts_.daily && today != day_ && size_ > 0) || (opts_.max_bytes > 0 && size_ > 0 && size_ + line.size() > opts_.max_bytes))
+  // The UTC day is formatted only when the clock leaves the one known
+  // (gmtime_r and strftime per record cost a measurable share of it).
+  bool new_day = false;
+  if (opts_.daily) {
+    const auto now = opts_.now();
+    if (now < day_start_ || now >= day_start_ + std::chrono::hours(24)) {
+      const std::string today = utc_day(now);
+      new_day = today != day_;
+      day_ = today;
+      const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+      const auto day_index = secs / 86400 - (secs % 86400 < 0 ? 1 : 0);
+      day_start_ = std::chrono::system_clock::time_point(std::chrono::seconds(day_index * 86400));
+    }
+  }
+  if ((new_day && size_ > 0) || (opts_.max_bytes > 0 && size_ > 0 && size_ + line.size() > opts_.max_bytes))
     rotate_locked();
-  day_ = today;
   if (!file_) {
     file_ = std::fopen(path_.c_str(), "ab");
     if (!file_) {

@@ -89,7 +89,8 @@ class JsonlRecorder final : public UsageRecorder {
   RecorderErrorHook on_error_;
   std::FILE* file_ = nullptr;
   std::size_t size_ = 0;
-  std::string day_;
+  std::string day_;  // the UTC day of the current file
+  std::chrono::system_clock::time_point day_start_{std::chrono::system_clock::time_point::max()};
   std::chrono::steady_clock::time_point last_flush_{};
 };
 
