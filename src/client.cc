@@ -824,6 +824,10 @@ class TaotokenClient::Impl {
     // do not nest thousands of frames deep.
     if (handing_out_) return;
     handing_out_ = true;
+    struct Reset {
+      bool& flag;
+      ~Reset() { flag = false; }
+    } reset{handing_out_};  // also if run() throws (bad_alloc)
     while (!waiting_.empty() && (opts_.max_in_flight == 0 || in_flight_ < opts_.max_in_flight)) {
       std::shared_ptr<ExchangeBase> next = waiting_.front().lock();
       waiting_.pop_front();
@@ -834,7 +838,6 @@ class TaotokenClient::Impl {
       next->holds_slot = true;
       next->run();
     }
-    handing_out_ = false;
   }
 
   // Loop thread, at shutdown.

@@ -319,7 +319,8 @@ class ActiveSet {
       slots_.emplace_back();
       gens_.push_back(0);
     }
-    const Loop::Id id = (static_cast<Loop::Id>(++gens_[slot]) << 32) | slot;
+    if (++gens_[slot] == 0) ++gens_[slot];  // after a wrap: never id 0 ("no transfer")
+    const Loop::Id id = (static_cast<Loop::Id>(gens_[slot]) << 32) | slot;
     a->id = id;
     slots_[slot] = std::move(a);
     ++count_;
@@ -430,7 +431,11 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
 
   bool on_loop_thread() const noexcept { return std::this_thread::get_id() == thread_id_; }
   bool is_driver() const noexcept { return driver_.load() == std::this_thread::get_id(); }
-  bool can_start_now() const noexcept { return is_driver() && !in_curl_; }
+  // Only the loop thread starts work directly: a caller driving its own
+  // call (whose hooks may start async calls) posts, and a post makes it hand
+  // the loop to the loop thread, so async work never runs on, or waits for,
+  // a caller's thread.
+  bool can_start_now() const noexcept { return on_loop_thread() && is_driver() && !in_curl_; }
 
   // ---- a calling thread drives the loop for its own synchronous call
   //

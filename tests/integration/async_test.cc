@@ -796,3 +796,51 @@ TEST_CASE("calls cancelled while queued free their place in max_queued") {
   CHECK(a_done.get_future().get().error().kind() == ErrorKind::cancelled);
   f.sim.set_fault(std::nullopt);
 }
+
+TEST_CASE("an async call started from a hook of a caller-driven sync call runs on the loop thread") {
+  // The sync stream's caller drives the idle loop; its on_retry hook starts
+  // an async call; its chunk callback then waits for that call. The async
+  // call must be driven (and completed) by the loop thread.
+  SimFixture f;
+  sim::Fault unavailable;
+  unavailable.status = 503;
+  unavailable.session = "stream";
+  unavailable.replace_body = true;
+  unavailable.body = R"({"error":{"message":"busy","type":"server_error","param":null,"code":null}})";
+  f.sim.push_fault(unavailable);
+  sim::Fault slow;
+  slow.delay = 300ms;
+  slow.session = "side";
+  f.sim.push_fault(slow);
+  auto o = f.options(/*retries=*/true);
+  o.sleep_for = [](std::chrono::milliseconds) {};
+  std::optional<TaotokenClient> client_slot;
+  std::future<Result<ChatCompletion>> side;
+  std::string side_thread;
+  o.on_retry = [&](const RetryEvent&) {
+    RequestOptions side_ro;
+    side_ro.headers.emplace_back("X-Sim-Session", "side");
+    std::promise<Result<ChatCompletion>> p;
+    side = p.get_future();
+    client_slot->chat_async(
+        SimFixture::ask("side call"),
+        [&side_thread, p = std::make_shared<std::promise<Result<ChatCompletion>>>(std::move(p))](
+            Result<ChatCompletion> r) mutable {
+          side_thread = this_thread_name();
+          p->set_value(std::move(r));
+        },
+        side_ro);
+  };
+  client_slot.emplace(o);
+  RequestOptions ro;
+  ro.headers.emplace_back("X-Sim-Session", "stream");
+  bool side_ok = false;
+  auto r = client_slot->chat_stream(SimFixture::ask("main stream"), [&](const ChatCompletionChunk&) {
+    if (side.valid()) side_ok = side.get().ok();  // waits for the side call
+    return true;
+  }, ro);
+  REQUIRE(r.ok());
+  CHECK(r->attempts == 2);
+  CHECK(side_ok);
+  CHECK(side_thread == "taotoken-loop");
+}
