@@ -895,25 +895,34 @@ class TaotokenClient::Impl {
   using ChatExchange = Exchange<ChatCompletion>;
   using RawExchange = Exchange<RawResponse>;
 
-  std::shared_ptr<ChatExchange> make_chat(const ChatRequest& request, RequestOptions ro) const {
+  // What chat() and chat_stream() share: checks, the encoded body, the
+  // request, no pass-through on giving up, the usage record.
+  std::shared_ptr<ChatExchange> new_chat_exchange(const ChatRequest& request, RequestOptions ro, bool stream) const {
     auto ex = std::make_shared<ChatExchange>(*this, std::move(ro));
     if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
-    auto body = detail::encode_chat_request(request, opts_.default_model, false);
+    auto body = stream ? detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage)
+                       : detail::encode_chat_request(request, opts_.default_model, false);
     if (!body) ex->pre_error = std::move(body.error());
     else ex->body = std::move(*body);
-    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/false, /*streaming=*/false);
+    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/false, /*streaming=*/stream);
+    ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
+    if (!opts_.recorders.empty())
+      ex->record = [this, stream, model = requested_model(request), summary = summary_of(request)](
+                       const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
+        emit(call, stream ? "chat_stream" : "chat", model, stream, o, r.ok() ? &*r : nullptr,
+             r.ok() ? nullptr : &r.error(), summary);
+      };
+    return ex;
+  }
+
+  std::shared_ptr<ChatExchange> make_chat(const ChatRequest& request, RequestOptions ro) const {
+    auto ex = new_chat_exchange(request, std::move(ro), /*stream=*/false);
     ex->interpret = [](HttpResponse& r) -> Result<ChatCompletion> {
       if (r.status < 200 || r.status >= 300) return status_error(r);
       auto decoded = detail::decode_chat_completion(r.body);
       if (!decoded) return success_status_error(std::move(decoded.error()), r);
       decoded->http_status = r.status;
       return decoded;
-    };
-    ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
-    if (!opts_.recorders.empty())
-      ex->record = [this, model = requested_model(request), summary = summary_of(request)](
-                     const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
-      emit(call, "chat", model, false, o, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(), summary);
     };
     return ex;
   }
@@ -1041,12 +1050,7 @@ class TaotokenClient::Impl {
   std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChunkCallback on_chunk,
                                                  std::function<bool()> should_pause, std::function<void()> after_data,
                                                  RequestOptions ro) const {
-    auto ex = std::make_shared<ChatExchange>(*this, std::move(ro));
-    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
-    auto body = detail::encode_chat_request(request, opts_.default_model, true, opts_.stream_include_usage);
-    if (!body) ex->pre_error = std::move(body.error());
-    else ex->body = std::move(*body);
-    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/false, /*streaming=*/true);
+    auto ex = new_chat_exchange(request, std::move(ro), /*stream=*/true);
     auto hooks = std::make_shared<ChatStreamHooks>(std::move(on_chunk), ex->call.start, opts_.max_response_bytes);
     hooks->should_pause = std::move(should_pause);
     hooks->after_data = std::move(after_data);
@@ -1059,23 +1063,29 @@ class TaotokenClient::Impl {
       if (!c) return success_status_error(std::move(c.error()), r);
       return c;
     };
-    ex->give_up = [](HttpResponse&) -> std::optional<ChatCompletion> { return std::nullopt; };
-    if (!opts_.recorders.empty())
-      ex->record = [this, model = requested_model(request), summary = summary_of(request)](
-                     const Call& call, const RequestOptions& o, const Result<ChatCompletion>& r) {
-      emit(call, "chat_stream", model, true, o, r.ok() ? &*r : nullptr, r.ok() ? nullptr : &r.error(), summary);
-    };
     return ex;
   }
 
-  std::shared_ptr<RawExchange> make_forward(std::string_view json_body, RequestOptions ro) const {
+  // What forward() and forward_stream() share: checks, the body with the
+  // default model filled in, the request, the usage record.
+  std::shared_ptr<RawExchange> new_forward_exchange(std::string_view json_body, RequestOptions ro, bool stream) const {
     auto ex = std::make_shared<RawExchange>(*this, std::move(ro));
     std::string model;
     if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
     auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
     if (!body) ex->pre_error = std::move(body.error());
     else ex->body = std::move(*body);
-    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/true, /*streaming=*/false);
+    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/true, /*streaming=*/stream);
+    if (!opts_.recorders.empty())
+      ex->record = [this, stream, model, size = json_body.size()](const Call& call, const RequestOptions& o,
+                                                                  const Result<RawResponse>& r) {
+        emit_forward(call, stream ? "forward_stream" : "forward", model, stream, o, r, size);
+      };
+    return ex;
+  }
+
+  std::shared_ptr<RawExchange> make_forward(std::string_view json_body, RequestOptions ro) const {
+    auto ex = new_forward_exchange(json_body, std::move(ro), /*stream=*/false);
     auto to_raw = [](HttpResponse& r) {
       RawResponse out;
       out.status = r.status;
@@ -1087,11 +1097,6 @@ class TaotokenClient::Impl {
     // gives up, the upstream's response is passed through as it came.
     ex->interpret = [to_raw](HttpResponse& r) { return retry_or_pass(r, to_raw); };
     ex->give_up = [to_raw](HttpResponse& r) -> std::optional<RawResponse> { return to_raw(r); };
-    if (!opts_.recorders.empty())
-      ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
-                                                        const Result<RawResponse>& r) {
-      emit_forward(call, "forward", model, false, o, r, size);
-    };
     return ex;
   }
 
@@ -1193,13 +1198,7 @@ class TaotokenClient::Impl {
                                                    std::function<bool()> should_pause,
                                                    std::function<void()> after_data,
                                                    RequestOptions ro) const {
-    auto ex = std::make_shared<RawExchange>(*this, std::move(ro));
-    std::string model;
-    if (auto e = precheck(ex->ro, ex->call)) ex->pre_error = std::move(*e);
-    auto body = detail::fill_default_model(json_body, opts_.default_model, &model);
-    if (!body) ex->pre_error = std::move(body.error());
-    else ex->body = std::move(*body);
-    prepare(*ex, HttpRequest::Method::post, chat_url_, /*passthrough=*/true, /*streaming=*/true);
+    auto ex = new_forward_exchange(json_body, std::move(ro), /*stream=*/true);
     auto hooks = std::make_shared<ForwardStreamHooks>(std::move(sink));
     hooks->should_pause = std::move(should_pause);
     hooks->after_data = std::move(after_data);
@@ -1213,11 +1212,6 @@ class TaotokenClient::Impl {
       return out;
     };
     ex->give_up = [h](HttpResponse& r) -> std::optional<RawResponse> { return h->pass_through(r); };
-    if (!opts_.recorders.empty())
-      ex->record = [this, model, size = json_body.size()](const Call& call, const RequestOptions& o,
-                                                        const Result<RawResponse>& r) {
-      emit_forward(call, "forward_stream", model, true, o, r, size);
-    };
     return ex;
   }
 
