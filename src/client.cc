@@ -184,6 +184,7 @@ class Mailbox {
     kick();
     return true;
   }
+  // The caller's callback asked to stop (or threw).
   bool stopped() const noexcept { return stopped_.load(); }
   // Queues a chunk for `cb`. The chunk is copied into a pooled object whose
   // strings keep their capacity from earlier chunks, and the item fits in
@@ -237,39 +238,15 @@ class Mailbox {
   // may go on. Returns the exception an item threw, if any.
   template <typename Stop, typename Resume>
   std::exception_ptr pump(Stop stop, Resume resume) {
-    for (;;) {
-      std::deque<Item> batch;
-      bool was_paused = false;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        waiting_ = true;
-        cv_.wait(lock, [this] { return !items_.empty() || closed_; });
-        waiting_ = false;
-        batch.swap(items_);
-        was_paused = paused_;
-        paused_ = false;
-      }
-      if (batch.empty()) return std::move(thrown_);  // the mailbox may die on another thread: keep no copy
-      run_batch(batch, stop);
-      if (was_paused) resume();
+    while (run_batch(/*wait=*/true, stop, resume)) {
     }
+    return std::move(thrown_);  // the mailbox may die on another thread: keep no copy
   }
-
-  std::exception_ptr thrown() const { return thrown_; }
 
   // Caller side, between rounds it drove itself: runs what is there now.
   template <typename Stop, typename Resume>
   void run_ready(Stop stop, Resume resume) {
-    std::deque<Item> batch;
-    bool was_paused = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      batch.swap(items_);
-      was_paused = paused_;
-      paused_ = false;
-    }
-    run_batch(batch, stop);
-    if (was_paused) resume();
+    run_batch(/*wait=*/false, stop, resume);
   }
 
   // The call's result is in (close() ran).
@@ -288,8 +265,24 @@ class Mailbox {
   const std::string& last_reason() const noexcept { return last_reason_; }
 
  private:
-  template <typename Stop>
-  void run_batch(std::deque<Item>& batch, Stop& stop) {
+  // Takes the queued items (waiting for some, or for close(), when `wait`)
+  // and runs them; false when there was nothing to run.
+  template <typename Stop, typename Resume>
+  bool run_batch(bool wait, Stop& stop, Resume& resume) {
+    std::deque<Item> batch;
+    bool was_paused = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (wait) {
+        waiting_ = true;
+        cv_.wait(lock, [this] { return !items_.empty() || closed_; });
+        waiting_ = false;
+      }
+      batch.swap(items_);
+      was_paused = paused_;
+      paused_ = false;
+    }
+    if (batch.empty()) return false;
     for (auto& item : batch) {
       if (stopped_.load()) break;
       try {
@@ -310,10 +303,11 @@ class Mailbox {
         stop(last_reason_);
       }
     }
+    if (was_paused) resume();
+    return true;
   }
 
  public:
-  bool stopped_by_caller() const noexcept { return stopped_.load(); }
 
  private:
   std::mutex mu_;
@@ -526,7 +520,6 @@ class TaotokenClient::Impl {
       }
       const auto attempt_limit = ro.attempt_timeout ? ro.attempt_timeout : impl_.opts_.attempt_timeout;
       attempt_limit_ = attempt_limit;
-      deadline_ = deadline();
       attempt();
     }
 
@@ -585,7 +578,7 @@ class TaotokenClient::Impl {
         complete(impl_.finish_error(std::move(e), call, attempt_ - 1));
         return;
       }
-      const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now());
+      const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline() - Clock::now());
       if (remaining.count() <= 0) {
         Error e(ErrorKind::timeout, fmt::format("total deadline of {} ms exceeded before attempt {}",
                                                 ro.timeout.value_or(impl_.opts_.timeout).count(), attempt_));
@@ -662,7 +655,7 @@ class TaotokenClient::Impl {
         }
         if (cancelled_ || impl_.shutting_down_.load()) retry = false;
         if (hooks && hooks->delivered()) retry = false;  // data reached the caller: never retried
-        if (retry && Clock::now() + delay >= deadline_) retry = false;  // would cross the deadline
+        if (retry && Clock::now() + delay >= deadline()) retry = false;  // would cross the deadline
         if (retry && impl_.opts_.retry_budget && !impl_.opts_.retry_budget->try_acquire(err)) retry = false;
         if (!retry) {
           if (resp) {
@@ -693,7 +686,6 @@ class TaotokenClient::Impl {
 
     const Impl& impl_;
     std::optional<std::chrono::milliseconds> attempt_limit_;
-    Clock::time_point deadline_;
     Clock::time_point sent_;
     int attempt_ = 0;
     std::vector<AttemptRecord> log_;
@@ -1295,6 +1287,17 @@ class TaotokenClient::Impl {
       hook_thrown = std::move(e);
       mb->close();
     };
+    // The caller's stop and resume reach the call through the loop (this
+    // thread does not hold it when callbacks run).
+    std::weak_ptr<detail::Loop> weak_loop = loop_;
+    auto post_stop = [&](const std::string& reason) {
+      std::shared_ptr<ExchangeBase> base = ex;
+      if (auto l = weak_loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
+    };
+    auto post_resume = [&] {
+      std::shared_ptr<ExchangeBase> base = ex;
+      if (auto l = weak_loop.lock()) l->post([base] { base->resume(); });
+    };
     std::exception_ptr thrown;
     if (auto e = reentry_error()) {
       ex->complete(finish_error(std::move(*e), ex->call, 0));
@@ -1308,37 +1311,19 @@ class TaotokenClient::Impl {
         // loop thread, which then carries on with this call too).
         admit(ex);
         Exchange<T>* raw = ex.get();
-        std::weak_ptr<detail::Loop> weak_loop = loop_;
         for (bool driving = true; driving;) {
           loop_->drive_until([raw] { return raw->finished; }, [&mb] { return mb->has_items(); });
-          mb->run_ready(
-              [&](const std::string& reason) {
-                std::shared_ptr<ExchangeBase> base = ex;
-                if (auto l = weak_loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
-              },
-              [&] {
-                std::shared_ptr<ExchangeBase> base = ex;
-                if (auto l = weak_loop.lock()) l->post([base] { base->resume(); });
-              });
+          mb->run_ready(post_stop, post_resume);
           driving = !mb->closed() && loop_->try_drive(/*resume=*/true);
         }
       } else {
         launch(ex);
       }
       // What is left (all of it, when the loop thread took over).
-      std::weak_ptr<detail::Loop> loop = loop_;
-      thrown = mb->pump(
-          [&](const std::string& reason) {
-            std::shared_ptr<ExchangeBase> base = ex;
-            if (auto l = loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
-          },
-          [&] {
-            std::shared_ptr<ExchangeBase> base = ex;
-            if (auto l = loop.lock()) l->post([base] { base->resume(); });
-          });
+      thrown = mb->pump(post_stop, post_resume);
     }
     Result<T> r = std::move(*out);
-    if (mb->stopped_by_caller() && r.ok()) r = when_stopped(std::move(*r), mb->last_reason());
+    if (mb->stopped() && r.ok()) r = when_stopped(std::move(*r), mb->last_reason());
     if (record && !opts_.recorders.empty()) record(ex->call, ex->ro, r);
     if (thrown) std::rethrow_exception(thrown);
     if (hook_thrown) std::rethrow_exception(hook_thrown);

@@ -647,7 +647,6 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     in_curl_ = false;
   }
 
-  std::size_t transfers() const noexcept { return active_.size(); }
 
  private:
   std::unique_ptr<PooledEasy> acquire() {
@@ -979,7 +978,6 @@ void Loop::cancel_timer(Id id) noexcept { impl_->cancel_timer(id); }
 Loop::Id Loop::start(const HttpRequest& request, Done done) { return impl_->start(request, std::move(done)); }
 void Loop::abort(Id id, Error e) { impl_->abort(id, std::move(e)); }
 void Loop::resume(Id id) { impl_->resume(id); }
-std::size_t Loop::transfers() const noexcept { return impl_->transfers(); }
 
 
 }  // namespace detail

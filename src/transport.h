@@ -146,7 +146,6 @@ class Loop {
   void abort(Id id, Error e);
   // Resumes a transfer paused by DataAction::pause.
   void resume(Id id);
-  std::size_t transfers() const noexcept;
 
   class Impl;
 
