@@ -52,21 +52,9 @@ class RawMulti {
   RawMulti(const std::string& url, const std::string& body, const std::string& api_key, long concurrency)
       : body_(body), slots_(static_cast<std::size_t>(concurrency)) {
     multi_ = curl_multi_init();
-    headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
-    headers_ = curl_slist_append(headers_, "Content-Type: application/json");
-    headers_ = curl_slist_append(headers_, "Accept: application/json");
-    curl_slist* extra = nullptr;
+    headers_ = bench::raw_headers(api_key, "application/json");
     for (auto& s : slots_) {
-      s.h = curl_easy_init();
-      if (!extra) headers_ = extra = bench::add_library_headers(s.h, headers_);
-      else curl_easy_setopt(s.h, CURLOPT_ACCEPT_ENCODING, "gzip");
-      curl_easy_setopt(s.h, CURLOPT_URL, url.c_str());
-      curl_easy_setopt(s.h, CURLOPT_NOSIGNAL, 1L);
-      curl_easy_setopt(s.h, CURLOPT_HTTPHEADER, headers_);
-      curl_easy_setopt(s.h, CURLOPT_POSTFIELDS, body_.data());
-      curl_easy_setopt(s.h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
-      curl_easy_setopt(s.h, CURLOPT_WRITEFUNCTION, &bench::append_body);
-      curl_easy_setopt(s.h, CURLOPT_WRITEDATA, &s.response);
+      s.h = bench::raw_easy(url, body_, headers_, &bench::append_body, &s.response);
       curl_easy_setopt(s.h, CURLOPT_PRIVATE, static_cast<void*>(&s));
       s.response.reserve(4096);
     }

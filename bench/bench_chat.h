@@ -45,14 +45,35 @@ inline taotoken::ChatRequest chat_request() {
   return req;
 }
 
-// The request headers the library sends besides those every raw program
-// sets (Authorization, Content-Type, Accept): its User-Agent, and
-// `Accept-Encoding: gzip` (compressed responses are a feature; libcurl then
-// sets up its decoder on every transfer). The raw baselines send them too,
-// so both sides put the same request on the wire (checked at start).
-inline curl_slist* add_library_headers(CURL* h, curl_slist* headers) {
+// The raw baselines' request: what a careful hand-written program sends,
+// plus what the library sends besides (its User-Agent, and
+// `Accept-Encoding: gzip`: compressed responses are a feature, and libcurl
+// sets up its decoder on every transfer), so both sides put the same request
+// on the wire (checked at start). Free the list with curl_slist_free_all.
+inline curl_slist* raw_headers(const std::string& api_key, const char* accept) {
+  curl_slist* h = curl_slist_append(nullptr, ("Authorization: Bearer " + api_key).c_str());
+  h = curl_slist_append(h, "Content-Type: application/json");
+  h = curl_slist_append(h, (std::string("Accept: ") + accept).c_str());
+  return curl_slist_append(h, "User-Agent: taotoken-cpp/" TAOTOKEN_VERSION_STRING);
+}
+
+// An easy handle with the raw baselines' options, set once: URL, headers,
+// body (`body` must outlive the handle), gzip, and NOSIGNAL (without it
+// libcurl swaps the SIGPIPE handler around every transfer, 6 rt_sigaction
+// calls per request; the library sets it too, so leaving it out would
+// handicap the raw side).
+inline CURL* raw_easy(const std::string& url, const std::string& body, curl_slist* headers,
+                      curl_write_callback on_write, void* write_data) {
+  CURL* h = curl_easy_init();
+  curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "gzip");
-  return curl_slist_append(headers, "User-Agent: taotoken-cpp/" TAOTOKEN_VERSION_STRING);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
+  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, write_data);
+  return h;
 }
 
 // A realistic non-streaming chat.completion (~750 bytes, with usage).

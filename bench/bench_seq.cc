@@ -49,21 +49,8 @@ using bench::print_head;
 class RawCurl {
  public:
   RawCurl(const std::string& url, const std::string& body, const std::string& api_key) : body_(body) {
-    h_ = curl_easy_init();
-    headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
-    headers_ = curl_slist_append(headers_, "Content-Type: application/json");
-    headers_ = curl_slist_append(headers_, "Accept: application/json");
-    headers_ = bench::add_library_headers(h_, headers_);
-    curl_easy_setopt(h_, CURLOPT_URL, url.c_str());
-    // What careful libcurl code sets (and the library sets too): without it
-    // libcurl swaps the SIGPIPE handler around every transfer (6
-    // rt_sigaction syscalls per request), which would handicap this side.
-    curl_easy_setopt(h_, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h_, CURLOPT_HTTPHEADER, headers_);
-    curl_easy_setopt(h_, CURLOPT_POSTFIELDS, body_.data());
-    curl_easy_setopt(h_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
-    curl_easy_setopt(h_, CURLOPT_WRITEFUNCTION, &append_body);
-    curl_easy_setopt(h_, CURLOPT_WRITEDATA, &response_);
+    headers_ = bench::raw_headers(api_key, "application/json");
+    h_ = bench::raw_easy(url, body_, headers_, &append_body, &response_);
     response_.reserve(4096);
   }
   ~RawCurl() {

@@ -179,20 +179,8 @@ void check_body_decodes(const std::string& body, std::size_t piece) {
 class RawStream {
  public:
   RawStream(const std::string& url, const std::string& body, const std::string& api_key) : body_(body) {
-    h_ = curl_easy_init();
-    headers_ = curl_slist_append(headers_, ("Authorization: Bearer " + api_key).c_str());
-    headers_ = curl_slist_append(headers_, "Content-Type: application/json");
-    headers_ = curl_slist_append(headers_, "Accept: text/event-stream");
-    headers_ = bench::add_library_headers(h_, headers_);
-    curl_easy_setopt(h_, CURLOPT_URL, url.c_str());
-    // See bench_seq.cc: without it libcurl swaps the SIGPIPE handler around
-    // every transfer; the library sets it too.
-    curl_easy_setopt(h_, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h_, CURLOPT_HTTPHEADER, headers_);
-    curl_easy_setopt(h_, CURLOPT_POSTFIELDS, body_.data());
-    curl_easy_setopt(h_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
-    curl_easy_setopt(h_, CURLOPT_WRITEFUNCTION, &RawStream::on_write);
-    curl_easy_setopt(h_, CURLOPT_WRITEDATA, this);
+    headers_ = bench::raw_headers(api_key, "text/event-stream");
+    h_ = bench::raw_easy(url, body_, headers_, &RawStream::on_write, this);
     partial_.reserve(4096);
   }
   ~RawStream() {
