@@ -46,6 +46,11 @@ std::optional<ErrorKind> kind_from(std::string_view s) {
 
 }  // namespace
 
+std::string newer_schema_error(int version) {
+  if (version <= kSchemaVersion) return {};
+  return fmt::format("schema version {} is newer than this library's {}", version, kSchemaVersion);
+}
+
 WindowClause window_clause(const UsageQuery& query, std::string (*marker)(int)) {
   WindowClause w;
   auto ms = [](std::chrono::system_clock::time_point t) {

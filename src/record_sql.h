@@ -15,6 +15,13 @@
 TAOTOKEN_BEGIN_NAMESPACE
 namespace detail {
 
+// The schema both recorders create and migrate to (taotoken_schema.version).
+inline constexpr int kSchemaVersion = 2;
+
+// The error for a database whose schema is newer than this library's
+// (empty when `version` is one it knows).
+std::string newer_schema_error(int version);
+
 // Column order of inserts and selects.
 inline constexpr std::array<const char*, 25> kRecordColumns = {
     "request_id",    "upstream_request_id", "started_at",      "started_ms",     "endpoint",

@@ -14,8 +14,6 @@ TAOTOKEN_BEGIN_NAMESPACE
 
 namespace {
 
-constexpr int kSchemaVersion = 2;
-
 struct ConnCloser {
   void operator()(PGconn* c) const noexcept { PQfinish(c); }
 };
@@ -92,8 +90,7 @@ std::string connect(const std::string& conninfo, Conn& conn) {
     if (err.empty()) err = exec(conn.get(), "UPDATE taotoken_schema SET version = 2");
     version = 2;
   }
-  if (err.empty() && version > kSchemaVersion)
-    err = fmt::format("schema version {} is newer than this library's {}", version, kSchemaVersion);
+  if (err.empty()) err = detail::newer_schema_error(version);
   if (err.empty()) err = exec(conn.get(), "COMMIT");
   if (!err.empty()) {
     conn.reset();

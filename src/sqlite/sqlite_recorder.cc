@@ -13,8 +13,6 @@ TAOTOKEN_BEGIN_NAMESPACE
 
 namespace {
 
-constexpr int kSchemaVersion = 2;
-
 struct DbCloser {
   void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
 };
@@ -89,8 +87,7 @@ std::string open_db(const std::string& path, Db& db, bool create) {
     if (err.empty()) err = exec(raw, "UPDATE taotoken_schema SET version = 2");
     version = 2;
   }
-  if (err.empty() && version > kSchemaVersion)
-    err = fmt::format("schema version {} is newer than this library's {}", version, kSchemaVersion);
+  if (err.empty()) err = detail::newer_schema_error(version);
   if (!err.empty()) {
     exec(raw, "ROLLBACK");
     return fmt::format("'{}': {}", path, err);
@@ -203,7 +200,7 @@ SqliteRecorder::~SqliteRecorder() = default;
 void SqliteRecorder::record(const RequestRecord& record) { impl_->queue().push(record); }
 void SqliteRecorder::flush() { impl_->queue().flush(impl_->drain_timeout()); }
 std::size_t SqliteRecorder::dropped() const { return impl_->queue().dropped(); }
-int SqliteRecorder::schema_version() noexcept { return kSchemaVersion; }
+int SqliteRecorder::schema_version() noexcept { return detail::kSchemaVersion; }
 
 Result<std::vector<RequestRecord>> SqliteRecorder::recent(const std::string& path, std::size_t limit) {
   return select_records(path, "", {static_cast<std::int64_t>(limit)}, "ORDER BY id DESC LIMIT ?");
