@@ -296,14 +296,7 @@ TEST_CASE("the API key never reaches the SQLite file or the PostgreSQL table") {
     o.record_message_text = true;
     o.recorders = {std::make_shared<SqliteRecorder>(file), std::make_shared<PostgresRecorder>(pg_conninfo())};
     TaotokenClient client(o);
-    sim::Fault echo;
-    echo.status = 401;
-    echo.replace_body = true;
-    echo.body = R"({"error":{"message":"Bad key sk-test-secret-key-123","code":"sk-test-secret-key-123"}})";
-    f.sim.push_fault(echo);
-    (void)client.chat(SimFixture::ask("x"));
-    (void)client.chat_stream(SimFixture::ask("y"), nullptr);
-    (void)client.forward(R"({"messages":[{"role":"user","content":"z"}]})");
+    f.calls_with_key_echo(client);
   }
   for (const auto& entry : fs::directory_iterator(dir)) {  // the database and its WAL files, byte for byte
     std::ifstream in(entry.path(), std::ios::binary);

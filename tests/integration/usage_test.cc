@@ -311,14 +311,7 @@ TEST_CASE("the API key never reaches a record or a usage file") {
   o.record_request_summary = true;
   o.record_message_text = true;
   TaotokenClient client(o);
-  sim::Fault echo;
-  echo.status = 401;
-  echo.replace_body = true;
-  echo.body = R"({"error":{"message":"Bad key sk-test-secret-key-123","code":"sk-test-secret-key-123"}})";
-  f.sim.push_fault(echo);
-  (void)client.chat(SimFixture::ask("x"));
-  (void)client.chat_stream(SimFixture::ask("y"), nullptr);
-  (void)client.forward(R"({"messages":[{"role":"user","content":"z"}]})");
+  f.calls_with_key_echo(client);
   for (const auto& r : rec.memory->recent(10)) CHECK(r.to_json().find("sk-test-secret-key-123") == std::string::npos);
   std::ifstream in(dir / "u.jsonl");
   std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -27,6 +27,20 @@ struct SimFixture {
     return r;
   }
 
+  // The key-leak scenario: the upstream echoes the API key in a 401 error
+  // body, then a chat, a stream and a forward are made (results ignored):
+  // whatever the client writes afterwards must not contain the key.
+  void calls_with_key_echo(const taotoken::TaotokenClient& client) {
+    taotoken::sim::Fault echo;
+    echo.status = 401;
+    echo.replace_body = true;
+    echo.body = R"({"error":{"message":"Bad key sk-test-secret-key-123","code":"sk-test-secret-key-123"}})";
+    sim.push_fault(echo);
+    (void)client.chat(ask("x"));
+    (void)client.chat_stream(ask("y"), nullptr);
+    (void)client.forward(R"({"messages":[{"role":"user","content":"z"}]})");
+  }
+
   taotoken::sim::Simulator sim;
 };
 
