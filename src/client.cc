@@ -37,13 +37,6 @@ std::string env_or_empty(const char* name) {
   return v ? std::string(v) : std::string();
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 bool starts_with_icase(std::string_view s, std::string_view prefix) {
   if (s.size() < prefix.size()) return false;
   for (std::size_t i = 0; i < prefix.size(); ++i) {
@@ -73,10 +66,6 @@ bool is_token_char(char c) {
   return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && starts_with_icase(a, b);
-}
-
 // Headers that frame the message or belong to one connection: set by
 // libcurl, never by callers (a wrong Content-Length on a kept-alive
 // connection would smuggle the rest of the body as a second request).
@@ -85,7 +74,7 @@ bool is_reserved_header(std::string_view name) {
                                                    "expect", "te", "trailer", "upgrade", "keep-alive",
                                                    "proxy-connection", "proxy-authorization"};
   for (auto r : kReserved)
-    if (iequals(name, r)) return true;
+    if (detail::iequals(name, r)) return true;
   return false;
 }
 
@@ -108,7 +97,7 @@ std::optional<Error> check_header(const std::string& name, const std::string& va
 // Authorization or Accept wins over the client's instead of being doubled.
 void put_header(std::vector<Header>& headers, const Header& h) {
   headers.erase(std::remove_if(headers.begin(), headers.end(), [&](const Header& x) {
-                  return x.first.size() == h.first.size() && starts_with_icase(x.first, lower(h.first));
+                  return detail::iequals(x.first, h.first);
                 }),
                 headers.end());
   headers.push_back(h);
@@ -722,7 +711,7 @@ class TaotokenClient::Impl {
     bool overrides = false;
     for (const auto& h : ro.headers)
       for (const auto& b : base_headers_)
-        if (h.first.size() == b.first.size() && starts_with_icase(h.first, lower(b.first))) overrides = true;
+        if (detail::iequals(h.first, b.first)) overrides = true;
     if (overrides) {
       req.headers = base_headers_;
     } else {

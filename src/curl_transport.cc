@@ -36,17 +36,6 @@ struct SlistDeleter {
 };
 using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
 // The response headers the client reads when it does not pass them on.
 bool wanted(std::string_view name) noexcept {
   static constexpr std::string_view kNames[] = {"content-type", "x-request-id", "request-id", "apim-request-id",
@@ -924,6 +913,17 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   ActiveSet active_;
   std::vector<std::unique_ptr<PooledEasy>> idle_;
 };
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
 
 const std::string* find_header(const std::vector<Header>& headers, std::string_view name) noexcept {
   for (const auto& h : headers)

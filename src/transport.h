@@ -73,6 +73,9 @@ struct HttpResponse {
   std::string body;
 };
 
+// ASCII case-insensitive equality (header names).
+bool iequals(std::string_view a, std::string_view b) noexcept;
+
 // Case-insensitive header lookup; nullptr when absent.
 const std::string* find_header(const std::vector<Header>& headers, std::string_view name) noexcept;
 
