@@ -153,6 +153,42 @@ struct StreamHooks {
   virtual Result<HttpResponse> after_delivery(Error transport_error) = 0;
 };
 
+// Chunk objects shared by the synchronous streams of one client: a chunk
+// goes from the loop to the caller by swapping it with a pooled object (no
+// copy), and the pooled objects keep their string buffers from one chunk,
+// and one call, to the next. Thread-safe.
+class ChunkPool {
+ public:
+  using Ptr = std::unique_ptr<ChatCompletionChunk>;
+  static constexpr std::size_t kMaxKept = 256;
+  static constexpr std::size_t kMaxKeptBytes = 8 * 1024;  // an object that held a bigger chunk is freed
+
+  Ptr get() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        Ptr p = std::move(free_.back());
+        free_.pop_back();
+        return p;
+      }
+    }
+    return std::make_unique<ChatCompletionChunk>();
+  }
+  // Takes back the objects in `spent` (one lock for all) and clears it.
+  void put(std::vector<Ptr>& spent) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (Ptr& p : spent)
+        if (free_.size() < kMaxKept && p->raw_json.capacity() <= kMaxKeptBytes) free_.push_back(std::move(p));
+    }
+    spent.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Ptr> free_;
+};
+
 // Hands the callbacks of a synchronous stream from the loop to the calling
 // thread, in order. Bounded: when it holds kHigh items, the transfer is
 // paused (DataAction::pause) until the caller has run them.
@@ -161,7 +197,15 @@ class Mailbox {
   using Item = std::function<bool()>;  // false: the caller's callback wants to stop
   static constexpr std::size_t kHigh = 256;
 
-  explicit Mailbox(std::string stop_reason) : stop_reason_(std::move(stop_reason)) {}
+  Mailbox(std::string stop_reason, std::shared_ptr<ChunkPool> pool)
+      : stop_reason_(std::move(stop_reason)), pool_(std::move(pool)) {}
+  ~Mailbox() {
+    // Chunks never run (the caller stopped) go back to the pool.
+    std::vector<ChunkPool::Ptr> spent;
+    for (Entry& e : items_)
+      if (e.chunk) spent.push_back(std::move(e.chunk));
+    pool_->put(spent);
+  }
 
   // Loop side.
   bool should_pause() {
@@ -175,28 +219,14 @@ class Mailbox {
   }
   // The caller's callback asked to stop (or threw).
   bool stopped() const noexcept { return stopped_.load(); }
-  // Queues a chunk for `cb`. The chunk is copied into a pooled object whose
-  // strings keep their capacity from earlier chunks, and the item fits in
-  // std::function's inline storage: no allocation per chunk once warm.
-  void push_chunk(const ChatCompletionChunk& c, const ChunkCallback* cb) {
-    PooledChunk* p = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!free_chunks_.empty()) {
-        p = free_chunks_.back();
-        free_chunks_.pop_back();
-      } else {
-        chunks_.push_back(std::make_unique<PooledChunk>());
-        p = chunks_.back().get();
-        p->owner = this;
-      }
-    }
-    p->chunk = c;
-    push([cb, p] {
-      const bool go_on = (*cb)(p->chunk);
-      p->owner->recycle(p);
-      return go_on;
-    });
+  // Queues `c` for `cb`: `c` is swapped with a pooled chunk (whose old
+  // contents the decoder overwrites), so the chunk is not copied and, once
+  // the pool is warm, nothing is allocated.
+  void push_chunk(ChatCompletionChunk& c, const ChunkCallback* cb) {
+    ChunkPool::Ptr p = pool_->get();
+    std::swap(*p, c);
+    std::lock_guard<std::mutex> lock(mu_);
+    items_.push_back(Entry{std::move(p), cb, nullptr});
   }
 
   // Queues an item without waking the caller: kick() does, once per batch
@@ -204,7 +234,7 @@ class Mailbox {
   // threads on every chunk).
   void push(Item item) {
     std::lock_guard<std::mutex> lock(mu_);
-    items_.push_back(std::move(item));
+    items_.push_back(Entry{nullptr, nullptr, std::move(item)});
   }
   void kick() {
     bool wake;
@@ -254,11 +284,18 @@ class Mailbox {
   const std::string& last_reason() const noexcept { return last_reason_; }
 
  private:
+  // A chunk for its callback, or any other item.
+  struct Entry {
+    ChunkPool::Ptr chunk;
+    const ChunkCallback* cb;
+    Item fn;
+    bool run() { return chunk ? (*cb)(*chunk) : fn(); }
+  };
+
   // Takes the queued items (waiting for some, or for close(), when `wait`)
   // and runs them; false when there was nothing to run.
   template <typename Stop, typename Resume>
   bool run_batch(bool wait, Stop& stop, Resume& resume) {
-    std::deque<Item> batch;
     bool was_paused = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -267,15 +304,15 @@ class Mailbox {
         cv_.wait(lock, [this] { return !items_.empty() || closed_; });
         waiting_ = false;
       }
-      batch.swap(items_);
+      batch_.swap(items_);  // both keep their capacity: no allocation per batch
       was_paused = paused_;
       paused_ = false;
     }
-    if (batch.empty()) return false;
-    for (auto& item : batch) {
+    if (batch_.empty()) return false;
+    for (auto& item : batch_) {
       if (stopped_.load()) break;
       try {
-        if (!item()) {
+        if (!item.run()) {
           stopped_.store(true);
           last_reason_ = stop_reason_;
           stop(last_reason_);
@@ -292,34 +329,27 @@ class Mailbox {
         stop(last_reason_);
       }
     }
+    for (Entry& e : batch_)
+      if (e.chunk) spent_.push_back(std::move(e.chunk));
+    batch_.clear();
+    pool_->put(spent_);
     if (was_paused) resume();
     return true;
   }
 
- public:
-
- private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Item> items_;
+  std::vector<Entry> items_;
   bool paused_ = false;
   bool closed_ = false;
   bool waiting_ = false;  // the caller sleeps on cv_
   std::atomic<bool> stopped_{false};
   std::string stop_reason_;
+  std::shared_ptr<ChunkPool> pool_;
+  std::vector<Entry> batch_;                 // caller side only
+  std::vector<ChunkPool::Ptr> spent_;        // caller side only
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
-
-  struct PooledChunk {
-    ChatCompletionChunk chunk;
-    Mailbox* owner = nullptr;
-  };
-  void recycle(PooledChunk* p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_chunks_.push_back(p);
-  }
-  std::vector<std::unique_ptr<PooledChunk>> chunks_;  // every chunk object (under mu_)
-  std::vector<PooledChunk*> free_chunks_;             // those not queued (under mu_)
 };
 
 // Where a synchronous call waits for its result.
@@ -910,7 +940,10 @@ class TaotokenClient::Impl {
 
   // Streaming state of chat_stream, on the loop thread.
   struct ChatStreamHooks final : StreamHooks {
-    ChatStreamHooks(ChunkCallback cb, Clock::time_point started, std::size_t max_json_bytes)
+    // The chunk sink may take the chunk's contents (swap them out): the
+    // assembler has merged it already and decodes the next one over it.
+    using ChunkSink = std::function<bool(ChatCompletionChunk&)>;
+    ChatStreamHooks(ChunkSink cb, Clock::time_point started, std::size_t max_json_bytes)
         : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes) {}
     void begin_attempt(HttpRequest& req) override {
       decoder = detail::SseDecoder();
@@ -961,7 +994,7 @@ class TaotokenClient::Impl {
           ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
         delivered_ = true;
         try {
-          if (on_chunk && !on_chunk(assembler.chunk())) {
+          if (on_chunk && !on_chunk(assembler.current_chunk())) {
             user_stopped = true;
             return false;
           }
@@ -1011,7 +1044,7 @@ class TaotokenClient::Impl {
       return c;
     }
 
-    ChunkCallback on_chunk;
+    ChunkSink on_chunk;
     std::function<bool()> should_pause;
     std::function<void()> after_data;  // after each piece of body bytes was handled
     std::atomic<bool> complete{false};
@@ -1028,7 +1061,7 @@ class TaotokenClient::Impl {
     std::optional<std::chrono::milliseconds> ttft;
   };
 
-  std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChunkCallback on_chunk,
+  std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChatStreamHooks::ChunkSink on_chunk,
                                                  std::function<bool()> should_pause, std::function<void()> after_data,
                                                  RequestOptions ro) const {
     auto ex = new_chat_exchange(request, std::move(ro), /*stream=*/true);
@@ -1266,7 +1299,7 @@ class TaotokenClient::Impl {
   // too, once the callbacks have run, so it says what the caller saw.
   template <typename T, typename Make, typename Stopped>
   Result<T> run_sync_stream(std::string stop_reason_text, Make make, Stopped when_stopped) const {
-    auto mb = std::make_shared<Mailbox>(std::move(stop_reason_text));
+    auto mb = std::make_shared<Mailbox>(std::move(stop_reason_text), chunk_pool_);
     auto ex = make(mb);
     typename Exchange<T>::Record record = std::move(ex->record);
     std::optional<Result<T>> out;
@@ -1336,9 +1369,9 @@ class TaotokenClient::Impl {
                                      const RequestOptions& ro) const {
     return run_sync_stream<ChatCompletion>(
         "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
-          ChunkCallback relay;
+          ChatStreamHooks::ChunkSink relay;
           if (on_chunk)
-            relay = [mb, &on_chunk](const ChatCompletionChunk& c) {
+            relay = [mb, &on_chunk](ChatCompletionChunk& c) {
               if (mb->stopped()) return false;
               mb->push_chunk(c, &on_chunk);
               return true;
@@ -1409,7 +1442,9 @@ class TaotokenClient::Impl {
 
   Started chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
                             const RequestOptions& ro) const {
-    return start_async(make_chat_stream(request, std::move(on_chunk), nullptr, nullptr, ro), std::move(on_done));
+    ChatStreamHooks::ChunkSink sink;
+    if (on_chunk) sink = [cb = std::move(on_chunk)](ChatCompletionChunk& c) { return cb(c); };
+    return start_async(make_chat_stream(request, std::move(sink), nullptr, nullptr, ro), std::move(on_done));
   }
 
   Started forward_async(std::string json_body, RawCallback on_done, const RequestOptions& ro) const {
@@ -1736,6 +1771,7 @@ class TaotokenClient::Impl {
   bool loopback_;
   std::vector<Header> base_headers_;
   std::shared_ptr<detail::Loop> loop_;
+  std::shared_ptr<ChunkPool> chunk_pool_ = std::make_shared<ChunkPool>();  // synchronous streams' chunks
   // Loop thread only: every call admitted and not finished, the calls
   // waiting for a slot, the slots taken.
   mutable ExchangeBase* live_head_ = nullptr;

@@ -507,6 +507,9 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
   dom::element root;
   if (auto err = parser.parse(padded.data(), padded.size(), false).get(root))
     return bad_json("JSON in a stream event", err);
+  c.id.clear();  // clear() keeps the buffers of a reused chunk
+  c.object.clear();
+  c.model.clear();
   c.choices.clear();
   c.usage.reset();
   c.system_fingerprint.reset();

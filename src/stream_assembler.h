@@ -36,6 +36,10 @@ class StreamAssembler {
   void on_end(const SseDecoder& decoder);
 
   const ChatCompletionChunk& chunk() const noexcept { return chunk_; }
+  // The same, for a consumer that takes its contents (e.g. swaps them with
+  // a recycled chunk): it has been merged, and the next event is decoded
+  // over whatever the object then holds.
+  ChatCompletionChunk& current_chunk() noexcept { return chunk_; }
   bool done() const noexcept { return done_; }
   const std::optional<Error>& error() const noexcept { return error_; }
   bool finished() const noexcept { return done_ || error_.has_value(); }
