@@ -163,16 +163,17 @@ class ChunkPool {
   static constexpr std::size_t kMaxKept = 256;
   static constexpr std::size_t kMaxKeptBytes = 8 * 1024;  // an object that held a bigger chunk is freed
 
-  Ptr get() {
+  // Moves up to `n` objects into `out` (one lock), new ones when the pool
+  // is empty.
+  void get(std::vector<Ptr>& out, std::size_t n) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!free_.empty()) {
-        Ptr p = std::move(free_.back());
+      for (; n > 0 && !free_.empty(); --n) {
+        out.push_back(std::move(free_.back()));
         free_.pop_back();
-        return p;
       }
     }
-    return std::make_unique<ChatCompletionChunk>();
+    for (; n > 0; --n) out.push_back(std::make_unique<ChatCompletionChunk>());
   }
   // Takes back the objects in `spent` (one lock for all) and clears it.
   void put(std::vector<Ptr>& spent) {
@@ -198,16 +199,21 @@ class Mailbox {
   static constexpr std::size_t kHigh = 256;
 
   Mailbox(std::string stop_reason, std::shared_ptr<ChunkPool> pool)
-      : stop_reason_(std::move(stop_reason)), pool_(std::move(pool)) {}
+      : stop_reason_(std::move(stop_reason)), pool_(std::move(pool)) {
+    items_.reserve(64);
+    batch_.reserve(64);
+    pending_.reserve(64);
+  }
   ~Mailbox() {
-    // Chunks never run (the caller stopped) go back to the pool.
-    std::vector<ChunkPool::Ptr> spent;
-    for (Entry& e : items_)
-      if (e.chunk) spent.push_back(std::move(e.chunk));
-    pool_->put(spent);
+    // Chunks never run (the caller stopped) and unused spares go back.
+    for (auto* v : {&pending_, &items_})
+      for (Entry& e : *v)
+        if (e.chunk) spares_.push_back(std::move(e.chunk));
+    pool_->put(spares_);
   }
 
-  // Loop side.
+  // Loop side (the thread that drives the loop). Items are gathered here
+  // without a lock and handed over by kick(), once per batch of bytes.
   bool should_pause() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -219,27 +225,26 @@ class Mailbox {
   }
   // The caller's callback asked to stop (or threw).
   bool stopped() const noexcept { return stopped_.load(); }
-  // Queues `c` for `cb`: `c` is swapped with a pooled chunk (whose old
-  // contents the decoder overwrites), so the chunk is not copied and, once
-  // the pool is warm, nothing is allocated.
+  // Queues `c` for `cb`: `c`'s contents are swapped with a pooled chunk's
+  // (whose old contents the decoder overwrites), so the chunk is not copied
+  // and, once the pool is warm, nothing is allocated.
   void push_chunk(ChatCompletionChunk& c, const ChunkCallback* cb) {
-    ChunkPool::Ptr p = pool_->get();
-    std::swap(*p, c);
-    std::lock_guard<std::mutex> lock(mu_);
-    items_.push_back(Entry{std::move(p), cb, nullptr});
+    if (spares_.empty()) pool_->get(spares_, kSpareBatch);
+    ChunkPool::Ptr p = std::move(spares_.back());
+    spares_.pop_back();
+    swap_contents(*p, c);
+    pending_.push_back(Entry{std::move(p), cb, nullptr});
   }
 
-  // Queues an item without waking the caller: kick() does, once per batch
-  // of bytes decoded (a wake-up per chunk would bounce between the two
-  // threads on every chunk).
-  void push(Item item) {
-    std::lock_guard<std::mutex> lock(mu_);
-    items_.push_back(Entry{nullptr, nullptr, std::move(item)});
-  }
+  // Queues an item; kick() hands it to the caller.
+  void push(Item item) { pending_.push_back(Entry{nullptr, nullptr, std::move(item)}); }
+  // Hands the queued items to the caller and wakes it (a wake-up per chunk
+  // would bounce between the two threads on every chunk).
   void kick() {
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      hand_over();
       wake = !items_.empty() && waiting_;
     }
     if (wake) cv_.notify_one();
@@ -247,6 +252,7 @@ class Mailbox {
   void close() {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      hand_over();
       closed_ = true;
     }
     cv_.notify_one();
@@ -291,6 +297,34 @@ class Mailbox {
     Item fn;
     bool run() { return chunk ? (*cb)(*chunk) : fn(); }
   };
+
+  static constexpr std::size_t kSpareBatch = 16;
+
+  // Every member, swapped (cheaper than std::swap's three moves of each).
+  static void swap_contents(ChatCompletionChunk& a, ChatCompletionChunk& b) noexcept {
+    // Stops compiling when a member is added (then swap it below too).
+    [[maybe_unused]] auto& [m1, m2, m3, m4, m5, m6, m7, m8, m9] = a;
+    a.id.swap(b.id);
+    a.object.swap(b.object);
+    std::swap(a.created, b.created);
+    a.model.swap(b.model);
+    a.choices.swap(b.choices);
+    std::swap(a.usage, b.usage);
+    a.system_fingerprint.swap(b.system_fingerprint);
+    a.provider.swap(b.provider);
+    a.raw_json.swap(b.raw_json);
+  }
+
+  // Under mu_: moves the loop side's items to the caller's queue.
+  void hand_over() {
+    if (pending_.empty()) return;
+    if (items_.empty()) {
+      items_.swap(pending_);
+    } else {
+      for (Entry& e : pending_) items_.push_back(std::move(e));
+      pending_.clear();
+    }
+  }
 
   // Takes the queued items (waiting for some, or for close(), when `wait`)
   // and runs them; false when there was nothing to run.
@@ -346,8 +380,10 @@ class Mailbox {
   std::atomic<bool> stopped_{false};
   std::string stop_reason_;
   std::shared_ptr<ChunkPool> pool_;
-  std::vector<Entry> batch_;                 // caller side only
-  std::vector<ChunkPool::Ptr> spent_;        // caller side only
+  std::vector<Entry> pending_;              // loop side only
+  std::vector<ChunkPool::Ptr> spares_;      // loop side only
+  std::vector<Entry> batch_;                // caller side only
+  std::vector<ChunkPool::Ptr> spent_;       // caller side only
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
 };
