@@ -13,15 +13,6 @@ namespace detail {
 
 namespace {
 
-std::optional<std::string> num(const std::optional<std::int64_t>& v) {
-  if (!v) return std::nullopt;
-  return std::to_string(*v);
-}
-std::optional<std::string> num(const std::optional<double>& v) {
-  if (!v) return std::nullopt;
-  return fmt::format("{}", *v);
-}
-
 std::optional<std::int64_t> to_int(const std::optional<std::string>& s) {
   if (!s || s->empty()) return std::nullopt;
   std::int64_t v = 0;
@@ -90,8 +81,9 @@ std::string insert_column_list() {
   return out + ", request_summary";
 }
 
-SqlValues record_values(const RequestRecord& r) {
-  std::string attempts;
+void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumns& out) {
+  std::string& attempts = scratch.attempts_json;
+  attempts.clear();
   JsonWriter a(attempts);
   a.begin_array();
   for (const auto& at : r.attempts) {
@@ -101,39 +93,58 @@ SqlValues record_values(const RequestRecord& r) {
     a.key("delay_before_ms").number(static_cast<std::int64_t>(at.delay_before.count())).end_object();
   }
   a.end_array();
-  std::string tags;
+  std::string& tags = scratch.tags_json;
+  tags.clear();
   JsonWriter t(tags);
   t.begin_object();
   for (const auto& [k, v] : r.tags) t.key(k).string(v);
   t.end_object();
+  scratch.started_at = r.started_at_iso();
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.started_at.time_since_epoch()).count();
-  return {r.request_id,
-          r.upstream_request_id,
-          r.started_at_iso(),
-          std::to_string(ms),
-          r.endpoint,
-          r.requested_model,
-          r.model,
-          r.provider,
-          std::string(r.streamed ? "1" : "0"),
-          std::string(to_string(r.status)),
-          std::to_string(r.http_status),
-          r.error_kind ? std::optional<std::string>(std::string(to_string(*r.error_kind))) : std::nullopt,
-          r.error_message,
-          std::to_string(r.attempts.size()),
-          attempts,
-          std::to_string(r.latency.count()),
-          r.time_to_first_token ? std::optional<std::string>(std::to_string(r.time_to_first_token->count()))
-                                : std::nullopt,
-          num(r.prompt_tokens),
-          num(r.completion_tokens),
-          num(r.total_tokens),
-          num(r.cached_tokens),
-          num(r.reasoning_tokens),
-          num(r.estimated_cost),
-          num(r.upstream_cost),
-          tags,
-          r.request_summary};
+  auto opt = [](const auto& v) { return v ? SqlValue(*v) : SqlValue(); };
+  out = {SqlValue(r.request_id),
+         SqlValue(r.upstream_request_id),
+         SqlValue(scratch.started_at),
+         SqlValue(static_cast<std::int64_t>(ms)),
+         SqlValue(r.endpoint),
+         SqlValue(r.requested_model),
+         SqlValue(r.model),
+         r.provider ? SqlValue(*r.provider) : SqlValue(),
+         SqlValue(static_cast<std::int64_t>(r.streamed ? 1 : 0)),
+         SqlValue(to_string(r.status)),
+         SqlValue(static_cast<std::int64_t>(r.http_status)),
+         r.error_kind ? SqlValue(to_string(*r.error_kind)) : SqlValue(),
+         SqlValue(r.error_message),
+         SqlValue(static_cast<std::int64_t>(r.attempts.size())),
+         SqlValue(attempts),
+         SqlValue(static_cast<std::int64_t>(r.latency.count())),
+         r.time_to_first_token ? SqlValue(static_cast<std::int64_t>(r.time_to_first_token->count())) : SqlValue(),
+         opt(r.prompt_tokens),
+         opt(r.completion_tokens),
+         opt(r.total_tokens),
+         opt(r.cached_tokens),
+         opt(r.reasoning_tokens),
+         opt(r.estimated_cost),
+         opt(r.upstream_cost),
+         SqlValue(tags),
+         r.request_summary ? SqlValue(*r.request_summary) : SqlValue()};
+}
+
+SqlValues record_values(const RequestRecord& r) {
+  RecordScratch scratch;
+  RecordColumns cols;
+  record_columns(r, scratch, cols);
+  SqlValues out;
+  out.reserve(cols.size());
+  for (const SqlValue& v : cols) {
+    switch (v.type) {
+      case SqlValue::null: out.emplace_back(); break;
+      case SqlValue::integer: out.emplace_back(std::to_string(v.i)); break;
+      case SqlValue::real: out.emplace_back(fmt::format("{}", v.d)); break;
+      case SqlValue::text: out.emplace_back(std::string(v.s)); break;
+    }
+  }
+  return out;
 }
 
 RequestRecord record_from_row(const SqlValues& v) {

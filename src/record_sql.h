@@ -8,6 +8,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "taotoken/usage.h"
@@ -31,9 +32,33 @@ inline constexpr std::array<const char*, 25> kRecordColumns = {
     "cached_tokens", "reasoning_tokens",    "estimated_cost",  "upstream_cost",  "tags_json"};
 // request_summary is stored too (column 26) but not read back into summaries.
 
+// One column's value, typed, as a prepared statement binds it. Text points
+// into the record or the scratch buffers it was built with.
+struct SqlValue {
+  enum Type { null, integer, real, text } type = null;
+  std::int64_t i = 0;
+  double d = 0;
+  std::string_view s;
+  SqlValue() = default;
+  explicit SqlValue(std::int64_t v) : type(integer), i(v) {}
+  explicit SqlValue(double v) : type(real), d(v) {}
+  explicit SqlValue(std::string_view v) : type(text), s(v) {}
+};
+// kRecordColumns followed by request_summary.
+using RecordColumns = std::array<SqlValue, kRecordColumns.size() + 1>;
+// The text a record's columns are built into (kept between records, so a
+// writer reuses the buffers).
+struct RecordScratch {
+  std::string attempts_json, tags_json, started_at;
+};
+
+// The record's values for kRecordColumns followed by request_summary; valid
+// while `r` and `scratch` are unchanged.
+void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumns& out);
+
 using SqlValues = std::vector<std::optional<std::string>>;
 
-// The record's values for kRecordColumns followed by request_summary.
+// The same as text (NULL as nullopt), for a text protocol.
 SqlValues record_values(const RequestRecord& r);
 
 // A row read with kRecordColumns (in that order) back into a record.

@@ -160,12 +160,21 @@ class SqliteRecorder::Impl {
     }
     if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
     for (const auto& r : batch) {
-      const detail::SqlValues values = detail::record_values(r);
+      detail::record_columns(r, scratch_, columns_);
       sqlite3_reset(insert_.get());
-      for (std::size_t i = 0; i < values.size(); ++i) {
+      // Typed values, text bound in place (SQLITE_STATIC: the record and the
+      // scratch buffers outlive the step): no copies, no conversions.
+      for (std::size_t i = 0; i < columns_.size(); ++i) {
         const int idx = static_cast<int>(i + 1);
-        if (values[i]) sqlite3_bind_text(insert_.get(), idx, values[i]->c_str(), -1, SQLITE_TRANSIENT);
-        else sqlite3_bind_null(insert_.get(), idx);
+        const detail::SqlValue& v = columns_[i];
+        switch (v.type) {
+          case detail::SqlValue::null: sqlite3_bind_null(insert_.get(), idx); break;
+          case detail::SqlValue::integer: sqlite3_bind_int64(insert_.get(), idx, v.i); break;
+          case detail::SqlValue::real: sqlite3_bind_double(insert_.get(), idx, v.d); break;
+          case detail::SqlValue::text:
+            sqlite3_bind_text(insert_.get(), idx, v.s.data(), static_cast<int>(v.s.size()), SQLITE_STATIC);
+            break;
+        }
       }
       if (sqlite3_step(insert_.get()) != SQLITE_DONE) {
         auto e = errmsg(db_.get(), "insert");
@@ -173,6 +182,7 @@ class SqliteRecorder::Impl {
         return reset_with(e);
       }
     }
+    sqlite3_clear_bindings(insert_.get());  // they point into this batch
     if (auto e = exec(db_.get(), "COMMIT"); !e.empty()) {
       exec(db_.get(), "ROLLBACK");
       return reset_with(e);
@@ -191,6 +201,8 @@ class SqliteRecorder::Impl {
   std::chrono::milliseconds drain_timeout_;
   Db db_;
   Stmt insert_;
+  detail::RecordScratch scratch_;   // worker only
+  detail::RecordColumns columns_;   // worker only
   detail::BatchQueue queue_;  // last: its worker uses the members above
 };
 
