@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstring>
 
 #include <simdjson.h>
 
@@ -53,15 +54,17 @@ JsonWriter& JsonWriter::end_array() {
 
 JsonWriter& JsonWriter::key(std::string_view name) {
   separator();
-  append_quoted(out_, name);
-  out_.push_back(':');
+  if (!append_plain(out_, name, ':')) {
+    append_quoted(out_, name);
+    out_.push_back(':');
+  }
   after_key_ = true;
   return *this;
 }
 
 JsonWriter& JsonWriter::string(std::string_view s) {
   separator();
-  append_quoted(out_, s);
+  if (!append_plain(out_, s, 0)) append_quoted(out_, s);
   return *this;
 }
 
@@ -115,6 +118,21 @@ struct EscapeTable {
 };
 constexpr EscapeTable kEscape;
 }  // namespace
+
+bool JsonWriter::append_plain(std::string& out, std::string_view s, char then) {
+  for (char c : s)
+    if (kEscape.v[static_cast<unsigned char>(c)]) return false;
+  // The common case (ids, model names, keys): one grow and one copy.
+  const std::size_t at = out.size();
+  const std::size_t n = s.size();
+  out.resize(at + n + (then ? 3 : 2));
+  char* d = &out[at];
+  d[0] = '"';
+  if (n) std::memcpy(d + 1, s.data(), n);
+  d[n + 1] = '"';
+  if (then) d[n + 2] = then;
+  return true;
+}
 
 void JsonWriter::append_quoted(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";

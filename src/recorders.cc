@@ -18,8 +18,11 @@ MemoryRecorder::MemoryRecorder(std::size_t capacity)
 
 void MemoryRecorder::record(const RequestRecord& record) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (ring_.size() == capacity_) ring_.pop_front();
-  ring_.push_back(record);
+  // Once full, the oldest record is overwritten in place: its strings keep
+  // their buffers, so recording does not allocate.
+  if (ring_.size() < capacity_) ring_.push_back(record);
+  else ring_[next_] = record;
+  next_ = (next_ + 1) % capacity_;
   summary_.add(record);
   ++count_;
 }
@@ -28,7 +31,9 @@ std::vector<RequestRecord> MemoryRecorder::recent(std::size_t n) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<RequestRecord> out;
   out.reserve(std::min(n, ring_.size()));
-  for (auto it = ring_.rbegin(); it != ring_.rend() && out.size() < n; ++it) out.push_back(*it);
+  // Newest first: backwards from the slot before next_, wrapping around.
+  for (std::size_t i = 0; i < ring_.size() && out.size() < n; ++i)
+    out.push_back(ring_[(next_ + ring_.size() - 1 - i) % ring_.size()]);
   return out;
 }
 

@@ -249,8 +249,17 @@ SummaryBuilder::Group& SummaryBuilder::group(std::map<std::string, Group>& group
 void SummaryBuilder::add(const RequestRecord& r) {
   add_to(total_, r);
   add_to(group(by_model_, r.model.empty() ? r.requested_model : r.model), r);
-  for (const auto& [k, v] : r.tags) add_to(group(by_tag_, k + "=" + v), r);
-  add_to(group(by_day_, r.started_at_iso().substr(0, 10)), r);
+  for (const auto& [k, v] : r.tags) {
+    tag_key_.assign(k).append("=").append(v);
+    add_to(group(by_tag_, tag_key_), r);
+  }
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.started_at.time_since_epoch()).count();
+  const std::int64_t day = ms >= 0 ? ms / 86400000 : (ms + 1) / 86400000 - 1;  // floor
+  if (day != last_day_) {
+    last_day_ = day;
+    last_day_key_ = r.started_at_iso().substr(0, 10);
+  }
+  add_to(group(by_day_, last_day_key_), r);
 }
 
 UsageTotals SummaryBuilder::finish(const Group& g) {

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -37,7 +36,8 @@ class MemoryRecorder final : public UsageRecorder {
  private:
   mutable std::mutex mu_;
   std::size_t capacity_;
-  std::deque<RequestRecord> ring_;
+  std::vector<RequestRecord> ring_;  // when full, ring_[next_] is the oldest
+  std::size_t next_ = 0;
   SummaryBuilder summary_;
   std::size_t count_ = 0;
 };

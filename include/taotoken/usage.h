@@ -178,6 +178,11 @@ class SummaryBuilder {
   std::uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
   Group total_;
   std::map<std::string, Group> by_model_, by_tag_, by_day_;
+  // The last record's UTC day ("YYYY-MM-DD") and its day number: records
+  // mostly fall on the same day, so the key is formatted once a day.
+  std::int64_t last_day_ = INT64_MIN;
+  std::string last_day_key_;
+  std::string tag_key_;  // scratch for "key=value"
 };
 
 TAOTOKEN_END_NAMESPACE

@@ -1,0 +1,120 @@
+// Pure-logic checks of the record path: the memory ring once it wraps, the
+// per-day and per-tag summary keys, the typed SQL columns and the JSON
+// writer's unescaped fast path. (Recorders end to end: tests/integration.)
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <string>
+
+#include "json_writer.h"
+#include "record_sql.h"
+#include "taotoken/recorders.h"
+
+using namespace taotoken;
+using namespace std::chrono_literals;
+
+namespace {
+RequestRecord numbered(int i) {
+  RequestRecord r;
+  r.request_id = "req_" + std::to_string(i) + std::string(40, 'x');  // not in SSO: buffers reused
+  r.model = "m";
+  return r;
+}
+}  // namespace
+
+TEST_CASE("the memory ring keeps the newest records once it wraps, newest first") {
+  MemoryRecorder m(3);
+  for (int i = 1; i <= 2; ++i) m.record(numbered(i));
+  auto two = m.recent(10);
+  REQUIRE(two.size() == 2);
+  CHECK(two[0].request_id == numbered(2).request_id);
+  CHECK(two[1].request_id == numbered(1).request_id);
+  for (int i = 3; i <= 8; ++i) m.record(numbered(i));
+  auto last = m.recent(10);
+  REQUIRE(last.size() == 3);
+  CHECK(last[0].request_id == numbered(8).request_id);
+  CHECK(last[1].request_id == numbered(7).request_id);
+  CHECK(last[2].request_id == numbered(6).request_id);
+  auto one = m.recent(1);
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].request_id == numbered(8).request_id);
+  CHECK(m.count() == 8);
+  CHECK(m.summary().total.requests == 8);
+}
+
+TEST_CASE("summary days follow each record's UTC date, before and after 1970, across midnight") {
+  SummaryBuilder b;
+  auto at = [&](std::int64_t ms, std::string tag) {
+    RequestRecord r;
+    r.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
+    r.tags = {{"user", std::move(tag)}};
+    b.add(r);
+  };
+  at(1764201599999, "a");  // 2025-11-26T23:59:59.999Z
+  at(1764201600000, "b");  // 2025-11-27T00:00:00.000Z
+  at(1764201600001, "a");
+  at(-1, "b");             // 1969-12-31T23:59:59.999Z
+  at(0, "a");              // 1970-01-01
+  at(1764201599000, "a");  // back to the 26th
+  const UsageSummary s = b.build();
+  CHECK(s.by_day.size() == 4);
+  CHECK(s.by_day.at("2025-11-26").requests == 2);
+  CHECK(s.by_day.at("2025-11-27").requests == 2);
+  CHECK(s.by_day.at("1969-12-31").requests == 1);
+  CHECK(s.by_day.at("1970-01-01").requests == 1);
+  CHECK(s.by_tag.at("user=a").requests == 4);
+  CHECK(s.by_tag.at("user=b").requests == 2);
+}
+
+TEST_CASE("SQL columns are typed; the text form matches them") {
+  RequestRecord r;
+  r.request_id = "req_1";
+  r.started_at = std::chrono::system_clock::time_point(1764201600123ms);
+  r.streamed = true;
+  r.http_status = 200;
+  r.prompt_tokens = 12;
+  r.estimated_cost = 0.25;
+  r.tags = {{"k", "v\"q"}};
+  detail::RecordScratch scratch;
+  detail::RecordColumns cols;
+  detail::record_columns(r, scratch, cols);
+  auto col = [&](std::string_view name) {
+    for (std::size_t i = 0; i < detail::kRecordColumns.size(); ++i)
+      if (detail::kRecordColumns[i] == name) return cols[i];
+    FAIL("no column " << name);
+    return detail::SqlValue();
+  };
+  CHECK(col("request_id").type == detail::SqlValue::text);
+  CHECK(col("request_id").s == "req_1");
+  CHECK(col("started_at").s == "2025-11-27T00:00:00.123Z");
+  CHECK(col("started_ms").type == detail::SqlValue::integer);
+  CHECK(col("started_ms").i == 1764201600123);
+  CHECK(col("streamed").i == 1);
+  CHECK(col("prompt_tokens").i == 12);
+  CHECK(col("completion_tokens").type == detail::SqlValue::null);
+  CHECK(col("provider").type == detail::SqlValue::null);
+  CHECK(col("estimated_cost").type == detail::SqlValue::real);
+  CHECK(col("estimated_cost").d == 0.25);
+  CHECK(col("tags_json").s == R"({"k":"v\"q"})");
+  CHECK(cols.back().type == detail::SqlValue::null);  // request_summary
+  const detail::SqlValues text = detail::record_values(r);
+  REQUIRE(text.size() == cols.size());
+  CHECK(*text[3] == "1764201600123");
+  CHECK(*text[8] == "1");
+  CHECK(!text[7]);
+  CHECK(*text[22] == "0.25");
+}
+
+TEST_CASE("JSON writer: plain strings and keys take the fast path, others are escaped") {
+  std::string out;
+  CHECK(detail::JsonWriter::append_plain(out, "plain", ':'));
+  CHECK(out == "\"plain\":");
+  CHECK(detail::JsonWriter::append_plain(out, "", 0));
+  CHECK(out == "\"plain\":\"\"");
+  CHECK_FALSE(detail::JsonWriter::append_plain(out, "a\"b", 0));
+  CHECK_FALSE(detail::JsonWriter::append_plain(out, "a\nb", 0));
+  CHECK(out == "\"plain\":\"\"");  // nothing appended on refusal
+  std::string doc;
+  detail::JsonWriter w(doc);
+  w.begin_object().key("k\"").string("v\\").key("ok").string("fine").end_object();
+  CHECK(doc == R"({"k\"":"v\\","ok":"fine"})");
+}
