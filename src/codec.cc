@@ -26,6 +26,10 @@ class KeyedWriter {
     keys_.push_back(k);
     return w_.key(k);
   }
+  JsonWriter& key_lit(std::string_view k) {
+    keys_.push_back(k);
+    return w_.key_lit(k);
+  }
   bool has(std::string_view k) const { return std::find(keys_.begin(), keys_.end(), k) != keys_.end(); }
   JsonWriter& w() { return w_; }
 
@@ -55,19 +59,19 @@ std::optional<Error> raw_value(JsonWriter& w, std::string_view what, std::string
 std::optional<Error> encode_message(JsonWriter& w, const Message& m, std::size_t i) {
   if (m.role.empty()) return invalid(fmt::format("messages[{}] has an empty role", i));
   w.begin_object();
-  w.key("role").string(m.role);
-  w.key("content");
+  w.key_lit("role").string(m.role);
+  w.key_lit("content");
   if (!m.parts.empty()) {
     w.begin_array();
     for (std::size_t p = 0; p < m.parts.size(); ++p) {
       const auto& part = m.parts[p];
       if (part.type == "text") {
-        w.begin_object().key("type").string("text").key("text").string(part.text).end_object();
+        w.begin_object().key_lit("type").string("text").key_lit("text").string(part.text).end_object();
       } else if (part.type == "image_url") {
         if (part.image_url.empty()) return invalid(fmt::format("messages[{}].content[{}] has no image URL", i, p));
-        w.begin_object().key("type").string("image_url").key("image_url").begin_object();
-        w.key("url").string(part.image_url);
-        if (part.detail) w.key("detail").string(*part.detail);
+        w.begin_object().key_lit("type").string("image_url").key_lit("image_url").begin_object();
+        w.key_lit("url").string(part.image_url);
+        if (part.detail) w.key_lit("detail").string(*part.detail);
         w.end_object().end_object();
       } else {
         if (part.raw_json.empty())
@@ -81,18 +85,18 @@ std::optional<Error> encode_message(JsonWriter& w, const Message& m, std::size_t
   } else {
     w.null();
   }
-  if (m.name) w.key("name").string(*m.name);
-  if (m.refusal) w.key("refusal").string(*m.refusal);
+  if (m.name) w.key_lit("name").string(*m.name);
+  if (m.refusal) w.key_lit("refusal").string(*m.refusal);
   if (!m.tool_calls.empty()) {
-    w.key("tool_calls").begin_array();
+    w.key_lit("tool_calls").begin_array();
     for (const auto& tc : m.tool_calls) {
-      w.begin_object().key("id").string(tc.id).key("type").string(tc.type);
-      w.key("function").begin_object().key("name").string(tc.name).key("arguments").string(tc.arguments);
+      w.begin_object().key_lit("id").string(tc.id).key_lit("type").string(tc.type);
+      w.key_lit("function").begin_object().key_lit("name").string(tc.name).key_lit("arguments").string(tc.arguments);
       w.end_object().end_object();
     }
     w.end_array();
   }
-  if (m.tool_call_id) w.key("tool_call_id").string(*m.tool_call_id);
+  if (m.tool_call_id) w.key_lit("tool_call_id").string(*m.tool_call_id);
   w.end_object();
   return std::nullopt;
 }
@@ -324,8 +328,8 @@ Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view d
   w.begin_object();
   const std::string_view model = r.model.empty() ? default_model : std::string_view(r.model);
   if (model.empty()) return invalid("the request names no model and the client has no default model");
-  kw.key("model").string(model);
-  kw.key("messages").begin_array();
+  kw.key_lit("model").string(model);
+  kw.key_lit("messages").begin_array();
   for (std::size_t i = 0; i < r.messages.size(); ++i)
     if (auto e = encode_message(w, r.messages[i], i)) return std::move(*e);
   w.end_array();
@@ -334,83 +338,83 @@ Result<std::string> encode_chat_request(const ChatRequest& r, std::string_view d
                          std::pair{"presence_penalty", r.presence_penalty},
                          std::pair{"frequency_penalty", r.frequency_penalty}})
     if (v && !std::isfinite(*v)) return invalid(fmt::format("{} must be a finite number", name));
-  if (r.temperature) kw.key("temperature").number(*r.temperature);
-  if (r.top_p) kw.key("top_p").number(*r.top_p);
-  if (r.max_tokens) kw.key("max_tokens").number(*r.max_tokens);
-  if (r.max_completion_tokens) kw.key("max_completion_tokens").number(*r.max_completion_tokens);
+  if (r.temperature) kw.key_lit("temperature").number(*r.temperature);
+  if (r.top_p) kw.key_lit("top_p").number(*r.top_p);
+  if (r.max_tokens) kw.key_lit("max_tokens").number(*r.max_tokens);
+  if (r.max_completion_tokens) kw.key_lit("max_completion_tokens").number(*r.max_completion_tokens);
   if (!r.stop.empty()) {
-    kw.key("stop").begin_array();
+    kw.key_lit("stop").begin_array();
     for (const auto& s : r.stop) w.string(s);
     w.end_array();
   }
-  if (r.n) kw.key("n").number(static_cast<std::int64_t>(*r.n));
-  if (r.seed) kw.key("seed").number(*r.seed);
-  if (r.presence_penalty) kw.key("presence_penalty").number(*r.presence_penalty);
-  if (r.frequency_penalty) kw.key("frequency_penalty").number(*r.frequency_penalty);
+  if (r.n) kw.key_lit("n").number(static_cast<std::int64_t>(*r.n));
+  if (r.seed) kw.key_lit("seed").number(*r.seed);
+  if (r.presence_penalty) kw.key_lit("presence_penalty").number(*r.presence_penalty);
+  if (r.frequency_penalty) kw.key_lit("frequency_penalty").number(*r.frequency_penalty);
   if (!r.logit_bias.empty()) {
-    kw.key("logit_bias").begin_object();
+    kw.key_lit("logit_bias").begin_object();
     for (const auto& [token, bias] : r.logit_bias) w.key(token).number(static_cast<std::int64_t>(bias));
     w.end_object();
   }
-  if (r.logprobs) kw.key("logprobs").boolean(*r.logprobs);
-  if (r.top_logprobs) kw.key("top_logprobs").number(static_cast<std::int64_t>(*r.top_logprobs));
+  if (r.logprobs) kw.key_lit("logprobs").boolean(*r.logprobs);
+  if (r.top_logprobs) kw.key_lit("top_logprobs").number(static_cast<std::int64_t>(*r.top_logprobs));
   if (!r.tools.empty()) {
-    kw.key("tools").begin_array();
+    kw.key_lit("tools").begin_array();
     for (std::size_t i = 0; i < r.tools.size(); ++i) {
       const auto& t = r.tools[i];
       if (t.name.empty()) return invalid(fmt::format("tools[{}] has no name", i));
-      w.begin_object().key("type").string(t.type).key("function").begin_object();
-      w.key("name").string(t.name);
-      if (t.description) w.key("description").string(*t.description);
+      w.begin_object().key_lit("type").string(t.type).key_lit("function").begin_object();
+      w.key_lit("name").string(t.name);
+      if (t.description) w.key_lit("description").string(*t.description);
       if (!t.parameters_json.empty()) {
-        w.key("parameters");
+        w.key_lit("parameters");
         if (auto e = raw_value(w, fmt::format("tools[{}].parameters_json", i), t.parameters_json, true))
           return std::move(*e);
       }
-      if (t.strict) w.key("strict").boolean(*t.strict);
+      if (t.strict) w.key_lit("strict").boolean(*t.strict);
       w.end_object().end_object();
     }
     w.end_array();
   }
   if (r.tool_choice) {
-    kw.key("tool_choice");
+    kw.key_lit("tool_choice");
     if (!r.tool_choice->function_name.empty()) {
-      w.begin_object().key("type").string("function").key("function").begin_object();
-      w.key("name").string(r.tool_choice->function_name).end_object().end_object();
+      w.begin_object().key_lit("type").string("function").key_lit("function").begin_object();
+      w.key_lit("name").string(r.tool_choice->function_name).end_object().end_object();
     } else {
       w.string(r.tool_choice->mode);
     }
   }
-  if (r.parallel_tool_calls) kw.key("parallel_tool_calls").boolean(*r.parallel_tool_calls);
+  if (r.parallel_tool_calls) kw.key_lit("parallel_tool_calls").boolean(*r.parallel_tool_calls);
   if (r.response_format) {
     const auto& f = *r.response_format;
-    kw.key("response_format").begin_object().key("type").string(f.type);
+    kw.key_lit("response_format").begin_object().key_lit("type").string(f.type);
     if (f.type == "json_schema") {
       if (f.schema_name.empty()) return invalid("response_format json_schema needs a schema_name");
-      w.key("json_schema").begin_object().key("name").string(f.schema_name);
-      if (f.description) w.key("description").string(*f.description);
+      w.key_lit("json_schema").begin_object().key_lit("name").string(f.schema_name);
+      if (f.description) w.key_lit("description").string(*f.description);
       if (!f.schema_json.empty()) {
-        w.key("schema");
+        w.key_lit("schema");
         if (auto e = raw_value(w, "response_format.schema_json", f.schema_json, true)) return std::move(*e);
       }
-      if (f.strict) w.key("strict").boolean(*f.strict);
+      if (f.strict) w.key_lit("strict").boolean(*f.strict);
       w.end_object();
     }
     w.end_object();
   }
-  if (r.user) kw.key("user").string(*r.user);
+  if (r.user) kw.key_lit("user").string(*r.user);
   if (!r.metadata.empty()) {
-    kw.key("metadata").begin_object();
+    kw.key_lit("metadata").begin_object();
     for (const auto& [k, v] : r.metadata) w.key(k).string(v);
     w.end_object();
   }
-  if (r.reasoning_effort) kw.key("reasoning_effort").string(*r.reasoning_effort);
-  if (r.service_tier) kw.key("service_tier").string(*r.service_tier);
-  if (r.store) kw.key("store").boolean(*r.store);
+  if (r.reasoning_effort) kw.key_lit("reasoning_effort").string(*r.reasoning_effort);
+  if (r.service_tier) kw.key_lit("service_tier").string(*r.service_tier);
+  if (r.store) kw.key_lit("store").boolean(*r.store);
   if (stream) {
-    kw.key("stream").boolean(true);
+    kw.key_lit("stream").boolean(true);
     const bool usage = r.stream_options ? r.stream_options->include_usage : include_usage;
-    kw.key("stream_options").begin_object().key("include_usage").boolean(usage);
+    kw.key_lit("stream_options").begin_object().key_lit("include_usage").boolean(usage);
     w.end_object();
   }
   for (const auto& [name, value] : r.extra) {

@@ -62,6 +62,13 @@ JsonWriter& JsonWriter::key(std::string_view name) {
   return *this;
 }
 
+JsonWriter& JsonWriter::key_lit(std::string_view name) {
+  separator();
+  append_unchecked(out_, name, ':');
+  after_key_ = true;
+  return *this;
+}
+
 JsonWriter& JsonWriter::string(std::string_view s) {
   separator();
   if (!append_plain(out_, s, 0)) append_quoted(out_, s);
@@ -122,16 +129,27 @@ constexpr EscapeTable kEscape;
 bool JsonWriter::append_plain(std::string& out, std::string_view s, char then) {
   for (char c : s)
     if (kEscape.v[static_cast<unsigned char>(c)]) return false;
-  // The common case (ids, model names, keys): one grow and one copy.
-  const std::size_t at = out.size();
-  const std::size_t n = s.size();
-  out.resize(at + n + (then ? 3 : 2));
-  char* d = &out[at];
-  d[0] = '"';
-  if (n) std::memcpy(d + 1, s.data(), n);
-  d[n + 1] = '"';
-  if (then) d[n + 2] = then;
+  append_unchecked(out, s, then);
   return true;
+}
+
+void JsonWriter::append_unchecked(std::string& out, std::string_view s, char then) {
+  // One append (each std::string call costs more than copying a key):
+  // short text is quoted on the stack first.
+  char buf[128];
+  const std::size_t n = s.size();
+  if (n + 3 <= sizeof buf) {
+    buf[0] = '"';
+    std::memcpy(buf + 1, s.data(), n);
+    buf[n + 1] = '"';
+    buf[n + 2] = then;
+    out.append(buf, n + (then ? 3 : 2));
+    return;
+  }
+  out.push_back('"');
+  out.append(s.data(), n);
+  out.push_back('"');
+  if (then) out.push_back(then);
 }
 
 void JsonWriter::append_quoted(std::string& out, std::string_view s) {

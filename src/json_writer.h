@@ -25,6 +25,9 @@ class JsonWriter {
   JsonWriter& end_array();
   // Writes `"name":`; the next call writes the value.
   JsonWriter& key(std::string_view name);
+  // The same for a name known to need no escaping (a literal in our code):
+  // no scan of its bytes.
+  JsonWriter& key_lit(std::string_view name);
   JsonWriter& string(std::string_view s);
   JsonWriter& number(std::int64_t v);
   JsonWriter& number(double v);  // non-finite values are written as null
@@ -39,6 +42,11 @@ class JsonWriter {
   // Appends `"s"` (and `then`, unless 0) when `s` needs no escaping;
   // false (nothing appended) when it does.
   static bool append_plain(std::string& out, std::string_view s, char then);
+
+ private:
+  static void append_unchecked(std::string& out, std::string_view s, char then);
+
+ public:
 
  private:
   void separator();

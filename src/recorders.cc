@@ -121,6 +121,7 @@ void JsonlRecorder::record(const RequestRecord& record) {
     rotate_locked();
   if (!file_) {
     file_ = std::fopen(path_.c_str(), "ab");
+    if (file_) std::setvbuf(file_, nullptr, _IOFBF, 1 << 16);
     if (!file_) {
       if (on_error_) on_error_("jsonl", fmt::format("cannot open '{}': {}", path_, std::strerror(errno)));
       return;

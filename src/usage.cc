@@ -83,31 +83,31 @@ std::string RequestRecord::to_json() const {
   out.reserve(512);
   JsonWriter w(out);
   w.begin_object();
-  w.key("request_id").string(request_id);
-  w.key("upstream_request_id").string(upstream_request_id);
-  w.key("started_at").string(started_at_iso());
-  w.key("endpoint").string(endpoint);
-  w.key("requested_model").string(requested_model);
-  w.key("model").string(model);
-  w.key("provider");
+  w.key_lit("request_id").string(request_id);
+  w.key_lit("upstream_request_id").string(upstream_request_id);
+  w.key_lit("started_at").string(started_at_iso());
+  w.key_lit("endpoint").string(endpoint);
+  w.key_lit("requested_model").string(requested_model);
+  w.key_lit("model").string(model);
+  w.key_lit("provider");
   if (provider) w.string(*provider); else w.null();
-  w.key("streamed").boolean(streamed);
-  w.key("status").string(taotoken::to_string(status));
-  w.key("http_status").number(static_cast<std::int64_t>(http_status));
-  w.key("error_kind");
+  w.key_lit("streamed").boolean(streamed);
+  w.key_lit("status").string(taotoken::to_string(status));
+  w.key_lit("http_status").number(static_cast<std::int64_t>(http_status));
+  w.key_lit("error_kind");
   if (error_kind) w.string(taotoken::to_string(*error_kind)); else w.null();
-  w.key("error_message").string(error_message);
-  w.key("attempts").begin_array();
+  w.key_lit("error_message").string(error_message);
+  w.key_lit("attempts").begin_array();
   for (const auto& a : attempts) {
-    w.begin_object().key("http_status").number(static_cast<std::int64_t>(a.http_status));
-    w.key("error");
+    w.begin_object().key_lit("http_status").number(static_cast<std::int64_t>(a.http_status));
+    w.key_lit("error");
     if (a.error) w.string(taotoken::to_string(*a.error)); else w.null();
-    w.key("latency_ms").number(static_cast<std::int64_t>(a.latency.count()));
-    w.key("delay_before_ms").number(static_cast<std::int64_t>(a.delay_before.count())).end_object();
+    w.key_lit("latency_ms").number(static_cast<std::int64_t>(a.latency.count()));
+    w.key_lit("delay_before_ms").number(static_cast<std::int64_t>(a.delay_before.count())).end_object();
   }
   w.end_array();
-  w.key("latency_ms").number(static_cast<std::int64_t>(latency.count()));
-  w.key("ttft_ms");
+  w.key_lit("latency_ms").number(static_cast<std::int64_t>(latency.count()));
+  w.key_lit("ttft_ms");
   if (time_to_first_token) w.number(static_cast<std::int64_t>(time_to_first_token->count())); else w.null();
   opt_int(w, "prompt_tokens", prompt_tokens);
   opt_int(w, "completion_tokens", completion_tokens);
@@ -116,10 +116,10 @@ std::string RequestRecord::to_json() const {
   opt_int(w, "reasoning_tokens", reasoning_tokens);
   opt_double(w, "estimated_cost", estimated_cost);
   opt_double(w, "upstream_cost", upstream_cost);
-  w.key("tags").begin_object();
+  w.key_lit("tags").begin_object();
   for (const auto& [k, v] : tags) w.key(k).string(v);
   w.end_object();
-  w.key("request_summary");
+  w.key_lit("request_summary");
   if (request_summary) w.raw(*request_summary); else w.null();
   w.end_object();
   return out;
@@ -290,15 +290,15 @@ UsageSummary SummaryBuilder::build() const {
 namespace {
 void totals_json(JsonWriter& w, const UsageTotals& t) {
   w.begin_object();
-  w.key("requests").number(t.requests).key("successes").number(t.successes);
-  w.key("errors").number(t.errors).key("cancelled").number(t.cancelled);
-  w.key("prompt_tokens").number(t.prompt_tokens).key("completion_tokens").number(t.completion_tokens);
-  w.key("total_tokens").number(t.total_tokens).key("cached_tokens").number(t.cached_tokens);
-  w.key("estimated_cost").number(t.estimated_cost).key("upstream_cost").number(t.upstream_cost);
-  w.key("latency_ms").begin_object();
-  w.key("p50").number(static_cast<std::int64_t>(t.latency_p50.count()));
-  w.key("p95").number(static_cast<std::int64_t>(t.latency_p95.count()));
-  w.key("p99").number(static_cast<std::int64_t>(t.latency_p99.count()));
+  w.key_lit("requests").number(t.requests).key_lit("successes").number(t.successes);
+  w.key_lit("errors").number(t.errors).key_lit("cancelled").number(t.cancelled);
+  w.key_lit("prompt_tokens").number(t.prompt_tokens).key_lit("completion_tokens").number(t.completion_tokens);
+  w.key_lit("total_tokens").number(t.total_tokens).key_lit("cached_tokens").number(t.cached_tokens);
+  w.key_lit("estimated_cost").number(t.estimated_cost).key_lit("upstream_cost").number(t.upstream_cost);
+  w.key_lit("latency_ms").begin_object();
+  w.key_lit("p50").number(static_cast<std::int64_t>(t.latency_p50.count()));
+  w.key_lit("p95").number(static_cast<std::int64_t>(t.latency_p95.count()));
+  w.key_lit("p99").number(static_cast<std::int64_t>(t.latency_p99.count()));
   w.end_object().end_object();
 }
 void group_json(JsonWriter& w, std::string_view key, const std::map<std::string, UsageTotals>& groups) {
@@ -321,7 +321,7 @@ std::string UsageTotals::to_json() const {
 std::string UsageSummary::to_json() const {
   std::string out;
   JsonWriter w(out);
-  w.begin_object().key("total");
+  w.begin_object().key_lit("total");
   totals_json(w, total);
   group_json(w, "by_model", by_model);
   group_json(w, "by_tag", by_tag);
