@@ -130,23 +130,6 @@ void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumn
          r.request_summary ? SqlValue(*r.request_summary) : SqlValue()};
 }
 
-SqlValues record_values(const RequestRecord& r) {
-  RecordScratch scratch;
-  RecordColumns cols;
-  record_columns(r, scratch, cols);
-  SqlValues out;
-  out.reserve(cols.size());
-  for (const SqlValue& v : cols) {
-    switch (v.type) {
-      case SqlValue::null: out.emplace_back(); break;
-      case SqlValue::integer: out.emplace_back(std::to_string(v.i)); break;
-      case SqlValue::real: out.emplace_back(fmt::format("{}", v.d)); break;
-      case SqlValue::text: out.emplace_back(std::string(v.s)); break;
-    }
-  }
-  return out;
-}
-
 RequestRecord record_from_row(const SqlValues& v) {
   auto s = [&](std::size_t i) { return i < v.size() && v[i] ? *v[i] : std::string(); };
   RequestRecord r;

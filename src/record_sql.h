@@ -56,10 +56,8 @@ struct RecordScratch {
 // while `r` and `scratch` are unchanged.
 void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumns& out);
 
+// A row as text (NULL as nullopt), as read back.
 using SqlValues = std::vector<std::optional<std::string>>;
-
-// The same as text (NULL as nullopt), for a text protocol.
-SqlValues record_values(const RequestRecord& r);
 
 // A row read with kRecordColumns (in that order) back into a record.
 RequestRecord record_from_row(const SqlValues& row);

@@ -4,8 +4,11 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
+#include <iterator>
 #include <memory>
+#include <unordered_map>
 
 #include "batch_queue.h"
 #include "record_sql.h"
@@ -147,22 +150,35 @@ class PostgresRecorder::Impl {
       if (auto e = connect(conninfo_, conn_); !e.empty()) return e;
     }
     const std::size_t ncols = detail::kRecordColumns.size() + 1;
-    std::string sql = fmt::format("INSERT INTO taotoken_requests ({}) VALUES ", detail::insert_column_list());
-    std::vector<detail::SqlValues> values;
-    values.reserve(batch.size());
-    std::vector<const char*> params;
-    params.reserve(batch.size() * ncols);
-    int n = 0;
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      values.push_back(detail::record_values(batch[i]));
-      sql += i ? ",(" : "(";
-      for (std::size_t c = 0; c < ncols; ++c) {
-        sql += fmt::format("{}${}", c ? "," : "", ++n);
-        const auto& v = values.back()[c];
-        params.push_back(v ? v->c_str() : nullptr);
+    const std::string& sql = insert_sql(batch.size());
+    // Every value as text into one buffer (NUL-terminated), then pointers
+    // into it: no string per value.
+    arena_.clear();
+    offsets_.clear();
+    for (const auto& rec : batch) {
+      detail::record_columns(rec, scratch_, columns_);
+      for (const detail::SqlValue& v : columns_) {
+        if (v.type == detail::SqlValue::null) {
+          offsets_.push_back(kNull);
+          continue;
+        }
+        offsets_.push_back(arena_.size());
+        if (v.type == detail::SqlValue::integer) {
+          char buf[24];
+          auto r = std::to_chars(buf, buf + sizeof buf, v.i);
+          arena_.append(buf, r.ptr);
+        } else if (v.type == detail::SqlValue::real) {
+          fmt::format_to(std::back_inserter(arena_), "{}", v.d);
+        } else {
+          arena_.append(v.s.data(), v.s.size());
+        }
+        arena_.push_back('\0');
       }
-      sql += ")";
     }
+    std::vector<const char*> params;
+    params.reserve(offsets_.size());
+    for (std::size_t off : offsets_) params.push_back(off == kNull ? nullptr : arena_.data() + off);
+    const int n = static_cast<int>(params.size());
     // Column types are inferred from the table; text parameters convert.
     PgResult r(PQexecParams(conn_.get(), sql.c_str(), n, nullptr, params.data(), nullptr, nullptr, 0));
     if (r && PQresultStatus(r.get()) == PGRES_COMMAND_OK) return {};
@@ -173,12 +189,7 @@ class PostgresRecorder::Impl {
     }
     // The server refused the data: find the bad rows one by one, drop and
     // report them, keep the rest (one bad record must not block the queue).
-    const std::string one = fmt::format("INSERT INTO taotoken_requests ({}) VALUES ({})", detail::insert_column_list(),
-                                        [&] {
-                                          std::string p;
-                                          for (std::size_t c = 1; c <= ncols; ++c) p += fmt::format("{}${}", c > 1 ? "," : "", c);
-                                          return p;
-                                        }());
+    const std::string one = insert_sql(1);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       PgResult single(PQexecParams(conn_.get(), one.c_str(), static_cast<int>(ncols), nullptr, &params[i * ncols],
                                    nullptr, nullptr, 0));
@@ -192,11 +203,39 @@ class PostgresRecorder::Impl {
     return {};
   }
 
+  // The INSERT of `rows` rows ($1..$n), built once per batch size.
+  const std::string& insert_sql(std::size_t rows) {
+    if (sql_cache_.size() > 64) sql_cache_.clear();  // batch sizes vary little
+    std::string& sql = sql_cache_[rows];
+    if (!sql.empty()) return sql;
+    const std::size_t ncols = detail::kRecordColumns.size() + 1;
+    sql = "INSERT INTO taotoken_requests (" + detail::insert_column_list() + ") VALUES ";
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < rows; ++i) {
+      sql += i ? ",(" : "(";
+      for (std::size_t c = 0; c < ncols; ++c) {
+        if (c) sql += ',';
+        sql += '$';
+        sql += std::to_string(++n);
+      }
+      sql += ')';
+    }
+    return sql;
+  }
+
+  static constexpr std::size_t kNull = static_cast<std::size_t>(-1);
+
   std::string conninfo_;
   RecorderErrorHook on_error_;
   std::chrono::milliseconds drain_timeout_;
   Conn conn_;
-  detail::BatchQueue queue_;
+  // Worker only:
+  std::unordered_map<std::size_t, std::string> sql_cache_;
+  detail::RecordScratch scratch_;
+  detail::RecordColumns columns_;
+  std::string arena_;
+  std::vector<std::size_t> offsets_;
+  detail::BatchQueue queue_;  // last: its worker uses the members above
 };
 
 PostgresRecorder::PostgresRecorder(std::string conninfo, DatabaseRecorderOptions options)

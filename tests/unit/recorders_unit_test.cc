@@ -65,7 +65,7 @@ TEST_CASE("summary days follow each record's UTC date, before and after 1970, ac
   CHECK(s.by_tag.at("user=b").requests == 2);
 }
 
-TEST_CASE("SQL columns are typed; the text form matches them") {
+TEST_CASE("SQL columns are typed") {
   RequestRecord r;
   r.request_id = "req_1";
   r.started_at = std::chrono::system_clock::time_point(1764201600123ms);
@@ -96,12 +96,6 @@ TEST_CASE("SQL columns are typed; the text form matches them") {
   CHECK(col("estimated_cost").d == 0.25);
   CHECK(col("tags_json").s == R"({"k":"v\"q"})");
   CHECK(cols.back().type == detail::SqlValue::null);  // request_summary
-  const detail::SqlValues text = detail::record_values(r);
-  REQUIRE(text.size() == cols.size());
-  CHECK(*text[3] == "1764201600123");
-  CHECK(*text[8] == "1");
-  CHECK(!text[7]);
-  CHECK(*text[22] == "0.25");
 }
 
 TEST_CASE("JSON writer: plain strings and keys take the fast path, others are escaped") {
