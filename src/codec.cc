@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 
 #include "json_writer.h"
@@ -150,6 +151,44 @@ std::optional<std::string> opt_scalar_text(dom::element v) {
   }
 }
 
+// Key tests: a length check, then a memcmp of constant size that the
+// compiler turns into one or two integer compares (string_view's == calls
+// an out-of-line compare() and memcmp on every key).
+template <std::size_t N>
+inline bool key_is(std::string_view k, const char (&lit)[N]) {
+  return k.size() == N - 1 && std::memcmp(k.data(), lit, N - 1) == 0;
+}
+
+// The assign_* helpers decode like opt_string/opt_scalar_text (same values,
+// same exceptions, thrown before `to` changes) but write into the target in
+// place: no temporary optional, no move, and an engaged string keeps its
+// buffer.
+void assign_text(std::optional<std::string>& to, std::string_view s) {
+  if (to) to->assign(s);
+  else to.emplace(s);
+}
+
+void assign_opt_string(std::optional<std::string>& to, dom::element v) {
+  if (v.is_null()) to.reset();
+  else assign_text(to, std::string_view(v));
+}
+
+void assign_scalar_text(std::string& to, dom::element v) {
+  switch (v.type()) {
+    case element_type::NULL_VALUE: to.clear(); break;
+    case element_type::STRING: to.assign(std::string_view(v)); break;
+    default: to = simdjson::minify(v);
+  }
+}
+
+void assign_opt_scalar_text(std::optional<std::string>& to, dom::element v) {
+  switch (v.type()) {
+    case element_type::NULL_VALUE: to.reset(); break;
+    case element_type::STRING: assign_text(to, std::string_view(v)); break;
+    default: to = simdjson::minify(v);
+  }
+}
+
 // Message content: a string, null, or (some gateways) an array of parts
 // whose text parts are concatenated.
 std::optional<std::string> content_text(dom::element v) {
@@ -165,6 +204,15 @@ std::optional<std::string> content_text(dom::element v) {
       return out;
     }
     default: return to_string(v);
+  }
+}
+
+// content_text() into a delta's optional, in place.
+void assign_content(std::optional<std::string>& to, dom::element v) {
+  switch (v.type()) {
+    case element_type::NULL_VALUE: to.reset(); break;
+    case element_type::STRING: assign_text(to, std::string_view(v)); break;
+    default: to = content_text(v);
   }
 }
 
@@ -261,14 +309,14 @@ bool decode_envelope(std::string_view k, dom::element v, T& c) {
     if (v.is_null()) to.clear();
     else to.assign(std::string_view(v));
   };
-  if (k == "id") text(c.id);
-  else if (k == "object") text(c.object);
-  else if (k == "created") c.created = opt_int(v).value_or(0);
-  else if (k == "model") text(c.model);
-  else if (k == "usage") {
+  if (key_is(k, "id")) text(c.id);
+  else if (key_is(k, "object")) text(c.object);
+  else if (key_is(k, "created")) c.created = opt_int(v).value_or(0);
+  else if (key_is(k, "model")) text(c.model);
+  else if (key_is(k, "usage")) {
     if (v.is_object()) c.usage = decode_usage(v);
-  } else if (k == "system_fingerprint") c.system_fingerprint = opt_string(v);
-  else if (k == "provider") c.provider = opt_scalar_text(v);
+  } else if (key_is(k, "system_fingerprint")) assign_opt_string(c.system_fingerprint, v);
+  else if (key_is(k, "provider")) assign_opt_scalar_text(c.provider, v);
   else return false;
   return true;
 }
@@ -459,44 +507,48 @@ namespace {
 void decode_tool_call_deltas(dom::element v, std::vector<ToolCallDelta>& out) {
   if (v.is_null()) return;
   for (dom::element item : v.get_array()) {
-    ToolCallDelta tc;
-    for (dom::key_value_pair f : item.get_object()) {
+    dom::object fields = item.get_object();
+    ToolCallDelta& tc = out.emplace_back();
+    for (dom::key_value_pair f : fields) {
       const std::string_view k = f.key;
-      if (k == "index") tc.index = static_cast<int>(opt_int(f.value).value_or(0));
-      else if (k == "id") tc.id = opt_string(f.value);
-      else if (k == "type") tc.type = opt_string(f.value);
-      else if (k == "function" && f.value.is_object()) {
+      if (key_is(k, "index")) tc.index = static_cast<int>(opt_int(f.value).value_or(0));
+      else if (key_is(k, "id")) assign_opt_string(tc.id, f.value);
+      else if (key_is(k, "type")) assign_opt_string(tc.type, f.value);
+      else if (key_is(k, "function") && f.value.is_object()) {
         for (dom::key_value_pair g : f.value.get_object()) {
-          if (g.key == "name") tc.name = opt_string(g.value);
-          else if (g.key == "arguments") tc.arguments = opt_scalar_text(g.value).value_or("");
+          if (key_is(g.key, "name")) assign_opt_string(tc.name, g.value);
+          else if (key_is(g.key, "arguments")) assign_scalar_text(tc.arguments, g.value);
         }
       }
     }
-    out.push_back(std::move(tc));
   }
 }
 
-ChoiceDelta decode_choice_delta(dom::element v) {
-  ChoiceDelta c;
-  for (dom::key_value_pair f : v.get_object()) {
+void decode_delta(dom::object delta, ChoiceDelta& c) {
+  for (dom::key_value_pair g : delta) {
+    const std::string_view k = g.key;
+    if (key_is(k, "content")) assign_content(c.content, g.value);
+    else if (key_is(k, "role")) assign_opt_string(c.role, g.value);
+    else if (key_is(k, "refusal")) assign_opt_string(c.refusal, g.value);
+    else if (key_is(k, "reasoning_content") || key_is(k, "reasoning")) {
+      if (!g.value.is_null()) assign_text(c.reasoning, std::string_view(g.value));
+    } else if (key_is(k, "tool_calls")) decode_tool_call_deltas(g.value, c.tool_calls);
+  }
+}
+
+// Decodes into a freshly appended delta (constructed in the vector's
+// storage, not moved in).
+void decode_choice_delta(dom::object fields, ChoiceDelta& c) {
+  for (dom::key_value_pair f : fields) {
     const std::string_view k = f.key;
-    if (k == "index") c.index = static_cast<int>(opt_int(f.value).value_or(0));
-    else if (k == "finish_reason") c.finish_reason = opt_string(f.value);
-    else if (k == "logprobs") {
+    if (key_is(k, "delta")) {
+      if (f.value.is_object()) decode_delta(f.value.get_object().value_unsafe(), c);
+    } else if (key_is(k, "index")) c.index = static_cast<int>(opt_int(f.value).value_or(0));
+    else if (key_is(k, "finish_reason")) assign_opt_string(c.finish_reason, f.value);
+    else if (key_is(k, "logprobs")) {
       if (f.value.is_object()) c.logprobs_json = simdjson::minify(f.value);
-    } else if (k == "delta" && f.value.is_object()) {
-      for (dom::key_value_pair g : f.value.get_object()) {
-        const std::string_view gk = g.key;
-        if (gk == "role") c.role = opt_string(g.value);
-        else if (gk == "content") c.content = content_text(g.value);
-        else if (gk == "refusal") c.refusal = opt_string(g.value);
-        else if (gk == "reasoning_content" || gk == "reasoning") {
-          if (auto r = opt_string(g.value)) c.reasoning = std::move(r);
-        } else if (gk == "tool_calls") decode_tool_call_deltas(g.value, c.tool_calls);
-      }
     }
   }
-  return c;
 }
 
 }  // namespace
@@ -519,11 +571,15 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
     for (dom::key_value_pair f : root.get_object()) {
       const std::string_view k = f.key;
       dom::element v = f.value;
-      if (decode_envelope(k, v, c)) continue;
-      if (k == "choices") {
+      if (key_is(k, "choices")) {
         if (!v.is_null())
-          for (dom::element ch : v.get_array()) c.choices.push_back(decode_choice_delta(ch));
-      } else if (k == "error") {
+          for (dom::element ch : v.get_array()) {
+            dom::object fields = ch.get_object();
+            decode_choice_delta(fields, c.choices.emplace_back());
+          }
+      } else if (decode_envelope(k, v, c)) {
+        continue;
+      } else if (key_is(k, "error")) {
         if (!v.is_null()) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
       }
     }
