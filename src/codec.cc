@@ -574,51 +574,152 @@ void decode_choice_delta(dom::object fields, ChoiceDelta& c) {
 
 }  // namespace
 
+namespace {
+
+// The offset of the comma in front of top-level member `member` (> 0) of
+// `json`, a valid JSON object text; npos if there is none.
+std::size_t member_comma(std::string_view json, std::size_t member) {
+  int depth = 0;
+  std::size_t commas = 0;
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    const char ch = json[i];
+    if (ch == '"') {
+      for (++i; i < json.size() && json[i] != '"'; ++i)
+        if (json[i] == '\\') ++i;
+    } else if (ch == '{' || ch == '[') {
+      ++depth;
+    } else if (ch == '}' || ch == ']') {
+      --depth;
+    } else if (ch == ',' && depth == 1 && ++commas == member) {
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// Decodes the members of a chunk's top-level object into `c` (whose
+// envelope fields the caller has set), appending deltas from `n_choices`
+// on. `at_member(i, key)` is called before member i is decoded; it
+// returns false to stop looking at keys.
+template <typename AtMember>
+void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t& n_choices,
+                          std::optional<Error>& in_stream_error, AtMember&& at_member) {
+  std::size_t i = 0;
+  bool watch = true;
+  for_each_field(root, [&](std::string_view k, const dom::element& v) {
+    if (watch) watch = at_member(i++, k);
+    if (key_is(k, "choices")) {
+      if (!v.is_null())
+        for (dom::element ch : v.get_array()) {
+          dom::object fields = ch.get_object();
+          if (n_choices < c.choices.size()) reset(c.choices[n_choices]);
+          else c.choices.emplace_back();
+          decode_choice_delta(fields, c.choices[n_choices++]);
+        }
+    } else if (decode_envelope(k, v, c)) {
+      return;
+    } else if (key_is(k, "error")) {
+      if (!v.is_null()) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
+    }
+  });
+}
+
+}  // namespace
+
 std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& c,
-                                  std::optional<Error>& in_stream_error) {
+                                  std::optional<Error>& in_stream_error, ChunkPrefix* prefix) {
   thread_local dom::parser parser;
   dom::element root;
-  if (auto err = parser.parse(padded.data(), padded.size(), false).get(root))
+  // The chunks of a stream usually repeat the previous chunk's bytes up to
+  // "choices" (id, object, created, model, system_fingerprint...). When
+  // they do, only '{' + the rest is parsed, and the envelope is the one
+  // decoded from those bytes before. Exactly equivalent (see ChunkPrefix):
+  // the prefix is a valid object start ending in a top-level comma, so the
+  // whole text is valid iff '{' + rest is (the rest starts with a key, so
+  // '{' cannot make an empty object of it), the rest's members decode the
+  // same after it, and simdjson reports the same error for both: stage 1's
+  // errors (UTF-8, control characters in strings, an unclosed string) are
+  // the rest's alone, and stage 2 reaches the rest's first key in the same
+  // state at the same depth either way.
+  const std::size_t plen = prefix ? prefix->bytes.size() : 0;
+  const bool reuse = plen != 0 && padded.size() > plen && padded[plen] == '"' &&
+                     std::memcmp(padded.data(), prefix->bytes.data(), plen) == 0;
+  std::string_view text = padded;
+  if (reuse) {
+    std::string& rest = prefix->scratch;
+    rest.assign(1, '{');
+    rest.append(padded.substr(plen));
+    ensure_padding(rest);
+    text = rest;
+  }
+  if (auto err = parser.parse(text.data(), text.size(), false).get(root))
     return bad_json("JSON in a stream event", err);
-  c.id.clear();  // clear() keeps the buffers of a reused chunk
-  c.object.clear();
-  c.model.clear();
+  if (reuse) {
+    c.id.assign(prefix->id);
+    c.object.assign(prefix->object);
+    c.model.assign(prefix->model);
+    c.created = prefix->created;
+    c.system_fingerprint = prefix->system_fingerprint;
+    c.provider = prefix->provider;
+  } else {
+    c.id.clear();  // clear() keeps the buffers of a reused chunk
+    c.object.clear();
+    c.model.clear();
+    c.system_fingerprint.reset();
+    c.provider.reset();
+    c.created = 0;
+  }
   c.usage.reset();
-  c.system_fingerprint.reset();
-  c.provider.reset();
-  c.created = 0;
   // The chunk's deltas are reused in order; the ones left over are dropped
   // at the end.
   std::size_t n_choices = 0;
+  // A new prefix: the members in front of the first choices/usage/error
+  // (the members that set only envelope fields, or nothing), with the
+  // envelope they leave.
+  std::size_t prefix_members = 0;
+  ChatCompletionChunk* snapshot_from = nullptr;
   try {
-    for_each_field(root.get_object(), [&](std::string_view k, const dom::element& v) {
-      if (key_is(k, "choices")) {
-        if (!v.is_null())
-          for (dom::element ch : v.get_array()) {
-            dom::object fields = ch.get_object();
-            if (n_choices < c.choices.size()) reset(c.choices[n_choices]);
-            else c.choices.emplace_back();
-            decode_choice_delta(fields, c.choices[n_choices++]);
-          }
-      } else if (decode_envelope(k, v, c)) {
-        return;
-      } else if (key_is(k, "error")) {
-        if (!v.is_null()) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
-      }
-    });
+    dom::object obj = root.get_object();
+    if (reuse || !prefix) {
+      decode_chunk_members(obj, c, n_choices, in_stream_error, [](std::size_t, std::string_view) { return false; });
+    } else {
+      decode_chunk_members(obj, c, n_choices, in_stream_error, [&](std::size_t i, std::string_view k) {
+        if (!key_is(k, "choices") && !key_is(k, "usage") && !key_is(k, "error")) return true;
+        prefix_members = i;
+        if (i > 0) {
+          prefix->id.assign(c.id);
+          prefix->object.assign(c.object);
+          prefix->model.assign(c.model);
+          prefix->created = c.created;
+          prefix->system_fingerprint = c.system_fingerprint;
+          prefix->provider = c.provider;
+          snapshot_from = &c;
+        }
+        return false;
+      });
+    }
   } catch (const simdjson::simdjson_error& e) {
     c.choices.resize(n_choices);
+    if (prefix && !reuse) prefix->bytes.clear();
     return bad_json("stream chunk", e.error());
   }
   c.choices.resize(n_choices);
   c.raw_json.assign(padded);
+  if (prefix && !reuse) {
+    prefix->bytes.clear();
+    if (snapshot_from) {
+      const std::size_t comma = member_comma(padded, prefix_members);
+      if (comma != std::string_view::npos && comma + 1 < padded.size() && padded[comma + 1] == '"')
+        prefix->bytes.assign(padded.substr(0, comma + 1));
+    }
+  }
   return std::nullopt;
 }
 
 Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error) {
   ensure_padding(data);
   ChatCompletionChunk c;
-  if (auto e = decode_chunk(std::string_view(data), c, in_stream_error)) return std::move(*e);
+  if (auto e = decode_chunk(std::string_view(data), c, in_stream_error, nullptr)) return std::move(*e);
   return c;
 }
 

@@ -70,9 +70,9 @@ Decoded reference(const std::string& padded) {
   return d;
 }
 
-Decoded tuned(const std::string& padded, ChatCompletionChunk& c) {
+Decoded tuned(const std::string& padded, ChatCompletionChunk& c, detail::ChunkPrefix* prefix) {
   Decoded d;
-  d.failure = detail::decode_chunk(padded, c, d.in_stream);
+  d.failure = detail::decode_chunk(padded, c, d.in_stream, prefix);
   if (!d.failure) d.chunk = describe(c);
   return d;
 }
@@ -339,14 +339,22 @@ TEST_CASE("decode_chunk decodes every event like the reference decoder") {
     }
   }
 
-  ChatCompletionChunk reused;
-  std::size_t valid = 0, invalid = 0, in_stream = 0;
+  // Decoded three ways: into a fresh chunk, and into one chunk reused
+  // across the sequence without and with a ChunkPrefix kept across it (a
+  // stream's; most mutants keep their original's leading members, so they
+  // are decoded from the prefix).
+  ChatCompletionChunk reused, streamed;
+  detail::ChunkPrefix prefix;
+  std::size_t valid = 0, invalid = 0, in_stream = 0, from_prefix = 0, from_prefix_invalid = 0;
   for (const auto& raw : events) {
     const std::string ev = padded(raw);
     const Decoded want = reference(ev);
     ChatCompletionChunk fresh;
-    const Decoded got = tuned(ev, fresh);
-    const Decoded again = tuned(ev, reused);
+    const bool has_prefix = !prefix.bytes.empty() && raw.size() > prefix.bytes.size() &&
+                            raw.compare(0, prefix.bytes.size(), prefix.bytes) == 0;
+    const Decoded got = tuned(ev, fresh, nullptr);
+    const Decoded again = tuned(ev, reused, nullptr);
+    const Decoded cached = tuned(ev, streamed, &prefix);
     INFO("event: " << raw);
     REQUIRE(describe(got.failure) == describe(want.failure));
     REQUIRE(describe(got.in_stream) == describe(want.in_stream));
@@ -354,6 +362,13 @@ TEST_CASE("decode_chunk decodes every event like the reference decoder") {
     REQUIRE(describe(again.failure) == describe(want.failure));
     REQUIRE(describe(again.in_stream) == describe(want.in_stream));
     REQUIRE(again.chunk == want.chunk);
+    REQUIRE(describe(cached.failure) == describe(want.failure));
+    REQUIRE(describe(cached.in_stream) == describe(want.in_stream));
+    REQUIRE(cached.chunk == want.chunk);
+    if (has_prefix) {
+      ++from_prefix;
+      if (want.failure) ++from_prefix_invalid;
+    }
     if (want.failure) {
       CHECK(want.failure->kind() == ErrorKind::bad_response);
       ++invalid;
@@ -366,4 +381,74 @@ TEST_CASE("decode_chunk decodes every event like the reference decoder") {
   CHECK(valid > events.size() / 5);
   CHECK(invalid > events.size() / 5);
   CHECK(in_stream > 100);
+  CHECK(from_prefix > events.size() / 5);
+  CHECK(from_prefix_invalid > from_prefix / 5);
+}
+
+TEST_CASE("decode_chunk from a stream's prefix: damage after the prefix gives the reference's result") {
+  // Every recorded event that leaves a prefix, followed by mutants damaged
+  // only after that prefix (so each is decoded from it) and mutants of the
+  // prefix part alone (so each is not, and must not be).
+  std::vector<std::string> corpus = recorded_events();
+  const std::vector<std::string> edges = edge_cases();
+  corpus.insert(corpus.end(), edges.begin(), edges.end());
+  std::mt19937 rng(777);
+  std::size_t with_prefix = 0, decoded = 0, failed = 0;
+  for (const auto& doc : corpus) {
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    const std::string first = padded(doc);
+    const Decoded want_first = reference(first);
+    const Decoded got_first = tuned(first, c, &prefix);
+    REQUIRE(got_first.chunk == want_first.chunk);
+    REQUIRE(describe(got_first.failure) == describe(want_first.failure));
+    if (prefix.bytes.empty()) continue;
+    ++with_prefix;
+    INFO("original: " << doc);
+    const std::string head = prefix.bytes;
+    REQUIRE(doc.compare(0, head.size(), head) == 0);
+    const std::string tail = doc.substr(head.size());
+    for (int i = 0; i < 300; ++i) {
+      std::string m;
+      if (i % 10 == 9) {
+        m = mutate(head, rng) + tail;
+      } else {
+        m = mutate(tail, rng);
+        if (rng() % 2) m = mutate(std::move(m), rng);
+        m = head + m;
+      }
+      const std::string ev = padded(m);
+      const Decoded want = reference(ev);
+      detail::ChunkPrefix kept = prefix;
+      const Decoded got = tuned(ev, c, &kept);
+      INFO("event: " << m);
+      REQUIRE(describe(got.failure) == describe(want.failure));
+      REQUIRE(describe(got.in_stream) == describe(want.in_stream));
+      REQUIRE(got.chunk == want.chunk);
+      ++(want.failure ? failed : decoded);
+    }
+  }
+  CHECK(with_prefix > 250);
+  CHECK(decoded > with_prefix * 60);
+  CHECK(failed > with_prefix * 60);
+}
+
+TEST_CASE("decode_chunk's prefix: only whole leading members that set the envelope") {
+  auto prefix_of = [](const std::string& doc) {
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    std::optional<Error> in_stream;
+    const std::string ev = padded(doc);
+    CHECK_FALSE(detail::decode_chunk(ev, c, in_stream, &prefix));
+    return prefix.bytes;
+  };
+  CHECK(prefix_of(R"({"id":"a","model":"m","choices":[]})") == R"({"id":"a","model":"m",)");
+  CHECK(prefix_of(R"( { "id" : "a" ,"choices":[]})") == R"( { "id" : "a" ,)");
+  CHECK(prefix_of(R"({"id":"a", "choices":[]})") == "");  // a space before the key: not reused
+  CHECK(prefix_of(R"({"choices":[],"id":"a"})") == "");
+  CHECK(prefix_of(R"({"id":"a,\",\"b","x":{"choices":[1,{"y":","}]},"usage":null,"choices":[]})") ==
+        R"({"id":"a,\",\"b","x":{"choices":[1,{"y":","}]},)");
+  CHECK(prefix_of(R"({"id":"a","error":null,"choices":[]})") == R"({"id":"a",)");
+  CHECK(prefix_of(R"({"id":"a","ch\u006fices":[],"model":"m"})") == R"({"id":"a",)");
+  CHECK(prefix_of(R"({"id":"a","model":"m"})") == "");  // no choices: nothing to reuse it for
 }
