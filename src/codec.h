@@ -39,10 +39,29 @@ Result<ChatCompletion> decode_chat_completion(std::string& body);
 // choices may carry a finish_reason). Logprobs content/refusal elements are
 // appended raw to the given vectors (per choice index) when non-null.
 Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error);
+
+// What decode_chunk keeps of a stream's chunk for the next: the bytes of
+// its leading members up to the top-level comma in front of the first
+// `choices`, `usage` or `error` member (id, object, created, model,
+// system_fingerprint... which the chunks of a stream repeat byte for
+// byte), and the envelope fields those members decoded to. An event that
+// starts with the same bytes followed by a key is decoded from '{' + the
+// rest alone. `bytes` is empty when there is nothing to reuse (a first
+// chunk, one that failed, one that starts with choices).
+struct ChunkPrefix {
+  std::string bytes;
+  std::string id, object, model;
+  std::int64_t created = 0;
+  std::optional<std::string> system_fingerprint, provider;
+  std::string scratch;  // '{' + the rest of the event, padded
+};
+
 // The same into an existing chunk (its string buffers are reused), parsing
 // in place: `padded` must be followed by SIMDJSON_PADDING readable bytes.
+// `prefix` (may be null) is the stream's ChunkPrefix: the result is the
+// same with or without it, only faster.
 std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& out,
-                                  std::optional<Error>& in_stream_error);
+                                  std::optional<Error>& in_stream_error, ChunkPrefix* prefix);
 
 // Decodes the data of an `event: error` (an error object, bare or wrapped).
 Error decode_stream_error(std::string& data);

@@ -162,15 +162,20 @@ bool SseDecoder::line(std::string_view l, Handler& on_event) {
     value = l.substr(colon + 1);
     if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
   }
-  if (field == "data") {
+  // Length first, then a constant-size memcmp the compiler inlines
+  // (string_view's == calls an out-of-line compare() on every line).
+  auto is = [&field](const char* name, std::size_t n) {
+    return field.size() == n && std::memcmp(field.data(), name, n) == 0;
+  };
+  if (is("data", 4)) {
     data_.append(value);
     data_.push_back('\n');
     has_data_ = true;
-  } else if (field == "event") {
+  } else if (is("event", 5)) {
     event_type_.assign(value);
-  } else if (field == "id") {
+  } else if (is("id", 2)) {
     if (value.find('\0') == std::string_view::npos) last_id_.assign(value);
-  } else if (field == "retry") {
+  } else if (is("retry", 5)) {
     if (!value.empty() && value.find_first_not_of("0123456789") == std::string_view::npos && value.size() < 12)
       retry_ms_ = std::stoll(std::string(value));
   }

@@ -54,7 +54,7 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
   }
   // SseDecoder leaves padding after the data, so it is parsed in place.
   std::optional<Error> in_stream;
-  if (auto err = decode_chunk(ev.data, chunk_, in_stream)) {
+  if (auto err = decode_chunk(ev.data, chunk_, in_stream, &prefix_)) {
     error_ = std::move(*err);
     return Step::failed;
   }

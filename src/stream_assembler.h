@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "codec.h"
 #include "sse.h"
 #include "taotoken/chat.h"
 #include "taotoken/error.h"
@@ -66,6 +67,7 @@ class StreamAssembler {
   ChoiceAcc& choice(int index);
 
   ChatCompletionChunk chunk_;
+  ChunkPrefix prefix_;  // the last chunk's leading members, for the next
   std::string scratch_;
   std::vector<ChoiceAcc> choices_;
   std::string id_, object_ = "chat.completion", model_;

@@ -1,10 +1,78 @@
 // libFuzzer target: every decoder of upstream bytes (completion, chunk,
-// error body, models list, Retry-After) and forward()'s model filling.
+// error body, models list, Retry-After) and forward()'s model filling; and
+// a stream chunk decoded from the previous chunk's prefix against the same
+// chunk decoded whole (the input is that previous chunk, a newline, and
+// what follows its prefix).
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "codec.h"
+
+namespace {
+
+using namespace taotoken;
+
+bool same(const std::optional<std::string>& a, const std::optional<std::string>& b) { return a == b; }
+
+bool same(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
+  if (a.id != b.id || a.object != b.object || a.created != b.created || a.model != b.model ||
+      !same(a.system_fingerprint, b.system_fingerprint) || !same(a.provider, b.provider) ||
+      a.raw_json != b.raw_json || a.usage.has_value() != b.usage.has_value() || a.choices.size() != b.choices.size())
+    return false;
+  if (a.usage) {
+    const Usage &u = *a.usage, &v = *b.usage;
+    if (u.prompt_tokens != v.prompt_tokens || u.completion_tokens != v.completion_tokens ||
+        u.total_tokens != v.total_tokens || u.cached_tokens != v.cached_tokens ||
+        u.reasoning_tokens != v.reasoning_tokens || u.cost.has_value() != v.cost.has_value() ||
+        (u.cost && !(*u.cost == *v.cost || (*u.cost != *u.cost && *v.cost != *v.cost))))
+      return false;
+  }
+  for (std::size_t i = 0; i < a.choices.size(); ++i) {
+    const ChoiceDelta &c = a.choices[i], &d = b.choices[i];
+    if (c.index != d.index || c.role != d.role || c.content != d.content || c.refusal != d.refusal ||
+        c.reasoning != d.reasoning || c.finish_reason != d.finish_reason || c.logprobs_json != d.logprobs_json ||
+        c.tool_calls.size() != d.tool_calls.size())
+      return false;
+    for (std::size_t j = 0; j < c.tool_calls.size(); ++j) {
+      const ToolCallDelta &t = c.tool_calls[j], &u = d.tool_calls[j];
+      if (t.index != u.index || t.id != u.id || t.type != u.type || t.name != u.name || t.arguments != u.arguments)
+        return false;
+    }
+  }
+  return true;
+}
+
+bool same(const std::optional<Error>& a, const std::optional<Error>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  if (!a) return true;
+  return a->kind() == b->kind() && a->message() == b->message() && a->type == b->type && a->code == b->code &&
+         a->param == b->param && a->http_status == b->http_status;
+}
+
+void check_prefix_reuse(const std::string& input) {
+  using taotoken::detail::ChunkPrefix;
+  const std::size_t nl = input.find('\n');
+  if (nl == std::string::npos) return;
+  std::string first = input.substr(0, nl);
+  taotoken::detail::ensure_padding(first);
+  ChunkPrefix prefix;
+  ChatCompletionChunk chunk;
+  std::optional<Error> in_stream;
+  (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
+  std::string second = prefix.bytes + input.substr(nl + 1);
+  taotoken::detail::ensure_padding(second);
+  ChatCompletionChunk reused = chunk, whole;
+  std::optional<Error> in_stream_reused, in_stream_whole;
+  const auto err_reused = taotoken::detail::decode_chunk(second, reused, in_stream_reused, &prefix);
+  const auto err_whole = taotoken::detail::decode_chunk(second, whole, in_stream_whole, nullptr);
+  if (!same(err_reused, err_whole) || !same(in_stream_reused, in_stream_whole) ||
+      (!err_whole && !same(reused, whole)))
+    std::abort();
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string input(reinterpret_cast<const char*>(data), size);
@@ -18,6 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::optional<taotoken::Error> in_stream;
     (void)decode_chunk(body, in_stream);
   }
+  check_prefix_reuse(input);
   {
     std::string body = input;
     (void)decode_stream_error(body);

@@ -1,0 +1,454 @@
+// detail::decode_chunk against the straightforward reference decoder
+// (chunk_reference.h): the same chunk, the same in-stream error and the
+// same bad_response message for every recorded event, for handwritten edge
+// cases and for many thousands of mutated events (truncated, garbage in
+// unused fields, wrong types, duplicate keys, invalid UTF-8, trailing
+// bytes, deep nesting), each decoded into a fresh chunk and into one chunk
+// reused across the whole sequence, as a stream does.
+#include <fmt/format.h>
+
+#include <catch2/catch.hpp>
+#include <dirent.h>
+
+#include <algorithm>
+#include <random>
+
+#include "chunk_reference.h"
+#include "codec.h"
+#include "fixtures.h"
+#include "sse.h"
+
+using namespace taotoken;
+
+namespace {
+
+std::string show(const std::optional<std::string>& s) { return s ? "\"" + *s + "\"" : "(unset)"; }
+std::string show(const std::optional<std::int64_t>& v) { return v ? std::to_string(*v) : "(unset)"; }
+std::string show(const std::optional<double>& v) { return v ? fmt::format("{}", *v) : "(unset)"; }
+
+// Every field, so two chunks are equal exactly when their descriptions are.
+std::string describe(const ChatCompletionChunk& c) {
+  std::string out = fmt::format("id={} object={} created={} model={} fp={} provider={} raw={}\n", show(c.id),
+                                show(c.object), c.created, show(c.model), show(c.system_fingerprint),
+                                show(c.provider), show(c.raw_json));
+  if (c.usage) {
+    const Usage& u = *c.usage;
+    out += fmt::format("usage prompt={} completion={} total={} cached={} reasoning={} cost={}\n",
+                       show(u.prompt_tokens), show(u.completion_tokens), show(u.total_tokens),
+                       show(u.cached_tokens), show(u.reasoning_tokens), show(u.cost));
+  } else {
+    out += "usage (unset)\n";
+  }
+  for (const auto& d : c.choices) {
+    out += fmt::format("choice index={} role={} content={} refusal={} reasoning={} finish={} logprobs={}\n",
+                       d.index, show(d.role), show(d.content), show(d.refusal), show(d.reasoning),
+                       show(d.finish_reason), show(d.logprobs_json));
+    for (const auto& t : d.tool_calls)
+      out += fmt::format("  tool index={} id={} type={} name={} arguments={}\n", t.index, show(t.id),
+                         show(t.type), show(t.name), show(t.arguments));
+  }
+  return out;
+}
+
+std::string describe(const std::optional<Error>& e) {
+  if (!e) return "(none)";
+  return fmt::format("kind={} message={} type={} code={} param={} http_status={}", to_string(e->kind()),
+                     e->message(), show(e->type), show(e->code), show(e->param), e->http_status);
+}
+
+struct Decoded {
+  std::optional<Error> failure;  // bad_response
+  std::optional<Error> in_stream;
+  std::string chunk;             // describe(), when decoded
+};
+
+Decoded reference(const std::string& padded) {
+  Decoded d;
+  ChatCompletionChunk c;
+  d.failure = chunkref::decode_chunk(padded, c, d.in_stream);
+  if (!d.failure) d.chunk = describe(c);
+  return d;
+}
+
+Decoded tuned(const std::string& padded, ChatCompletionChunk& c, detail::ChunkPrefix* prefix) {
+  Decoded d;
+  d.failure = detail::decode_chunk(padded, c, d.in_stream, prefix);
+  if (!d.failure) d.chunk = describe(c);
+  return d;
+}
+
+// A copy with SIMDJSON_PADDING bytes of spare capacity, as SseDecoder
+// leaves them.
+std::string padded(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + simdjson::SIMDJSON_PADDING);
+  out.assign(s);
+  return out;
+}
+
+// The data of every event of every recorded stream, in order, and every
+// recorded non-streaming body.
+std::vector<std::string> recorded_events() {
+  std::vector<std::string> out;
+  for (const char* sub : {"/stream", "/nonstream", "/errors"}) {
+    const std::string d = fixtures::dir() + sub;
+    DIR* dir = opendir(d.c_str());
+    REQUIRE(dir);
+    std::vector<std::string> names;
+    while (dirent* e = readdir(dir)) {
+      std::string n = e->d_name;
+      if (n.size() > 4 && (n.substr(n.size() - 4) == ".sse" || n.substr(n.size() - 5) == ".json")) names.push_back(n);
+    }
+    closedir(dir);
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) {
+      const std::string bytes = fixtures::read_file(d + "/" + n);
+      if (n.substr(n.size() - 4) != ".sse") {
+        out.push_back(bytes);
+        continue;
+      }
+      detail::SseDecoder dec;
+      dec.feed(bytes, [&](const detail::SseEvent& ev) {
+        out.emplace_back(ev.data);
+        return true;
+      });
+    }
+  }
+  return out;
+}
+
+// Handwritten events: every field with every JSON type, nulls, duplicates,
+// escapes, and the shapes the mutations below rarely reach.
+std::vector<std::string> edge_cases() {
+  const std::string env = R"("id":"c1","object":"chat.completion.chunk","created":1,"model":"m",)";
+  std::vector<std::string> out = {
+      "{}",
+      "[]",
+      "null",
+      "1",
+      "\"x\"",
+      "",
+      " ",
+      "{\"choices\":null}",
+      "{\"choices\":[]}",
+      "{\"choices\":{}}",
+      "{\"choices\":[1]}",
+      "{\"choices\":[null]}",
+      "{\"choices\":[{}]}",
+      "{\"choices\":[{\"delta\":null}]}",
+      "{\"choices\":[{\"delta\":1}]}",
+      "{\"choices\":[{\"delta\":{}}],\"choices\":[{\"delta\":{\"content\":\"b\"}}]}",
+      "{" + env + R"("choices":[{"index":0,"delta":{"content":"a"}}],"choices":[{"index":1,"delta":{"content":"b"}}]})",
+      "{" + env + R"("id":"c2","model":null,"object":null,"created":null})",
+      "{" + env + R"("created":1.6,"system_fingerprint":null,"provider":{"a":[1,2]}})",
+      "{" + env + R"("created":-1e3,"provider":12,"provider":"p","system_fingerprint":"fp"})",
+      "{" + env + R"("created":9223372036854775807})",
+      "{" + env + R"("created":9223372036854775808})",
+      "{" + env + R"("created":18446744073709551615})",
+      "{" + env + R"("created":18446744073709551616})",
+      "{" + env + R"("created":1e19})",
+      "{" + env + R"("created":-9223372036854775808})",
+      "{" + env + R"("created":"1"})",
+      "{" + env + R"("created":true})",
+      "{" + env + R"("id":1})",
+      "{" + env + R"("model":[]})",
+      "{" + env + R"("system_fingerprint":2})",
+      "{" + env + R"("usage":null,"usage":{"prompt_tokens":3,"completion_tokens":null,"total_tokens":4.4,"cost":0.5,"prompt_tokens_details":{"cached_tokens":1},"completion_tokens_details":{"reasoning_tokens":2}}})",
+      "{" + env + R"("usage":{"cost":null,"prompt_tokens_details":null,"completion_tokens_details":{}},"usage":1})",
+      "{" + env + R"("usage":{"cost":"1"}})",
+      "{" + env + R"("usage":{"prompt_tokens":"1"}})",
+      "{" + env + R"("usage":{"prompt_tokens_details":{"cached_tokens":"x"}}})",
+      "{" + env + R"("error":null})",
+      "{" + env + R"("error":"plain"})",
+      "{" + env + R"("error":{"message":"m","code":429,"type":"t","param":null}})",
+      "{" + env + R"("error":{"message":{"a":1},"code":"503"},"choices":[{"finish_reason":"error","delta":{}}]})",
+      "{" + env + R"("error":{"code":600},"error":{"message":"second"}})",
+      "{" + env + R"("error":{"message":"m"},"error":null})",
+      "{" + env + R"("error":1})",
+      "{" + env + R"("error":[]})",
+      "{" + env + R"("choices":[{"index":"0"}]})",
+      "{" + env + R"("choices":[{"index":2.5,"finish_reason":1}]})",
+      "{" + env + R"("choices":[{"index":3,"finish_reason":null,"finish_reason":"stop","logprobs":null}]})",
+      "{" + env + R"("choices":[{"logprobs":{"content":[{"token":"a","logprob":-0.5}],"refusal":null},"logprobs":[]}]})",
+      "{" + env + R"("choices":[{"logprobs":{"content":[]},"logprobs":1}]})",
+      "{" + env + R"("choices":[{"delta":{"role":"assistant","role":null,"content":null,"refusal":"r","refusal":null}}]})",
+      "{" + env + R"("choices":[{"delta":{"role":1}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":1}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":{}}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":"a","content":"b"}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":"a","content":null}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":[{"type":"text","text":"a"},{"text":1},3,{"text":"b"}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":[]}}]})",
+      "{" + env + R"("choices":[{"delta":{"reasoning":"x","reasoning_content":null,"reasoning":"y"}}]})",
+      "{" + env + R"("choices":[{"delta":{"reasoning_content":1}}]})",
+      "{" + env + R"("choices":[{"delta":{"reasoning":"x","reasoning_content":null}}]})",
+      "{" + env + R"("choices":[{"delta":{"reasoning_content":"x","reasoning":null,"content":""}}]})",
+      "{" + env + R"("choices":[{"delta":1,"delta":{"content":"second delta"},"delta":null}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":null}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":{}}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[1]}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[{}],"tool_calls":[{"index":1}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{\"x\""}},{"index":1,"id":null,"type":null,"function":{"name":null,"arguments":null}}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[{"function":{"arguments":{"x":[1,true]}}},{"function":{"arguments":7}},{"function":null},{"function":1}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[{"id":1}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[{"function":{"name":2}}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"tool_calls":[{"index":"1"}]}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":"\u00e9\ud83d\ude00\"\\\/\b\f\n\r\t"}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":"\ud800"}}]})",
+      "{" + env + R"("choices":[{"delta":{"content":"\x"}}]})",
+      "{" + env + R"("ch\u006fices":[{"delta":{"content":"escaped key"}}],"\u0069d":"escaped id"})",
+      "{" + env + R"("choices":[{"delta":{"content":"a"}}]} )",
+      "{" + env + R"("choices":[{"delta":{"content":"a"}}]}x)",
+      "{" + env + R"("choices":[{"delta":{"content":"a"}}]}{})",
+      "{" + env + R"("choices":[{"delta":{"content":"a"}}],})",
+      "{" + env + R"(})",
+      "{" + env,
+      "{" + env + R"("x":tru,"choices":[]})",
+      "{" + env + R"("x":nul})",
+      "{" + env + R"("x":-})",
+      "{" + env + R"("x":01})",
+      "{" + env + R"("x":1e999})",
+      "{" + env + R"("x":"a)" + std::string(1, '\x01') + R"("})",
+      "{" + env + R"("x":")" + std::string("\xff\xfe") + R"("})",
+      "{" + env + R"("x":")" + std::string("\xc3") + R"("})",
+      "{" + env + R"("x":")" + std::string("\xed\xa0\x80") + R"("})",
+      "{" + env + R"("x":")" + std::string("\xe2\x82\xac") + R"("})",
+      "{" + env + R"("x":1)" + std::string(1, '\0') + R"(})",
+      "{" + env + R"("x":[[[]]],"y":{"z":{"w":null}}})",
+      " \t\n{" + env + R"("choices":[]}  )" + "\r\n",
+  };
+  // Nesting at and beyond the parser's depth limit, in a field that is
+  // never read and in one that is.
+  for (std::size_t depth : {10u, 1000u, 1022u, 1023u, 1024u, 1025u, 5000u}) {
+    out.push_back("{" + env + "\"x\":" + std::string(depth, '[') + std::string(depth, ']') + "}");
+    out.push_back("{" + env + R"("choices":[{"logprobs":)" + std::string(depth, '[') + std::string(depth, ']') + "}]}");
+  }
+  return out;
+}
+
+// Random damage to an event: each mutation is one way real input goes
+// wrong (or right: many results are still valid JSON).
+std::string mutate(std::string s, std::mt19937& rng) {
+  static const std::vector<std::string> tokens = {
+      "\"", "\\", "{", "}", "[", "]", ",", ":", " ", "tru", "nul", "fals", "true", "null", "-", "1e999", "0.5",
+      "\xff", "\xc3", "\xe2\x82", "\xed\xa0\x80", std::string(1, '\0'), "\x01", "\n", "\\u12", "\\ud800",
+      "\"id\":\"x\",", "\"choices\":[],", "\"choices\":null,", "\"model\":\"m2\",", "\"usage\":{\"total_tokens\":9},",
+      "\"error\":{\"message\":\"m\",\"code\":429},", "\"created\":2,", "\"system_fingerprint\":\"fp\",",
+      "\"provider\":\"p\",", "\"content\":\"c\",", "\"index\":1,", "\"finish_reason\":\"stop\","};
+  static const std::vector<std::string> values = {
+      "null", "1", "-1", "1.5", "1e30", "18446744073709551615", "\"s\"", "[]", "{}", "true", "false",
+      "[{\"text\":\"a\"},{\"text\":1}]", "{\"content\":[1]}", "[{\"index\":0,\"delta\":{\"content\":\"z\"}}]",
+      "{\"name\":\"n\",\"arguments\":{}}", "\"\\u00e9\"", "[[[[[]]]]]"};
+  auto pick = [&](std::size_t n) { return n ? static_cast<std::size_t>(rng() % n) : 0; };
+  switch (rng() % 9) {
+    case 0:  // cut anywhere
+      s.resize(pick(s.size() + 1));
+      break;
+    case 1: {  // drop a range
+      const std::size_t at = pick(s.size() + 1);
+      s.erase(at, 1 + pick(8));
+      break;
+    }
+    case 2:  // insert a token anywhere
+      s.insert(pick(s.size() + 1), tokens[pick(tokens.size())]);
+      break;
+    case 3: {  // flip a byte
+      if (!s.empty()) s[pick(s.size())] = static_cast<char>(rng());
+      break;
+    }
+    case 4: {  // replace the value after a colon with another JSON value
+      std::vector<std::size_t> colons;
+      for (std::size_t i = 0; i < s.size(); ++i)
+        if (s[i] == ':') colons.push_back(i);
+      if (colons.empty()) break;
+      const std::size_t at = colons[pick(colons.size())] + 1;
+      std::size_t end = at;
+      int depth = 0;
+      bool in_str = false;
+      for (; end < s.size(); ++end) {
+        const char ch = s[end];
+        if (in_str) {
+          if (ch == '\\') ++end;
+          else if (ch == '"') in_str = false;
+          continue;
+        }
+        if (ch == '"') in_str = true;
+        else if (ch == '{' || ch == '[') ++depth;
+        else if (ch == '}' || ch == ']') {
+          if (depth == 0) break;
+          --depth;
+        } else if (ch == ',' && depth == 0) break;
+      }
+      s.replace(at, std::min(end, s.size()) - at, values[pick(values.size())]);
+      break;
+    }
+    case 5: {  // duplicate a member (text between two commas)
+      std::vector<std::size_t> commas;
+      for (std::size_t i = 0; i < s.size(); ++i)
+        if (s[i] == ',') commas.push_back(i);
+      if (commas.size() < 2) break;
+      const std::size_t i = pick(commas.size() - 1);
+      const std::string member = s.substr(commas[i], commas[i + 1] - commas[i]);
+      s.insert(commas[pick(commas.size())], member);
+      break;
+    }
+    case 6:  // trailing bytes
+      s += tokens[pick(tokens.size())];
+      break;
+    case 7: {  // insert a member right after the opening brace or after a comma
+      const std::size_t brace = s.find('{');
+      if (brace == std::string::npos) break;
+      std::vector<std::size_t> commas = {brace};
+      for (std::size_t i = 0; i < s.size(); ++i)
+        if (s[i] == ',') commas.push_back(i);
+      const std::string& t = tokens[26 + pick(tokens.size() - 26)];
+      s.insert(commas[pick(commas.size())] + 1, t);
+      break;
+    }
+    case 8: {  // change one character of a key or short value, keeping the shape
+      std::vector<std::size_t> letters;
+      for (std::size_t i = 0; i < s.size(); ++i)
+        if (s[i] >= 'a' && s[i] <= 'z') letters.push_back(i);
+      if (!letters.empty()) s[letters[pick(letters.size())]] = static_cast<char>('a' + pick(26));
+      break;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("decode_chunk decodes every event like the reference decoder") {
+  std::vector<std::string> corpus = recorded_events();
+  REQUIRE(corpus.size() > 300);
+  const std::vector<std::string> edges = edge_cases();
+  corpus.insert(corpus.end(), edges.begin(), edges.end());
+
+  // The recorded streams in order with the mutants of each event after it,
+  // so a reused chunk sees valid and damaged events in every order.
+  std::vector<std::string> events;
+  std::mt19937 rng(20240611);
+  for (const auto& doc : corpus) {
+    events.push_back(doc);
+    for (int i = 0; i < 40; ++i) {
+      std::string m = mutate(doc, rng);
+      const int more = static_cast<int>(rng() % 3);
+      for (int j = 0; j < more; ++j) m = mutate(std::move(m), rng);
+      events.push_back(std::move(m));
+      if (rng() % 4 == 0) events.push_back(doc);
+    }
+  }
+
+  // Decoded three ways: into a fresh chunk, and into one chunk reused
+  // across the sequence without and with a ChunkPrefix kept across it (a
+  // stream's; most mutants keep their original's leading members, so they
+  // are decoded from the prefix).
+  ChatCompletionChunk reused, streamed;
+  detail::ChunkPrefix prefix;
+  std::size_t valid = 0, invalid = 0, in_stream = 0, from_prefix = 0, from_prefix_invalid = 0;
+  for (const auto& raw : events) {
+    const std::string ev = padded(raw);
+    const Decoded want = reference(ev);
+    ChatCompletionChunk fresh;
+    const bool has_prefix = !prefix.bytes.empty() && raw.size() > prefix.bytes.size() &&
+                            raw.compare(0, prefix.bytes.size(), prefix.bytes) == 0;
+    const Decoded got = tuned(ev, fresh, nullptr);
+    const Decoded again = tuned(ev, reused, nullptr);
+    const Decoded cached = tuned(ev, streamed, &prefix);
+    INFO("event: " << raw);
+    REQUIRE(describe(got.failure) == describe(want.failure));
+    REQUIRE(describe(got.in_stream) == describe(want.in_stream));
+    REQUIRE(got.chunk == want.chunk);
+    REQUIRE(describe(again.failure) == describe(want.failure));
+    REQUIRE(describe(again.in_stream) == describe(want.in_stream));
+    REQUIRE(again.chunk == want.chunk);
+    REQUIRE(describe(cached.failure) == describe(want.failure));
+    REQUIRE(describe(cached.in_stream) == describe(want.in_stream));
+    REQUIRE(cached.chunk == want.chunk);
+    if (has_prefix) {
+      ++from_prefix;
+      if (want.failure) ++from_prefix_invalid;
+    }
+    if (want.failure) {
+      CHECK(want.failure->kind() == ErrorKind::bad_response);
+      ++invalid;
+    } else {
+      ++valid;
+    }
+    if (want.in_stream) ++in_stream;
+  }
+  // The mutations must reach both outcomes often, or the test proves little.
+  CHECK(valid > events.size() / 5);
+  CHECK(invalid > events.size() / 5);
+  CHECK(in_stream > 100);
+  CHECK(from_prefix > events.size() / 5);
+  CHECK(from_prefix_invalid > from_prefix / 5);
+}
+
+TEST_CASE("decode_chunk from a stream's prefix: damage after the prefix gives the reference's result") {
+  // Every recorded event that leaves a prefix, followed by mutants damaged
+  // only after that prefix (so each is decoded from it) and mutants of the
+  // prefix part alone (so each is not, and must not be).
+  std::vector<std::string> corpus = recorded_events();
+  const std::vector<std::string> edges = edge_cases();
+  corpus.insert(corpus.end(), edges.begin(), edges.end());
+  std::mt19937 rng(777);
+  std::size_t with_prefix = 0, decoded = 0, failed = 0;
+  for (const auto& doc : corpus) {
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    const std::string first = padded(doc);
+    const Decoded want_first = reference(first);
+    const Decoded got_first = tuned(first, c, &prefix);
+    REQUIRE(got_first.chunk == want_first.chunk);
+    REQUIRE(describe(got_first.failure) == describe(want_first.failure));
+    if (prefix.bytes.empty()) continue;
+    ++with_prefix;
+    INFO("original: " << doc);
+    const std::string head = prefix.bytes;
+    REQUIRE(doc.compare(0, head.size(), head) == 0);
+    const std::string tail = doc.substr(head.size());
+    for (int i = 0; i < 300; ++i) {
+      std::string m;
+      if (i % 10 == 9) {
+        m = mutate(head, rng) + tail;
+      } else {
+        m = mutate(tail, rng);
+        if (rng() % 2) m = mutate(std::move(m), rng);
+        m = head + m;
+      }
+      const std::string ev = padded(m);
+      const Decoded want = reference(ev);
+      detail::ChunkPrefix kept = prefix;
+      const Decoded got = tuned(ev, c, &kept);
+      INFO("event: " << m);
+      REQUIRE(describe(got.failure) == describe(want.failure));
+      REQUIRE(describe(got.in_stream) == describe(want.in_stream));
+      REQUIRE(got.chunk == want.chunk);
+      ++(want.failure ? failed : decoded);
+    }
+  }
+  CHECK(with_prefix > 250);
+  CHECK(decoded > with_prefix * 60);
+  CHECK(failed > with_prefix * 60);
+}
+
+TEST_CASE("decode_chunk's prefix: only whole leading members that set the envelope") {
+  auto prefix_of = [](const std::string& doc) {
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    std::optional<Error> in_stream;
+    const std::string ev = padded(doc);
+    CHECK_FALSE(detail::decode_chunk(ev, c, in_stream, &prefix));
+    return prefix.bytes;
+  };
+  CHECK(prefix_of(R"({"id":"a","model":"m","choices":[]})") == R"({"id":"a","model":"m",)");
+  CHECK(prefix_of(R"( { "id" : "a" ,"choices":[]})") == R"( { "id" : "a" ,)");
+  CHECK(prefix_of(R"({"id":"a", "choices":[]})") == "");  // a space before the key: not reused
+  CHECK(prefix_of(R"({"choices":[],"id":"a"})") == "");
+  CHECK(prefix_of(R"({"id":"a,\",\"b","x":{"choices":[1,{"y":","}]},"usage":null,"choices":[]})") ==
+        R"({"id":"a,\",\"b","x":{"choices":[1,{"y":","}]},)");
+  CHECK(prefix_of(R"({"id":"a","error":null,"choices":[]})") == R"({"id":"a",)");
+  CHECK(prefix_of(R"({"id":"a","ch\u006fices":[],"model":"m"})") == R"({"id":"a",)");
+  CHECK(prefix_of(R"({"id":"a","model":"m"})") == "");  // no choices: nothing to reuse it for
+}
