@@ -225,14 +225,14 @@ class Mailbox {
   }
   // The caller's callback asked to stop (or threw).
   bool stopped() const noexcept { return stopped_.load(); }
-  // Queues `c` for `cb`: `c`'s contents are swapped with a pooled chunk's
-  // (whose old contents the decoder overwrites), so the chunk is not copied
+  // Queues the chunk in `slot` for `cb` and puts a pooled one in its place
+  // (whose old contents the decoder overwrites): the chunk is not copied
   // and, once the pool is warm, nothing is allocated.
-  void push_chunk(ChatCompletionChunk& c, const ChunkCallback* cb) {
+  void push_chunk(ChunkPool::Ptr& slot, const ChunkCallback* cb) {
     if (spares_.empty()) pool_->get(spares_, kSpareBatch);
     ChunkPool::Ptr p = std::move(spares_.back());
     spares_.pop_back();
-    swap_contents(*p, c);
+    p.swap(slot);
     pending_.push_back(Entry{std::move(p), cb, nullptr});
   }
 
@@ -299,21 +299,6 @@ class Mailbox {
   };
 
   static constexpr std::size_t kSpareBatch = 16;
-
-  // Every member, swapped (cheaper than std::swap's three moves of each).
-  static void swap_contents(ChatCompletionChunk& a, ChatCompletionChunk& b) noexcept {
-    // Stops compiling when a member is added (then swap it below too).
-    [[maybe_unused]] auto& [m1, m2, m3, m4, m5, m6, m7, m8, m9] = a;
-    a.id.swap(b.id);
-    a.object.swap(b.object);
-    std::swap(a.created, b.created);
-    a.model.swap(b.model);
-    a.choices.swap(b.choices);
-    std::swap(a.usage, b.usage);
-    a.system_fingerprint.swap(b.system_fingerprint);
-    a.provider.swap(b.provider);
-    a.raw_json.swap(b.raw_json);
-  }
 
   // Under mu_: moves the loop side's items to the caller's queue.
   void hand_over() {
@@ -976,9 +961,10 @@ class TaotokenClient::Impl {
 
   // Streaming state of chat_stream, on the loop thread.
   struct ChatStreamHooks final : StreamHooks {
-    // The chunk sink may take the chunk's contents (swap them out): the
-    // assembler has merged it already and decodes the next one over it.
-    using ChunkSink = std::function<bool(ChatCompletionChunk&)>;
+    // The chunk sink may take the chunk (swap another, never null, into the
+    // slot): the assembler has merged it already and decodes the next one
+    // over whatever is there.
+    using ChunkSink = std::function<bool(std::unique_ptr<ChatCompletionChunk>&)>;
     ChatStreamHooks(ChunkSink cb, Clock::time_point started, std::size_t max_json_bytes)
         : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes) {}
     void begin_attempt(HttpRequest& req) override {
@@ -1030,7 +1016,7 @@ class TaotokenClient::Impl {
           ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
         delivered_ = true;
         try {
-          if (on_chunk && !on_chunk(assembler.current_chunk())) {
+          if (on_chunk && !on_chunk(assembler.chunk_slot())) {
             user_stopped = true;
             return false;
           }
@@ -1407,7 +1393,7 @@ class TaotokenClient::Impl {
         "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
           ChatStreamHooks::ChunkSink relay;
           if (on_chunk)
-            relay = [mb, &on_chunk](ChatCompletionChunk& c) {
+            relay = [mb, &on_chunk](std::unique_ptr<ChatCompletionChunk>& c) {
               if (mb->stopped()) return false;
               mb->push_chunk(c, &on_chunk);
               return true;
@@ -1479,7 +1465,7 @@ class TaotokenClient::Impl {
   Started chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
                             const RequestOptions& ro) const {
     ChatStreamHooks::ChunkSink sink;
-    if (on_chunk) sink = [cb = std::move(on_chunk)](ChatCompletionChunk& c) { return cb(c); };
+    if (on_chunk) sink = [cb = std::move(on_chunk)](std::unique_ptr<ChatCompletionChunk>& c) { return cb(*c); };
     return start_async(make_chat_stream(request, std::move(sink), nullptr, nullptr, ro), std::move(on_done));
   }
 

@@ -54,11 +54,11 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
   }
   // SseDecoder leaves padding after the data, so it is parsed in place.
   std::optional<Error> in_stream;
-  if (auto err = decode_chunk(ev.data, chunk_, in_stream, &prefix_)) {
+  if (auto err = decode_chunk(ev.data, *chunk_, in_stream, &prefix_)) {
     error_ = std::move(*err);
     return Step::failed;
   }
-  apply(chunk_);
+  apply(*chunk_);
   if (in_stream) {
     error_ = std::move(in_stream);
     return Step::failed;

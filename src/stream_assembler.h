@@ -9,6 +9,7 @@
 // or `event: error` fails it; malformed JSON is bad_response.
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,11 +37,11 @@ class StreamAssembler {
   // blank line still counts as done.
   void on_end(const SseDecoder& decoder);
 
-  const ChatCompletionChunk& chunk() const noexcept { return chunk_; }
-  // The same, for a consumer that takes its contents (e.g. swaps them with
-  // a recycled chunk): it has been merged, and the next event is decoded
-  // over whatever the object then holds.
-  ChatCompletionChunk& current_chunk() noexcept { return chunk_; }
+  const ChatCompletionChunk& chunk() const noexcept { return *chunk_; }
+  // The same, for a consumer that takes the object (swaps in a recycled
+  // one, never null): it has been merged, and the next event is decoded
+  // over whatever the object in its place holds.
+  std::unique_ptr<ChatCompletionChunk>& chunk_slot() noexcept { return chunk_; }
   bool done() const noexcept { return done_; }
   const std::optional<Error>& error() const noexcept { return error_; }
   bool finished() const noexcept { return done_ || error_.has_value(); }
@@ -66,7 +67,7 @@ class StreamAssembler {
   void apply(const ChatCompletionChunk& c);
   ChoiceAcc& choice(int index);
 
-  ChatCompletionChunk chunk_;
+  std::unique_ptr<ChatCompletionChunk> chunk_ = std::make_unique<ChatCompletionChunk>();
   ChunkPrefix prefix_;  // the last chunk's leading members, for the next
   std::string scratch_;
   std::vector<ChoiceAcc> choices_;
