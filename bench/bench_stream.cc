@@ -12,7 +12,7 @@
 //   taotoken_bench_stream --base-url http://127.0.0.1:PORT/stream/v1
 //                         [--rounds 15] [--requests 1000] [--warmup 500]
 //                         [--status-url http://127.0.0.1:PORT/nginx_status]
-//                         [--only raw|chat]
+//                         [--only raw|chat] [--no-json-baseline]
 //   taotoken_bench_stream --decode [--decode-mib 64] [--decode-chunk 4096] [--decode-passes 5]
 //   taotoken_bench_stream --print-stream-body   # the body the upstream must serve
 // --base-url and --decode can be combined (the network part runs first).
@@ -21,11 +21,14 @@
 //   RESULT name=raw_curl_stream rps=<x> us_per_req=<y>
 //   RESULT name=chat_stream rps=<x> us_per_req=<y>
 //   RESULT name=chat_stream_vs_raw ratio=<chat rps / raw rps>
+//   RESULT name=raw_curl_stream_json rps=<x> us_per_req=<y>   (reader + JSON, for perspective)
+//   RESULT name=chat_stream_vs_raw_json ratio=<chat rps / that>
 //   RESULT name=sse_frame mb_per_s=<x> events_per_s=<y>
 //   RESULT name=sse_decode mb_per_s=<x> chunks_per_s=<y> us_per_stream=<z>
 // Exit status 1 when any request or check fails, 2 on bad usage.
 
 #include <curl/curl.h>
+#include <simdjson.h>
 
 #include <algorithm>
 #include <chrono>
@@ -178,7 +181,11 @@ void check_body_decodes(const std::string& body, std::size_t piece) {
 // event objects: a real client would still have to do that.
 class RawStream {
  public:
-  RawStream(const std::string& url, const std::string& body, const std::string& api_key) : body_(body) {
+  // `parse_json`: also parse each chunk's JSON (simdjson DOM, like the
+  // library) and join choices[0].delta.content, checked at the end: the
+  // least a real consumer of the stream does on top of reading it.
+  RawStream(const std::string& url, const std::string& body, const std::string& api_key, bool parse_json = false)
+      : body_(body), parse_json_(parse_json) {
     headers_ = bench::raw_headers(api_key, "text/event-stream");
     h_ = bench::raw_easy(url, body_, headers_, &RawStream::on_write, this);
     partial_.reserve(4096);
@@ -195,6 +202,8 @@ class RawStream {
   // With `capture`, the body bytes are also appended there.
   bool once(std::string& why, std::string* capture = nullptr) {
     partial_.clear();
+    text_.clear();
+    bad_json_ = false;
     data_lines_ = 0;
     data_bytes_ = 0;
     writes_ = 0;
@@ -211,6 +220,10 @@ class RawStream {
     if (status != 200 || !done_ || data_lines_ != kDataLines || !partial_.empty()) {
       why = "HTTP " + std::to_string(status) + ", " + std::to_string(data_lines_) + " data lines, " +
             (done_ ? "[DONE]" : "no [DONE]");
+      return false;
+    }
+    if (parse_json_ && (bad_json_ || text_ != kExpected)) {
+      why = bad_json_ ? "malformed chunk JSON" : "unexpected content: " + text_.substr(0, 80);
       return false;
     }
     return true;
@@ -260,10 +273,35 @@ class RawStream {
     if (n < 6 || std::memcmp(p, "data: ", 6) != 0) return;
     ++data_lines_;
     data_bytes_ += n - 6;
-    if (n == 12 && std::memcmp(p + 6, "[DONE]", 6) == 0) done_ = true;
+    if (n == 12 && std::memcmp(p + 6, "[DONE]", 6) == 0) {
+      done_ = true;
+      return;
+    }
+    if (parse_json_) parse_chunk(p + 6, n - 6);
+  }
+
+  void parse_chunk(const char* p, std::size_t n) {
+    json_.assign(p, n);
+    json_.reserve(n + simdjson::SIMDJSON_PADDING);
+    simdjson::dom::element root;
+    if (parser_.parse(json_.data(), json_.size(), false).get(root) != simdjson::SUCCESS) {
+      bad_json_ = true;
+      return;
+    }
+    simdjson::dom::array choices;
+    if (root["choices"].get_array().get(choices) != simdjson::SUCCESS) return;
+    for (simdjson::dom::element c : choices) {
+      std::string_view content;
+      if (c["delta"]["content"].get_string().get(content) == simdjson::SUCCESS) text_.append(content);
+      break;
+    }
   }
 
   std::string body_;
+  bool parse_json_ = false;
+  bool bad_json_ = false;
+  std::string json_, text_;
+  simdjson::dom::parser parser_;
   std::string partial_;
   std::string* capture_ = nullptr;
   std::size_t data_lines_ = 0;
@@ -349,7 +387,7 @@ bool check_same_body(const std::string& raw_body, const taotoken::ChatRequest& r
 // ---- end to end ---------------------------------------------------------------
 
 int run_network(std::string base_url, const std::string& status_url, const std::string& only, long rounds,
-                long requests, long warmup, const std::string& stream) {
+                long requests, long warmup, const std::string& stream, bool json_baseline) {
   while (!base_url.empty() && base_url.back() == '/') base_url.pop_back();
   const std::string api_key = "bench-key";
   const std::string raw_body = raw_request_body();
@@ -391,6 +429,19 @@ int run_network(std::string base_url, const std::string& status_url, const std::
       base_url.c_str(), stream.size(), kDataLines, raw.data_bytes(), raw.writes(), rounds, requests, warmup);
 
   bench::run_interleaved("raw_curl_stream", "chat_stream", 0.85, rounds, requests, do_raw, do_chat, run_raw, run_chat, status_url);
+
+  // For perspective, not the target: the same against a raw reader that
+  // also parses each chunk's JSON and joins the content.
+  if (do_raw && do_chat && json_baseline) {
+    RawStream raw_json(base_url + "/chat/completions", raw_body, api_key, /*parse_json=*/true);
+    auto run_raw_json = [&](long n) {
+      for (long i = 0; i < n; ++i)
+        if (!raw_json.once(why)) fail("raw_curl_stream_json: request failed: " + why);
+    };
+    run_raw_json(warmup);
+    bench::run_interleaved("raw_curl_stream_json", "chat_stream", 0, rounds, requests, true, true, run_raw_json,
+                           run_chat, status_url, "chat_stream_vs_raw_json");
+  }
   return 0;
 }
 
@@ -491,7 +542,7 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: taotoken_bench_stream [--base-url URL [--rounds N] [--requests N] [--warmup N] "
-               "[--status-url URL] [--only raw|chat]]\n"
+               "[--status-url URL] [--only raw|chat] [--no-json-baseline]]\n"
                "                             [--decode [--decode-mib N] [--decode-chunk N] [--decode-passes N]]\n"
                "       taotoken_bench_stream --print-stream-body\n");
   std::exit(2);
@@ -503,6 +554,7 @@ int main(int argc, char** argv) {
   std::string base_url, status_url, only;
   long rounds = 15, requests = 1000, warmup = 500;
   bool decode = false;
+  bool json_baseline = true;
   long decode_mib = 64, decode_chunk = 4096, decode_passes = 5;
   const std::string stream = stream_body();
   for (int i = 1; i < argc; ++i) {
@@ -526,6 +578,8 @@ int main(int argc, char** argv) {
       warmup = bench::parse_count(argv[++i], usage);
     } else if (a == "--decode") {
       decode = true;
+    } else if (a == "--no-json-baseline") {
+      json_baseline = false;
     } else if (a == "--decode-mib" && has_value) {
       decode_mib = bench::parse_count(argv[++i], usage);
     } else if (a == "--decode-chunk" && has_value) {
@@ -547,7 +601,7 @@ int main(int argc, char** argv) {
   int rc = 0;
   if (!base_url.empty()) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    rc = run_network(base_url, status_url, only, rounds, requests, warmup, stream);
+    rc = run_network(base_url, status_url, only, rounds, requests, warmup, stream, json_baseline);
     curl_global_cleanup();
   }
   if (rc == 0 && decode) rc = run_decode(stream, decode_mib, decode_chunk, decode_passes);
