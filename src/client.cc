@@ -153,15 +153,31 @@ struct StreamHooks {
   virtual Result<HttpResponse> after_delivery(Error transport_error) = 0;
 };
 
-// Chunk objects shared by the synchronous streams of one client: a chunk
-// goes from the loop to the caller by swapping it with a pooled object (no
-// copy), and the pooled objects keep their string buffers from one chunk,
-// and one call, to the next. Thread-safe.
+// An item a synchronous stream hands to its caller: a chunk for its
+// callback, or any other call.
+struct MailboxEntry {
+  std::unique_ptr<ChatCompletionChunk> chunk;
+  const ChunkCallback* cb;
+  std::function<bool()> fn;  // false: the caller's callback wants to stop
+  bool run() { return chunk ? (*cb)(*chunk) : fn(); }
+};
+
+// What the synchronous streams of one client recycle, so that a stream
+// allocates nothing for its hand-over once the client is warm:
+// - chunk objects: a chunk goes from the loop to the caller by swapping it
+//   with a pooled object (no copy), and the pooled objects keep their
+//   string buffers from one chunk, and one call, to the next;
+// - a mailbox's queues, with their capacity.
+// Thread-safe.
 class ChunkPool {
  public:
   using Ptr = std::unique_ptr<ChatCompletionChunk>;
   static constexpr std::size_t kMaxKept = 256;
   static constexpr std::size_t kMaxKeptBytes = 8 * 1024;  // an object that held a bigger chunk is freed
+  struct Queues {
+    std::vector<MailboxEntry> items, pending, batch;
+    std::vector<Ptr> spares, spent;
+  };
 
   // Moves up to `n` objects into `out` (one lock), new ones when the pool
   // is empty.
@@ -185,9 +201,35 @@ class ChunkPool {
     spent.clear();
   }
 
+  Queues take_queues() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!queues_.empty()) {
+        Queues q = std::move(queues_.back());
+        queues_.pop_back();
+        return q;
+      }
+    }
+    Queues q;
+    for (auto* v : {&q.items, &q.pending, &q.batch}) v->reserve(64);
+    q.spares.reserve(32);
+    q.spent.reserve(64);
+    return q;
+  }
+  // `q` must hold no chunk any more.
+  void give_back(Queues q) {
+    for (auto* v : {&q.items, &q.pending, &q.batch}) v->clear();
+    q.spares.clear();
+    q.spent.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queues_.size() < kMaxQueues) queues_.push_back(std::move(q));
+  }
+
  private:
+  static constexpr std::size_t kMaxQueues = 16;  // concurrent synchronous streams worth keeping for
   std::mutex mu_;
   std::vector<Ptr> free_;
+  std::vector<Queues> queues_;
 };
 
 // Hands the callbacks of a synchronous stream from the loop to the calling
@@ -199,17 +241,15 @@ class Mailbox {
   static constexpr std::size_t kHigh = 256;
 
   Mailbox(std::string stop_reason, std::shared_ptr<ChunkPool> pool)
-      : stop_reason_(std::move(stop_reason)), pool_(std::move(pool)) {
-    items_.reserve(64);
-    batch_.reserve(64);
-    pending_.reserve(64);
-  }
+      : pool_(std::move(pool)), q_(pool_->take_queues()), stop_reason_(std::move(stop_reason)) {}
   ~Mailbox() {
     // Chunks never run (the caller stopped) and unused spares go back.
     for (auto* v : {&pending_, &items_})
       for (Entry& e : *v)
         if (e.chunk) spares_.push_back(std::move(e.chunk));
     pool_->put(spares_);
+    for (Entry& e : batch_) e.chunk.reset();  // none: run_batch returned them
+    pool_->give_back(std::move(q_));
   }
 
   // Loop side (the thread that drives the loop). Items are gathered here
@@ -290,13 +330,7 @@ class Mailbox {
   const std::string& last_reason() const noexcept { return last_reason_; }
 
  private:
-  // A chunk for its callback, or any other item.
-  struct Entry {
-    ChunkPool::Ptr chunk;
-    const ChunkCallback* cb;
-    Item fn;
-    bool run() { return chunk ? (*cb)(*chunk) : fn(); }
-  };
+  using Entry = MailboxEntry;
 
   static constexpr std::size_t kSpareBatch = 16;
 
@@ -358,17 +392,18 @@ class Mailbox {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<Entry> items_;
+  std::shared_ptr<ChunkPool> pool_;
+  ChunkPool::Queues q_;  // recycled with their capacity; the names below are its parts
+  std::vector<Entry>& items_ = q_.items;
   bool paused_ = false;
   bool closed_ = false;
   bool waiting_ = false;  // the caller sleeps on cv_
   std::atomic<bool> stopped_{false};
   std::string stop_reason_;
-  std::shared_ptr<ChunkPool> pool_;
-  std::vector<Entry> pending_;              // loop side only
-  std::vector<ChunkPool::Ptr> spares_;      // loop side only
-  std::vector<Entry> batch_;                // caller side only
-  std::vector<ChunkPool::Ptr> spent_;       // caller side only
+  std::vector<Entry>& pending_ = q_.pending;             // loop side only
+  std::vector<ChunkPool::Ptr>& spares_ = q_.spares;     // loop side only
+  std::vector<Entry>& batch_ = q_.batch;                // caller side only
+  std::vector<ChunkPool::Ptr>& spent_ = q_.spent;       // caller side only
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
 };
