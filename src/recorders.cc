@@ -100,7 +100,11 @@ void JsonlRecorder::rotate_locked() {
 }
 
 void JsonlRecorder::record(const RequestRecord& record) {
-  std::string line = record.to_json();
+  // Formatted outside the lock, into a buffer each thread keeps.
+  thread_local std::string line;
+  if (line.capacity() > (std::size_t{1} << 20)) std::string().swap(line);  // not kept after a giant record
+  line.clear();
+  record.append_json(line);
   line.push_back('\n');
   std::lock_guard<std::mutex> lock(mu_);
   // The UTC day is formatted only when the clock leaves the one known

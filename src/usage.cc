@@ -26,7 +26,8 @@ namespace {
 
 // Formatted by hand (days-from-civil inverse, Howard Hinnant's algorithm):
 // strftime and fmt cost more than the rest of a JSONL record together.
-std::string iso8601(std::chrono::system_clock::time_point t) {
+// Writes the 24 characters of "YYYY-MM-DDTHH:MM:SS.mmmZ" to `buf`.
+void iso8601(std::chrono::system_clock::time_point t, char* buf) {
   const std::int64_t ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
   std::int64_t days = ms / 86400000;
   std::int64_t rem = ms % 86400000;
@@ -43,7 +44,6 @@ std::string iso8601(std::chrono::system_clock::time_point t) {
   const std::int64_t d = doy - (153 * mp + 2) / 5 + 1;
   const std::int64_t m = mp < 10 ? mp + 3 : mp - 9;
   const std::int64_t y = yoe + era * 400 + (m <= 2);
-  char buf[32];
   auto put = [&](char* at, std::int64_t v, int width) {
     for (int i = width - 1; i >= 0; --i, v /= 10) at[i] = static_cast<char>('0' + v % 10);
   };
@@ -61,16 +61,21 @@ std::string iso8601(std::chrono::system_clock::time_point t) {
   buf[19] = '.';
   put(buf + 20, rem % 1000, 3);
   buf[23] = 'Z';
-  return std::string(buf, 24);
+}
+
+std::string iso8601(std::chrono::system_clock::time_point t) {
+  char buf[24];
+  iso8601(t, buf);
+  return std::string(buf, sizeof buf);
 }
 
 void opt_int(JsonWriter& w, std::string_view key, const std::optional<std::int64_t>& v) {
-  w.key(key);
+  w.key_lit(key);
   if (v) w.number(*v); else w.null();
 }
 
 void opt_double(JsonWriter& w, std::string_view key, const std::optional<double>& v) {
-  w.key(key);
+  w.key_lit(key);
   if (v) w.number(*v); else w.null();
 }
 
@@ -81,11 +86,18 @@ std::string RequestRecord::started_at_iso() const { return iso8601(started_at); 
 std::string RequestRecord::to_json() const {
   std::string out;
   out.reserve(512);
+  append_json(out);
+  return out;
+}
+
+void RequestRecord::append_json(std::string& out) const {
   JsonWriter w(out);
   w.begin_object();
   w.key_lit("request_id").string(request_id);
   w.key_lit("upstream_request_id").string(upstream_request_id);
-  w.key_lit("started_at").string(started_at_iso());
+  char started[24];
+  iso8601(started_at, started);
+  w.key_lit("started_at").string(std::string_view(started, sizeof started));
   w.key_lit("endpoint").string(endpoint);
   w.key_lit("requested_model").string(requested_model);
   w.key_lit("model").string(model);
@@ -122,7 +134,6 @@ std::string RequestRecord::to_json() const {
   w.key_lit("request_summary");
   if (request_summary) w.raw(*request_summary); else w.null();
   w.end_object();
-  return out;
 }
 
 // ---- prices

@@ -70,6 +70,8 @@ struct RequestRecord {
   std::string started_at_iso() const;
   /// The record as one JSON object (the JSONL format).
   std::string to_json() const;
+  /// The same, appended to `out` (no allocation when `out` has room).
+  void append_json(std::string& out) const;
 };
 
 /// Receives a `RequestRecord` for every request, exactly once, when it ends.

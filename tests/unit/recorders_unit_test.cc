@@ -112,3 +112,13 @@ TEST_CASE("JSON writer: plain strings and keys take the fast path, others are es
   w.begin_object().key("k\"").string("v\\").key("ok").string("fine").end_object();
   CHECK(doc == R"({"k\"":"v\\","ok":"fine"})");
 }
+
+TEST_CASE("append_json appends exactly to_json to what is there") {
+  RequestRecord r = numbered(7);
+  r.started_at = std::chrono::system_clock::time_point(1764201600123ms);
+  r.tags = {{"user", "a\"b"}};
+  std::string out = "prefix|";
+  r.append_json(out);
+  CHECK(out == "prefix|" + r.to_json());
+  CHECK(r.to_json().find("\"started_at\":\"2025-11-27T00:00:00.123Z\"") != std::string::npos);
+}
