@@ -1172,7 +1172,17 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
     prefix->slots.clear();
     if (!had_in_stream_error && !in_stream_error && padded.size() <= kMaxTemplateEvent && may_have_slots(c)) {
       find_slots(padded, prefix->slots);
-      if (!prefix->slots.empty()) prefix->chunk = c;
+      // (Never true: the scan and the decoder agree on the indexes. Kept
+      // so that a disagreement costs the template, not memory safety.)
+      auto& slots = prefix->slots;
+      slots.erase(std::remove_if(slots.begin(), slots.end(),
+                                 [&](const ChunkPrefix::StringSlot& s) {
+                                   return s.choice >= c.choices.size() ||
+                                          (s.field == ChunkPrefix::StringSlot::arguments &&
+                                           s.tool >= c.choices[s.choice].tool_calls.size());
+                                 }),
+                  slots.end());
+      if (!slots.empty()) prefix->chunk = c;
     }
   }
   return std::nullopt;
