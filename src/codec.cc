@@ -601,6 +601,453 @@ std::size_t member_comma(std::string_view json, std::size_t member) {
   return std::string_view::npos;
 }
 
+// ---- the "same shape, new string" path
+//
+// Consecutive chunks of a stream are usually the same bytes but for one
+// string value: the delta's content (or reasoning, refusal, a tool call's
+// arguments). ChunkPrefix keeps the last event decoded the full way (E),
+// its chunk, and the string values of E that each set exactly one field
+// (slots). An event N equal to E outside one slot's string body, whose new
+// body simdjson 3.0 accepts as a string (json_string_value: no quote or
+// control character, only valid escapes with its surrogate rules, valid
+// UTF-8), decodes to E's chunk with that field set to the new string:
+// - N is valid exactly when E is: the body is bounded by the same
+//   unescaped quotes (its backslashes all start complete escapes), so stage
+//   1 finds the same structure, with the same bytes everywhere else (UTF-8
+//   validity splits at the ASCII quotes); stage 2 parses the same tokens,
+//   this string included; the size is bounded far below the parser's
+//   capacity limit.
+// - The decoder walks the same members with the same types and values but
+//   for this one string, and a slot's value reaches exactly one field, as
+//   a plain assignment: find_slots only names a string when the keys on its
+//   path are unescaped (an escaped key could spell one we look for) and
+//   unique (`choices` at the top, `delta` in its choice, `tool_calls` in
+//   the delta, `function` in the tool call: a repeated one appends or
+//   decodes twice), and the string is the member that decides the field
+//   (the last `content`, `refusal` or `arguments`; for reasoning, the last
+//   non-null `reasoning_content`/`reasoning`, since null ones are skipped).
+// - E set no in-stream error (or there is no template), so N sets none.
+// Anything else is decoded the full way, which reports any error.
+
+// Events beyond this are always parsed (far below simdjson's limit).
+constexpr std::size_t kMaxTemplateEvent = std::size_t(1) << 20;
+
+int hex_digit(unsigned char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  ch |= 0x20;  // only 'A'-'F' land on 'a'-'f'
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  return -1;
+}
+
+// Four hex digits at p (both cases), or -1.
+long hex4(const char* p) {
+  long v = 0;
+  for (int i = 0; i < 4; ++i) {
+    const int d = hex_digit(static_cast<unsigned char>(p[i]));
+    if (d < 0) return -1;
+    v = v << 4 | d;
+  }
+  return v;
+}
+
+void append_utf8(std::string& out, std::uint32_t cp) {
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | cp >> 6));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out.push_back(static_cast<char>(0xE0 | cp >> 12));
+    out.push_back(static_cast<char>(0x80 | (cp >> 6 & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out.push_back(static_cast<char>(0xF0 | cp >> 18));
+    out.push_back(static_cast<char>(0x80 | (cp >> 12 & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp >> 6 & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+// The value of the JSON string whose bytes between the quotes are `body`,
+// as simdjson 3.0's DOM gives it (stage 1: no unescaped control character,
+// valid UTF-8; stringparsing.h: escapes from its escape_map, \uXXXX with a
+// high surrogate only followed by \u and a low one, no lone low surrogate);
+// `value` views `body` or `scratch`. False when simdjson would reject it,
+// or when `body` holds an unescaped quote (then it is not one string).
+bool json_string_value(std::string_view body, std::string_view& value, std::string& scratch) {
+  const char* q = body.data();
+  const char* const end = q + body.size();
+  bool non_ascii = false;
+  for (; q < end && *q != '\\'; ++q) {
+    const auto ch = static_cast<unsigned char>(*q);
+    if (ch == '"' || ch < 0x20) return false;
+    non_ascii |= ch >= 0x80;
+  }
+  if (q == end) {
+    if (non_ascii && !simdjson::validate_utf8(body.data(), body.size())) return false;
+    value = body;
+    return true;
+  }
+  scratch.assign(body.data(), q);
+  while (q < end) {
+    const auto ch = static_cast<unsigned char>(*q);
+    if (ch == '"' || ch < 0x20) return false;
+    if (ch != '\\') {
+      non_ascii |= ch >= 0x80;
+      scratch.push_back(*q++);
+      continue;
+    }
+    if (end - q < 2) return false;  // the closing quote would be escaped
+    char simple = 0;
+    switch (q[1]) {
+      case '"': simple = '"'; break;
+      case '\\': simple = '\\'; break;
+      case '/': simple = '/'; break;
+      case 'b': simple = '\b'; break;
+      case 'f': simple = '\f'; break;
+      case 'n': simple = '\n'; break;
+      case 'r': simple = '\r'; break;
+      case 't': simple = '\t'; break;
+      case 'u': break;
+      default: return false;
+    }
+    if (simple) {
+      scratch.push_back(simple);
+      q += 2;
+      continue;
+    }
+    if (end - q < 6) return false;
+    long cp = hex4(q + 2);
+    if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return false;
+    q += 6;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+      if (end - q < 6 || q[0] != '\\' || q[1] != 'u') return false;
+      const long low = hex4(q + 2);
+      if (low < 0xDC00 || low > 0xDFFF) return false;
+      cp = (((cp - 0xD800) << 10) | (low - 0xDC00)) + 0x10000;
+      q += 6;
+    }
+    append_utf8(scratch, static_cast<std::uint32_t>(cp));
+  }
+  if (non_ascii && !simdjson::validate_utf8(body.data(), body.size())) return false;
+  value = scratch;
+  return true;
+}
+
+// A forward scan over an event simdjson accepted (so it trusts the
+// grammar, but checks bounds and returns false on anything unexpected).
+class ShapeScan {
+ public:
+  explicit ShapeScan(std::string_view s) : s_(s) {}
+  std::size_t pos() const { return i_; }
+  void seek(std::size_t i) { i_ = i; }
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+  // At a quote: moves past the string; [open, close) are its bytes inside
+  // the quotes; `escaped` when they hold a backslash.
+  bool string(std::size_t& open, std::size_t& close, bool& escaped) {
+    if (peek() != '"') return false;
+    open = ++i_;
+    escaped = false;
+    for (; i_ < s_.size(); ++i_) {
+      if (s_[i_] == '"') {
+        close = i_++;
+        return true;
+      }
+      if (s_[i_] == '\\') {
+        escaped = true;
+        ++i_;
+      }
+    }
+    return false;
+  }
+  bool skip_value() {
+    std::size_t open, close;
+    bool escaped;
+    const char ch = peek();
+    if (ch == '"') return string(open, close, escaped);
+    if (ch == '{' || ch == '[') {
+      int depth = 0;
+      while (i_ < s_.size()) {
+        const char c = s_[i_];
+        if (c == '"') {
+          if (!string(open, close, escaped)) return false;
+          continue;
+        }
+        ++i_;
+        if (c == '{' || c == '[') ++depth;
+        else if ((c == '}' || c == ']') && --depth == 0) return true;
+      }
+      return false;
+    }
+    const std::size_t start = i_;
+    while (i_ < s_.size() && !ends_scalar(s_[i_])) ++i_;
+    return i_ > start;
+  }
+  // At '{': f(key, escaped) for each member, at its value, which f must
+  // move past.
+  template <typename F>
+  bool members(F&& f) {
+    if (peek() != '{') return false;
+    ++i_;
+    ws();
+    if (peek() == '}') return ++i_, true;
+    for (;;) {
+      std::size_t open, close;
+      bool escaped;
+      ws();
+      if (!string(open, close, escaped)) return false;
+      ws();
+      if (peek() != ':') return false;
+      ++i_;
+      ws();
+      if (!f(s_.substr(open, close - open), escaped)) return false;
+      ws();
+      if (peek() == ',') {
+        ++i_;
+        continue;
+      }
+      if (peek() != '}') return false;
+      ++i_;
+      return true;
+    }
+  }
+  // At '[': f(index) for each element, at it, which f must move past.
+  template <typename F>
+  bool elements(F&& f) {
+    if (peek() != '[') return false;
+    ++i_;
+    ws();
+    if (peek() == ']') return ++i_, true;
+    for (std::uint32_t n = 0;; ++n) {
+      ws();
+      if (!f(n)) return false;
+      ws();
+      if (peek() == ',') {
+        ++i_;
+        continue;
+      }
+      if (peek() != ']') return false;
+      ++i_;
+      return true;
+    }
+  }
+
+ private:
+  static bool ends_scalar(char c) {
+    return c == ',' || c == '}' || c == ']' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+  }
+  std::string_view s_;
+  std::size_t i_ = 0;
+};
+
+using StringSlot = ChunkPrefix::StringSlot;
+constexpr std::size_t kMaxSlots = 8;
+
+// What a member's value is, for the "last one decides" rules.
+struct ValueAt {
+  enum Kind : std::uint8_t { none, string, null, other } kind = none;
+  std::size_t open = 0, close = 0;  // string bytes
+};
+
+ValueAt scan_value(ShapeScan& s, bool& ok) {
+  ValueAt v;
+  bool escaped;
+  if (s.peek() == '"') {
+    v.kind = ValueAt::string;
+    ok = s.string(v.open, v.close, escaped);
+  } else {
+    v.kind = s.peek() == 'n' ? ValueAt::null : ValueAt::other;
+    ok = s.skip_value();
+  }
+  return v;
+}
+
+void add_slot(std::vector<StringSlot>& slots, const ValueAt& v, StringSlot::Field field, std::uint32_t choice,
+              std::uint32_t tool) {
+  if (v.kind != ValueAt::string || slots.size() >= kMaxSlots) return;
+  StringSlot slot;
+  slot.open = v.open;
+  slot.close = v.close;
+  slot.choice = choice;
+  slot.tool = tool;
+  slot.field = field;
+  slots.push_back(slot);
+}
+
+// At an object: f() at the value of its member `key` (which f moves
+// past), once, for the first such member. The slots f added are dropped
+// again when the key turns out to be repeated or any key of the object is
+// escaped (it could spell `key`).
+template <typename F>
+bool at_unique_member(ShapeScan& s, std::string_view key, std::vector<StringSlot>& slots, F&& f) {
+  const std::size_t before = slots.size();
+  std::size_t count = 0;
+  bool escaped_key = false;
+  if (!s.members([&](std::string_view k, bool escaped) {
+        escaped_key |= escaped;
+        if (k == key && ++count == 1) return f();
+        return s.skip_value();
+      }))
+    return false;
+  if (escaped_key || count != 1) slots.resize(before);
+  return true;
+}
+
+// The slots of a delta object (at s) of chunk.choices[choice].
+bool delta_slots(ShapeScan& s, std::uint32_t choice, std::vector<StringSlot>& slots) {
+  ValueAt content, refusal, reasoning;
+  const std::size_t before = slots.size();
+  std::size_t tool_calls = 0;
+  bool escaped_key = false;
+  const bool ok = s.members([&](std::string_view k, bool escaped) {
+    escaped_key |= escaped;
+    bool fine = true;
+    if (key_is(k, "content")) {
+      content = scan_value(s, fine);
+    } else if (key_is(k, "refusal")) {
+      refusal = scan_value(s, fine);
+    } else if (key_is(k, "reasoning_content") || key_is(k, "reasoning")) {
+      const ValueAt v = scan_value(s, fine);
+      if (v.kind != ValueAt::null) reasoning = v;  // the decoder skips null ones
+    } else if (key_is(k, "tool_calls") && ++tool_calls == 1 && s.peek() == '[') {
+      // Each element appends a tool call (a second tool_calls member
+      // appends more: then none of them is used).
+      fine = s.elements([&](std::uint32_t tool) {
+        if (s.peek() != '{') return s.skip_value();
+        return at_unique_member(s, "function", slots, [&] {
+          if (s.peek() != '{') return s.skip_value();
+          ValueAt arguments;
+          bool escaped_fn_key = false;
+          const bool f = s.members([&](std::string_view gk, bool gescaped) {
+            escaped_fn_key |= gescaped;
+            bool g = true;
+            if (key_is(gk, "arguments")) arguments = scan_value(s, g);
+            else g = s.skip_value();
+            return g;
+          });
+          if (!escaped_fn_key) add_slot(slots, arguments, StringSlot::arguments, choice, tool);
+          return f;
+        });
+      });
+    } else {
+      fine = s.skip_value();
+    }
+    return fine;
+  });
+  if (!ok) return false;
+  if (escaped_key || tool_calls > 1) slots.resize(before);
+  if (escaped_key) return true;
+  add_slot(slots, content, StringSlot::content, choice, 0);
+  add_slot(slots, refusal, StringSlot::refusal, choice, 0);
+  add_slot(slots, reasoning, StringSlot::reasoning, choice, 0);
+  return true;
+}
+
+// The slots of an event the full decoder just accepted (see above).
+void find_slots(std::string_view event, std::vector<StringSlot>& slots) {
+  slots.clear();
+  ShapeScan s(event);
+  s.ws();
+  const bool ok = at_unique_member(s, "choices", slots, [&] {
+    if (s.peek() != '[') return s.skip_value();
+    return s.elements([&](std::uint32_t choice) {
+      if (s.peek() != '{') return s.skip_value();
+      return at_unique_member(s, "delta", slots, [&] {
+        if (s.peek() != '{') return s.skip_value();
+        return delta_slots(s, choice, slots);
+      });
+    });
+  });
+  if (!ok) slots.clear();
+}
+
+// Copies every field but raw_json, like operator= would, but writes a
+// string only when it differs: the chunk a stream decodes into mostly
+// holds the template's values already, and comparing short strings inline
+// is cheaper than assigning them. Must name every field (like reset()).
+void copy_text(std::string& to, const std::string& from) {
+  if (to.size() != from.size() || std::memcmp(to.data(), from.data(), from.size()) != 0) to.assign(from);
+}
+
+void copy_text(std::optional<std::string>& to, const std::optional<std::string>& from) {
+  if (!from) to.reset();
+  else if (to) copy_text(*to, *from);
+  else to.emplace(*from);
+}
+
+void copy_chunk(const ChatCompletionChunk& from, ChatCompletionChunk& to) {
+  copy_text(to.id, from.id);
+  copy_text(to.object, from.object);
+  to.created = from.created;
+  copy_text(to.model, from.model);
+  to.usage = from.usage;
+  copy_text(to.system_fingerprint, from.system_fingerprint);
+  copy_text(to.provider, from.provider);
+  to.choices.resize(from.choices.size());
+  for (std::size_t i = 0; i < from.choices.size(); ++i) {
+    const ChoiceDelta& f = from.choices[i];
+    ChoiceDelta& t = to.choices[i];
+    t.index = f.index;
+    copy_text(t.role, f.role);
+    copy_text(t.content, f.content);
+    copy_text(t.refusal, f.refusal);
+    copy_text(t.reasoning, f.reasoning);
+    copy_text(t.finish_reason, f.finish_reason);
+    copy_text(t.logprobs_json, f.logprobs_json);
+    t.tool_calls.resize(f.tool_calls.size());
+    for (std::size_t j = 0; j < f.tool_calls.size(); ++j) {
+      const ToolCallDelta& g = f.tool_calls[j];
+      ToolCallDelta& u = t.tool_calls[j];
+      u.index = g.index;
+      copy_text(u.id, g.id);
+      copy_text(u.type, g.type);
+      copy_text(u.name, g.name);
+      copy_text(u.arguments, g.arguments);
+    }
+  }
+}
+
+// Whether an event that decoded to `c` can have slots: each slot's field
+// is set (so most finish and usage chunks are not scanned).
+bool may_have_slots(const ChatCompletionChunk& c) {
+  for (const ChoiceDelta& d : c.choices)
+    if (d.content || d.refusal || d.reasoning || !d.tool_calls.empty()) return true;
+  return false;
+}
+
+// The "same shape, new string" path: true when `event` was decoded into
+// `c` from the template.
+bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t) {
+  const std::string& old = t.chunk.raw_json;
+  if (event.size() > kMaxTemplateEvent) return false;
+  for (const StringSlot& slot : t.slots) {
+    const std::size_t tail = old.size() - slot.close;  // from the closing quote on
+    if (event.size() < slot.open + tail) continue;
+    const std::size_t close = event.size() - tail;
+    if (std::memcmp(event.data(), old.data(), slot.open) != 0 ||
+        std::memcmp(event.data() + close, old.data() + slot.close, tail) != 0)
+      continue;
+    // The event differs from the template inside this slot alone (slots do
+    // not overlap): no other slot can match.
+    std::string_view value;
+    if (!json_string_value(event.substr(slot.open, close - slot.open), value, t.unescaped)) return false;
+    copy_chunk(t.chunk, c);
+    ChoiceDelta& d = c.choices[slot.choice];
+    switch (slot.field) {
+      case StringSlot::content: assign_text(d.content, value); break;
+      case StringSlot::refusal: assign_text(d.refusal, value); break;
+      case StringSlot::reasoning: assign_text(d.reasoning, value); break;
+      case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
+    }
+    c.raw_json.assign(event);
+    return true;
+  }
+  return false;
+}
+
 // Decodes the members of a chunk's top-level object into `c` (whose
 // envelope fields the caller has set), appending deltas from `n_choices`
 // on. `at_member(i, key)` is called before member i is decoded; it
@@ -632,8 +1079,10 @@ void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t&
 
 std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& c,
                                   std::optional<Error>& in_stream_error, ChunkPrefix* prefix) {
+  if (prefix && !prefix->slots.empty() && decode_from_template(padded, c, *prefix)) return std::nullopt;
   thread_local dom::parser parser;
   dom::element root;
+  const bool had_in_stream_error = in_stream_error.has_value();
   // The chunks of a stream usually repeat the previous chunk's bytes up to
   // "choices" (id, object, created, model, system_fingerprint...). When
   // they do, only '{' + the rest is parsed, and the envelope is the one
@@ -715,6 +1164,25 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
       const std::size_t comma = member_comma(padded, prefix_members);
       if (comma != std::string_view::npos && comma + 1 < padded.size() && padded[comma + 1] == '"')
         prefix->bytes.assign(padded.substr(0, comma + 1));
+    }
+  }
+  if (prefix) {
+    // The template is the last event decoded here, if it has slots and
+    // set no in-stream error (one set before cannot be told apart).
+    prefix->slots.clear();
+    if (!had_in_stream_error && !in_stream_error && padded.size() <= kMaxTemplateEvent && may_have_slots(c)) {
+      find_slots(padded, prefix->slots);
+      // (Never true: the scan and the decoder agree on the indexes. Kept
+      // so that a disagreement costs the template, not memory safety.)
+      auto& slots = prefix->slots;
+      slots.erase(std::remove_if(slots.begin(), slots.end(),
+                                 [&](const ChunkPrefix::StringSlot& s) {
+                                   return s.choice >= c.choices.size() ||
+                                          (s.field == ChunkPrefix::StringSlot::arguments &&
+                                           s.tool >= c.choices[s.choice].tool_calls.size());
+                                 }),
+                  slots.end());
+      if (!slots.empty()) prefix->chunk = c;
     }
   }
   return std::nullopt;

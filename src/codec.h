@@ -4,6 +4,8 @@
 // Request encoding (JsonWriter) and response decoding (simdjson on-demand).
 // Pure functions: no I/O, no globals besides per-thread parser buffers.
 
+#include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -48,12 +50,32 @@ Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>
 // starts with the same bytes followed by a key is decoded from '{' + the
 // rest alone. `bytes` is empty when there is nothing to reuse (a first
 // chunk, one that failed, one that starts with choices).
+//
+// It also keeps the template of the "same shape, new string" path: the
+// last event decoded the full way (chunk.raw_json) with what it decoded to,
+// and the string values in it that each set exactly one chunk field (a
+// delta's content, refusal or reasoning, a tool call's arguments). An
+// event that differs from it only inside one of those strings, and whose
+// new string is one simdjson accepts, decodes to that chunk with the field
+// replaced: no parse at all (see decode_chunk in codec.cc).
 struct ChunkPrefix {
   std::string bytes;
   std::string id, object, model;
   std::int64_t created = 0;
   std::optional<std::string> system_fingerprint, provider;
   std::string scratch;  // '{' + the rest of the event, padded
+
+  // A string value of the template event that sets one field.
+  struct StringSlot {
+    enum Field : std::uint8_t { content, refusal, reasoning, arguments };
+    std::size_t open = 0, close = 0;  // its bytes between the quotes: [open, close)
+    std::uint32_t choice = 0;         // chunk.choices[choice]
+    std::uint32_t tool = 0;           // .tool_calls[tool] (arguments only)
+    Field field = content;
+  };
+  ChatCompletionChunk chunk;  // the template event (raw_json) and its decoding
+  std::vector<StringSlot> slots;  // empty: no template
+  std::string unescaped;  // the new string, when it has escapes
 };
 
 // The same into an existing chunk (its string buffers are reused), parsing

@@ -2,7 +2,10 @@
 // error body, models list, Retry-After) and forward()'s model filling; and
 // a stream chunk decoded from the previous chunk's prefix against the same
 // chunk decoded whole (the input is that previous chunk, a newline, and
-// what follows its prefix).
+// what follows its prefix); and a chunk decoded from the previous chunk's
+// template against the same chunk decoded whole (the input is that
+// previous chunk, a newline, a byte that picks one of its string slots and
+// the new string's bytes, which replace the slot's).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -72,6 +75,29 @@ void check_prefix_reuse(const std::string& input) {
     std::abort();
 }
 
+void check_template(const std::string& input) {
+  using taotoken::detail::ChunkPrefix;
+  const std::size_t nl = input.find('\n');
+  if (nl == std::string::npos || nl + 1 >= input.size()) return;
+  std::string first = input.substr(0, nl);
+  taotoken::detail::ensure_padding(first);
+  ChunkPrefix prefix;
+  ChatCompletionChunk chunk;
+  std::optional<Error> in_stream;
+  (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
+  if (prefix.slots.empty()) return;
+  const auto& slot = prefix.slots[static_cast<unsigned char>(input[nl + 1]) % prefix.slots.size()];
+  std::string second = first.substr(0, slot.open) + input.substr(nl + 2) + first.substr(slot.close);
+  taotoken::detail::ensure_padding(second);
+  ChatCompletionChunk templated = chunk, whole;
+  std::optional<Error> in_stream_templated, in_stream_whole;
+  const auto err_templated = taotoken::detail::decode_chunk(second, templated, in_stream_templated, &prefix);
+  const auto err_whole = taotoken::detail::decode_chunk(second, whole, in_stream_whole, nullptr);
+  if (!same(err_templated, err_whole) || !same(in_stream_templated, in_stream_whole) ||
+      (!err_whole && !same(templated, whole)))
+    std::abort();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -87,6 +113,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)decode_chunk(body, in_stream);
   }
   check_prefix_reuse(input);
+  check_template(input);
   {
     std::string body = input;
     (void)decode_stream_error(body);

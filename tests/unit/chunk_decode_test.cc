@@ -316,6 +316,20 @@ std::string mutate(std::string s, std::mt19937& rng) {
   return s;
 }
 
+// Whether decode_chunk can take the template path for `raw`: the event
+// equals the template outside one slot's string body (the path then still
+// checks the new body).
+bool templated(const detail::ChunkPrefix& prefix, const std::string& raw) {
+  const std::string& old = prefix.chunk.raw_json;
+  for (const auto& s : prefix.slots) {
+    const std::size_t tail = old.size() - s.close;
+    if (raw.size() >= s.open + tail && raw.compare(0, s.open, old, 0, s.open) == 0 &&
+        raw.compare(raw.size() - tail, tail, old, s.close, tail) == 0)
+      return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("decode_chunk decodes every event like the reference decoder") {
@@ -345,13 +359,14 @@ TEST_CASE("decode_chunk decodes every event like the reference decoder") {
   // are decoded from the prefix).
   ChatCompletionChunk reused, streamed;
   detail::ChunkPrefix prefix;
-  std::size_t valid = 0, invalid = 0, in_stream = 0, from_prefix = 0, from_prefix_invalid = 0;
+  std::size_t valid = 0, invalid = 0, in_stream = 0, from_prefix = 0, from_prefix_invalid = 0, from_template = 0;
   for (const auto& raw : events) {
     const std::string ev = padded(raw);
     const Decoded want = reference(ev);
     ChatCompletionChunk fresh;
     const bool has_prefix = !prefix.bytes.empty() && raw.size() > prefix.bytes.size() &&
                             raw.compare(0, prefix.bytes.size(), prefix.bytes) == 0;
+    from_template += templated(prefix, raw);
     const Decoded got = tuned(ev, fresh, nullptr);
     const Decoded again = tuned(ev, reused, nullptr);
     const Decoded cached = tuned(ev, streamed, &prefix);
@@ -383,6 +398,7 @@ TEST_CASE("decode_chunk decodes every event like the reference decoder") {
   CHECK(in_stream > 100);
   CHECK(from_prefix > events.size() / 5);
   CHECK(from_prefix_invalid > from_prefix / 5);
+  CHECK(from_template > events.size() / 20);
 }
 
 TEST_CASE("decode_chunk from a stream's prefix: damage after the prefix gives the reference's result") {
@@ -451,4 +467,218 @@ TEST_CASE("decode_chunk's prefix: only whole leading members that set the envelo
   CHECK(prefix_of(R"({"id":"a","error":null,"choices":[]})") == R"({"id":"a",)");
   CHECK(prefix_of(R"({"id":"a","ch\u006fices":[],"model":"m"})") == R"({"id":"a",)");
   CHECK(prefix_of(R"({"id":"a","model":"m"})") == "");  // no choices: nothing to reuse it for
+}
+
+namespace {
+
+// Events built for the template: every slot kind, and the keys, nulls and
+// duplicates that decide whether a string is one.
+std::vector<std::string> template_docs() {
+  const std::string env = R"({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",)";
+  auto choice = [&](const std::string& delta, const std::string& more = "") {
+    return env + R"("choices":[{"index":0,"delta":)" + delta + R"(,"logprobs":null,"finish_reason":null}])" + more +
+           "}";
+  };
+  return {
+      choice(R"({"content":"w"})"),
+      choice(R"({"content":""})"),
+      choice(R"({"role":"assistant","content":"","refusal":null})"),
+      choice(R"({"content":"a\"b\\c\u00e9\ud83d\ude00"})"),
+      choice(R"({"content":"a","content":"b"})"),
+      choice(R"({"content":"a","content":null})"),
+      choice(R"({"content":null,"content":"a"})"),
+      choice(R"({"content":[{"type":"text","text":"a"}]})"),
+      choice(R"({"content":"a","c\u006fntent":"b"})"),
+      choice(R"({"c\u006fntent":"b","content":"a"})"),
+      choice(R"({"refusal":"no"})"),
+      choice(R"({"refusal":"no","refusal":null})"),
+      choice(R"({"reasoning_content":"r","content":null})"),
+      choice(R"({"reasoning":"r","reasoning_content":null})"),
+      choice(R"({"reasoning":"a","reasoning_content":"b"})"),
+      choice(R"({"reasoning_content":"b","reasoning":null,"content":""})"),
+      choice(R"({"reasoning":null,"reasoning":"x"})"),
+      choice(R"({"content":"c","reasoning":"r","refusal":"f"})"),
+      choice(R"({"tool_calls":[{"index":0,"id":"t","type":"function","function":{"name":"f","arguments":"{\"a\""}}]})"),
+      choice(R"({"tool_calls":[{"index":0,"function":{"arguments":""}},{"index":1,"function":{"arguments":"x"}}]})"),
+      choice(R"({"tool_calls":[{"function":{"arguments":"a","arguments":"b"}}]})"),
+      choice(R"({"tool_calls":[{"function":{"arguments":"a","arguments":null}}]})"),
+      choice(R"({"tool_calls":[{"function":{"arguments":"a"},"function":{"name":"n"}}]})"),
+      choice(R"({"tool_calls":[{"function":{"arguments":"a"}}],"tool_calls":[{"function":{"arguments":"b"}}]})"),
+      choice(R"({"tool_calls":[{"function":{"arguments":"a","\u0061rguments":"b"}}]})"),
+      choice(R"({"tool_calls":[{"function":{"arguments":"a"},"f\u0075nction":{}}]})"),
+      choice(R"({"content":"w"})", R"(,"usage":{"prompt_tokens":1})"),
+      choice(R"({"content":"w"})", R"(,"error":null)"),
+      choice(R"({"content":"w"})", R"(,"error":{"message":"m","code":429})"),
+      choice(R"({"content":"w"})", R"(,"content":"top")"),
+      choice(R"({"content":"w"})", R"(,"choices":[])"),
+      choice(R"({"content":"w"})", R"(,"ch\u006fices":[])"),
+      env + R"("choices":[{"index":0,"delta":{"content":"a"},"delta":{"refusal":"r"}}]})",
+      env + R"("choices":[{"index":0,"delta":{"content":"a"},"d\u0065lta":{}}]})",
+      env + R"("choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]})",
+      env + R"("choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-1}]}}]})",
+      env + R"("choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]})",
+      R"( { "choices" : [ { "delta" : { "content" : "a" , "role" : "assistant" } } ] } )",
+      R"({"choices":[{"delta":{"content":"a"}}]})" "\n",
+  };
+}
+
+// New string bodies: each is one way a string goes right or wrong for
+// simdjson (escapes, surrogates, control characters, UTF-8) or stops being
+// one string (quotes, a trailing backslash).
+std::vector<std::string> body_pieces() {
+  return {"a", " word", "", "\\\"", "\\\\", "\\/", "\\b\\f\\n\\r\\t", "\\u00e9", "\\u00E9", "\\u0000", "\\u001f",
+          "\\u007f", "\\u0800", "\\uffff", "\\uFFFE", "\\ud83d\\ude00", "\\uD83D\\uDE00", "\\ud800", "\\udc00",
+          "\\udfff", "\\ud800\\ud800", "\\ud800\\u0041", "\\ud800x", "\\udbff\\udfff", "\\ud800\\udc0", "\\u",
+          "\\u12", "\\u12g4", "\\uZZZZ", "\\x", "\\'", "\\a", "\\0", "\\U0041", "\\", "\\\\\\", "\"", "\",\"x\":\"",
+          "\"}", "\\\"}", std::string(1, '\x01'), std::string(1, '\x1f'), std::string(1, '\0'), "\t", "\n", "\x7f",
+          "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xff", "\xc3", "\xe2\x82", "\xed\xa0\x80", "\xc0\xaf",
+          "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80", "{", "}", "[", "]", ",", ":", "null", std::string(300, 'z')};
+}
+
+}  // namespace
+
+TEST_CASE("decode_chunk's template: only strings that decide one field are slots") {
+  auto slots_of = [](const std::string& doc) {
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    std::optional<Error> in_stream;
+    const std::string ev = padded(doc);
+    (void)detail::decode_chunk(ev, c, in_stream, &prefix);
+    std::vector<std::string> out;
+    for (const auto& s : prefix.slots) {
+      static const char* names[] = {"content", "refusal", "reasoning", "arguments"};
+      out.push_back(fmt::format("{}[{}].{}{}={}", "choices", s.choice, names[s.field],
+                                s.field == detail::ChunkPrefix::StringSlot::arguments ? fmt::format("[{}]", s.tool) : "",
+                                doc.substr(s.open, s.close - s.open)));
+    }
+    return out;
+  };
+  using V = std::vector<std::string>;
+  const std::string env = R"({"id":"c","choices":[{"index":0,"delta":)";
+  CHECK(slots_of(env + R"({"content":" w"}}]})") == V{"choices[0].content= w"});
+  CHECK(slots_of(env + R"({"role":"assistant","content":"","refusal":null}}]})") == V{"choices[0].content="});
+  CHECK(slots_of(env + R"({"content":"a","content":"b"}}]})") == V{"choices[0].content=b"});
+  CHECK(slots_of(env + R"({"content":"a","content":null}}]})") == V{});
+  CHECK(slots_of(env + R"({"content":"a","c\u006fntent":"b"}}]})") == V{});
+  CHECK(slots_of(env + R"({"content":[{"text":"a"}]}}]})") == V{});
+  CHECK(slots_of(env + R"({"reasoning":"a","reasoning_content":null}}]})") == V{"choices[0].reasoning=a"});
+  CHECK(slots_of(env + R"({"reasoning":"a","reasoning_content":"b"}}]})") == V{"choices[0].reasoning=b"});
+  CHECK(slots_of(env + R"({"content":"c","refusal":"f","reasoning":"r"}}]})") ==
+        V{"choices[0].content=c", "choices[0].refusal=f", "choices[0].reasoning=r"});
+  CHECK(slots_of(env + R"({"tool_calls":[{"function":{"arguments":"a"}},{"function":{"arguments":"b","arguments":"c"}}]}}]})") ==
+        V{"choices[0].arguments[0]=a", "choices[0].arguments[1]=c"});
+  CHECK(slots_of(env + R"({"tool_calls":[{"function":{"arguments":"a"}}],"tool_calls":[]}}]})") == V{});
+  CHECK(slots_of(env + R"({"tool_calls":[{"function":{"arguments":"a"},"function":{}}]}}]})") == V{});
+  CHECK(slots_of(env + R"({"content":"a"},"delta":{}}]})") == V{});
+  CHECK(slots_of(env + R"({"content":"a"}},{"delta":{"content":"b"}}]})") ==
+        V{"choices[0].content=a", "choices[1].content=b"});
+  CHECK(slots_of(env + R"({"content":"a"}}],"choices":[]})") == V{});
+  CHECK(slots_of(env + R"({"content":"a"}}],"\u0069d":"x"})") == V{});
+  CHECK(slots_of(env + R"({"content":"a"}}],"error":{"message":"m"}})") == V{});
+  CHECK(slots_of(env + R"({"content":"a"}}],"error":null})") == V{"choices[0].content=a"});
+  CHECK(slots_of(env + R"({"content":"a"}}],"x":tru})") == V{});  // invalid: no template
+}
+
+TEST_CASE("decode_chunk's template: a new string in a slot gives the reference's result") {
+  std::vector<std::string> corpus = recorded_events();
+  const std::vector<std::string> extra = template_docs();
+  corpus.insert(corpus.end(), extra.begin(), extra.end());
+  const std::vector<std::string> pieces = body_pieces();
+  std::mt19937 rng(4242);
+  std::size_t templates = 0, slots = 0, taken = 0, valid = 0, failed = 0, streamed = 0;
+  ChatCompletionChunk reused;  // decoded into across everything, as a stream's
+  for (const auto& doc : corpus) {
+    detail::ChunkPrefix prefix;
+    const std::string first = padded(doc);
+    const Decoded want_first = reference(first);
+    const Decoded got_first = tuned(first, reused, &prefix);
+    REQUIRE(got_first.chunk == want_first.chunk);
+    if (prefix.slots.empty()) continue;
+    ++templates;
+    INFO("template: " << doc);
+    REQUIRE(prefix.chunk.raw_json == doc);
+    // One stream's prefix state, carried across the new events in order:
+    // a fallback refreshes the template from a new event.
+    detail::ChunkPrefix stream = prefix;
+    for (const auto& slot : prefix.slots) {
+      ++slots;
+      for (int i = 0; i < 120; ++i) {
+        std::string body;
+        if (i < static_cast<int>(pieces.size())) {
+          body = pieces[i];
+        } else {
+          const int n = 1 + static_cast<int>(rng() % 4);
+          for (int j = 0; j < n; ++j) body += pieces[rng() % pieces.size()];
+        }
+        const std::string m = doc.substr(0, slot.open) + body + doc.substr(slot.close);
+        const std::string ev = padded(m);
+        const Decoded want = reference(ev);
+        INFO("event: " << m);
+        REQUIRE(templated(prefix, m));
+        ++taken;
+        detail::ChunkPrefix kept = prefix;
+        const Decoded got = tuned(ev, reused, &kept);
+        REQUIRE(describe(got.failure) == describe(want.failure));
+        REQUIRE(describe(got.in_stream) == describe(want.in_stream));
+        REQUIRE(got.chunk == want.chunk);
+        streamed += templated(stream, m);
+        const Decoded in_stream = tuned(ev, reused, &stream);
+        REQUIRE(describe(in_stream.failure) == describe(want.failure));
+        REQUIRE(in_stream.chunk == want.chunk);
+        ++(want.failure ? failed : valid);
+      }
+    }
+    // Damage anywhere (a key, a second string, the structure) after the
+    // template, decoded with it.
+    for (int i = 0; i < 60; ++i) {
+      std::string m = mutate(doc, rng);
+      if (rng() % 2) m = mutate(std::move(m), rng);
+      const std::string ev = padded(m);
+      const Decoded want = reference(ev);
+      detail::ChunkPrefix kept = prefix;
+      INFO("event: " << m);
+      const Decoded got = tuned(ev, reused, &kept);
+      REQUIRE(describe(got.failure) == describe(want.failure));
+      REQUIRE(describe(got.in_stream) == describe(want.in_stream));
+      REQUIRE(got.chunk == want.chunk);
+    }
+  }
+  CHECK(templates > 250);
+  CHECK(slots >= templates);
+  CHECK(valid > taken / 4);
+  CHECK(failed > taken / 4);
+  CHECK(streamed > taken / 2);
+}
+
+TEST_CASE("decode_chunk's template: every \\u escape and surrogate pair like simdjson") {
+  const std::string head = R"({"id":"c","choices":[{"index":0,"delta":{"content":")";
+  const std::string tail = R"("},"finish_reason":null}]})";
+  detail::ChunkPrefix prefix;
+  ChatCompletionChunk c;
+  const Decoded first = tuned(padded(head + "x" + tail), c, &prefix);
+  REQUIRE(prefix.slots.size() == 1);
+  std::size_t valid = 0, invalid = 0;
+  auto check = [&](const std::string& body) {
+    const std::string m = head + body + tail;
+    const std::string ev = padded(m);
+    REQUIRE(templated(prefix, m));
+    const Decoded want = reference(ev);
+    detail::ChunkPrefix kept = prefix;
+    const Decoded got = tuned(ev, c, &kept);
+    INFO("body: " << body);
+    REQUIRE(describe(got.failure) == describe(want.failure));
+    REQUIRE(got.chunk == want.chunk);
+    ++(want.failure ? invalid : valid);
+  };
+  for (unsigned u = 0; u <= 0xFFFF; ++u) check(fmt::format("\\u{:04x}", u));
+  for (unsigned hi = 0xD800; hi <= 0xDBFF; hi += 1) {
+    for (unsigned lo : {0xDC00u, 0xDFFFu, 0xDBFFu, 0xE000u, 0xD7FFu, 0x0041u, 0xD800u})
+      check(fmt::format("\\u{:04X}\\u{:04x}", hi, lo));
+  }
+  for (unsigned lo = 0xDC00; lo <= 0xDFFF; lo += 1) check(fmt::format("\\ud83d\\u{:04X}", lo));
+  for (const char* bad : {"\\uD83D\\u", "\\uD83D\\uDE0", "\\uD83D\\uDE0g", "\\uD83D\\\\uDE00", "\\uD83D \\uDE00",
+                          "\\uD83Du\\uDE00", "\\uG000", "\\u-001", "\\u+001", "\\u 001", "\\u0x01"})
+    check(bad);
+  CHECK(valid > 60000);
+  CHECK(invalid > 3000);
 }
