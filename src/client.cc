@@ -139,6 +139,51 @@ std::string make_request_id() {
   return fmt::format("req_{}_{}", ms, std::string_view(suffix, sizeof suffix));
 }
 
+// A stream's decoding state: SSE framing, chunk assembly (with its chunk
+// and prefix caches), and the body of an upstream that answered with JSON
+// instead. Recycled across the streams of one client with its buffers, so a
+// stream allocates little of it once the client is warm.
+struct StreamDecodeState {
+  detail::SseDecoder decoder;
+  detail::StreamAssembler assembler;
+  std::string json_body;
+  void reset() {
+    decoder.reset();
+    assembler.reset();
+    json_body.clear();
+  }
+};
+
+// Thread-safe: streams start and end on the loop thread, but a hook may
+// be destroyed wherever its exchange's last owner lets go.
+class StreamStatePool {
+ public:
+  using Ptr = std::unique_ptr<StreamDecodeState>;
+  Ptr get() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        Ptr p = std::move(free_.back());
+        free_.pop_back();
+        return p;
+      }
+    }
+    return std::make_unique<StreamDecodeState>();
+  }
+  void put(Ptr p) {
+    // One that held a giant event or body is not kept.
+    if (!p || p->decoder.retained_bytes() > kMaxBytes || p->json_body.capacity() > kMaxBytes) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < kMaxKept) free_.push_back(std::move(p));
+  }
+
+ private:
+  static constexpr std::size_t kMaxKept = 16;
+  static constexpr std::size_t kMaxBytes = 64 * 1024;
+  std::mutex mu_;
+  std::vector<Ptr> free_;
+};
+
 // Per-attempt streaming state plugged into the attempt loop. Runs on the
 // loop thread.
 struct StreamHooks {
@@ -1000,13 +1045,14 @@ class TaotokenClient::Impl {
     // slot): the assembler has merged it already and decodes the next one
     // over whatever is there.
     using ChunkSink = std::function<bool(std::unique_ptr<ChatCompletionChunk>&)>;
-    ChatStreamHooks(ChunkSink cb, Clock::time_point started, std::size_t max_json_bytes)
-        : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes) {}
+    ChatStreamHooks(ChunkSink cb, Clock::time_point started, std::size_t max_json_bytes,
+                    std::shared_ptr<StreamStatePool> states)
+        : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes), pool(std::move(states)),
+          state(pool->get()), decoder(state->decoder), assembler(state->assembler), json_body(state->json_body) {}
+    ~ChatStreamHooks() override { pool->put(std::move(state)); }
     void begin_attempt(HttpRequest& req) override {
-      decoder = detail::SseDecoder();
-      assembler = detail::StreamAssembler();
+      state->reset();
       json_mode = false;
-      json_body.clear();
       req.on_start = [this](int, const std::vector<Header>& headers) {
         const std::string* ct = detail::find_header(headers, "content-type");
         json_mode = ct && ct->find("event-stream") == std::string::npos && ct->find("json") != std::string::npos;
@@ -1107,10 +1153,12 @@ class TaotokenClient::Impl {
     std::atomic<bool> complete{false};
     Clock::time_point start;
     std::size_t max_json;
-    detail::SseDecoder decoder;
-    detail::StreamAssembler assembler;
+    std::shared_ptr<StreamStatePool> pool;
+    StreamStatePool::Ptr state;
+    detail::SseDecoder& decoder;
+    detail::StreamAssembler& assembler;
     bool json_mode = false;
-    std::string json_body;
+    std::string& json_body;
     bool delivered_ = false;
     bool user_stopped = false;
     std::string stop_reason = "the chunk callback cancelled the stream";
@@ -1122,7 +1170,8 @@ class TaotokenClient::Impl {
                                                  std::function<bool()> should_pause, std::function<void()> after_data,
                                                  RequestOptions ro) const {
     auto ex = new_chat_exchange(request, std::move(ro), /*stream=*/true);
-    auto hooks = std::make_shared<ChatStreamHooks>(std::move(on_chunk), ex->call.start, opts_.max_response_bytes);
+    auto hooks = std::make_shared<ChatStreamHooks>(std::move(on_chunk), ex->call.start, opts_.max_response_bytes,
+                                                   stream_states_);
     hooks->should_pause = std::move(should_pause);
     hooks->after_data = std::move(after_data);
     ex->hooks = hooks.get();
@@ -1173,10 +1222,12 @@ class TaotokenClient::Impl {
 
   // Streaming state of forward_stream, on the loop thread.
   struct ForwardStreamHooks final : StreamHooks {
-    explicit ForwardStreamHooks(ForwardSink s) : sink(std::move(s)) {}
+    ForwardStreamHooks(ForwardSink s, std::shared_ptr<StreamStatePool> states)
+        : sink(std::move(s)), pool(std::move(states)), state(pool->get()), decoder(state->decoder),
+          assembler(state->assembler) {}
+    ~ForwardStreamHooks() override { pool->put(std::move(state)); }
     void begin_attempt(HttpRequest& req) override {
-      decoder = detail::SseDecoder();
-      assembler = detail::StreamAssembler();
+      state->reset();
       event_stream = false;
       complete.store(false);
       req.complete = &complete;
@@ -1258,8 +1309,10 @@ class TaotokenClient::Impl {
     std::atomic<bool> complete{false};
     int status = 0;
     std::vector<Header> headers;
-    detail::SseDecoder decoder;
-    detail::StreamAssembler assembler;
+    std::shared_ptr<StreamStatePool> pool;
+    StreamStatePool::Ptr state;
+    detail::SseDecoder& decoder;
+    detail::StreamAssembler& assembler;
     bool event_stream = false, started = false, delivered_ = false, user_stopped = false;
     std::string stop_reason = "the sink stopped the stream";
     std::exception_ptr user_exception;
@@ -1270,7 +1323,7 @@ class TaotokenClient::Impl {
                                                    std::function<void()> after_data,
                                                    RequestOptions ro) const {
     auto ex = new_forward_exchange(json_body, std::move(ro), /*stream=*/true);
-    auto hooks = std::make_shared<ForwardStreamHooks>(std::move(sink));
+    auto hooks = std::make_shared<ForwardStreamHooks>(std::move(sink), stream_states_);
     hooks->should_pause = std::move(should_pause);
     hooks->after_data = std::move(after_data);
     ex->hooks = hooks.get();
@@ -1829,6 +1882,7 @@ class TaotokenClient::Impl {
   std::vector<Header> base_headers_;
   std::shared_ptr<detail::Loop> loop_;
   std::shared_ptr<ChunkPool> chunk_pool_ = std::make_shared<ChunkPool>();  // synchronous streams' chunks
+  std::shared_ptr<StreamStatePool> stream_states_ = std::make_shared<StreamStatePool>();
   // Loop thread only: every call admitted and not finished, the calls
   // waiting for a slot, the slots taken.
   mutable ExchangeBase* live_head_ = nullptr;

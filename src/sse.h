@@ -38,6 +38,21 @@ class SseDecoder {
   template <typename Handler>
   bool feed(std::string_view bytes, Handler&& on_event);
 
+  // Back to a fresh decoder's state, keeping the buffers' capacity (a
+  // recycled decoder allocates nothing for the next stream).
+  void reset() noexcept {
+    line_.clear();
+    data_.clear();
+    event_type_.clear();
+    last_id_.clear();
+    has_data_ = after_cr_ = stopped_ = false;
+    bom_checked_ = 0;
+    empty_events_ = 0;
+    retry_ms_ = -1;
+  }
+  // The bytes its buffers hold on to (whether it is worth recycling).
+  std::size_t retained_bytes() const noexcept { return line_.capacity() + data_.capacity(); }
+
   // At end of input: true when an event or a line was left incomplete (the
   // stream was cut). The incomplete event's data, as far as it got, is in
   // pending_data() (e.g. a final "data: [DONE]" without its blank line).

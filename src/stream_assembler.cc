@@ -66,6 +66,23 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
   return Step::chunk;
 }
 
+void StreamAssembler::reset() {
+  prefix_.bytes.clear();
+  prefix_.slots.clear();
+  choices_.clear();
+  id_.clear();
+  object_ = "chat.completion";
+  model_.clear();
+  created_ = 0;
+  fingerprint_.reset();
+  provider_.reset();
+  usage_.reset();
+  error_.reset();
+  done_ = false;
+  has_token_ = false;
+  ignored_ = 0;
+}
+
 void StreamAssembler::on_end(const SseDecoder& decoder) {
   if (finished()) return;
   if (decoder.has_unterminated_tail() && decoder.pending_data() == "[DONE]") done_ = true;

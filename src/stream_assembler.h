@@ -52,6 +52,10 @@ class StreamAssembler {
   // The completion as assembled so far.
   ChatCompletion assemble() const;
 
+  // Back to a fresh assembler's state for the next stream; the chunk object
+  // and the prefix cache keep their buffers (no template carries over).
+  void reset();
+
  private:
   struct ToolAcc {
     int index = 0;

@@ -26,9 +26,7 @@ struct Outcome {
   std::size_t chunks = 0;
 };
 
-Outcome run(const std::string& bytes, const std::vector<std::size_t>& cuts) {
-  SseDecoder dec;
-  StreamAssembler as;
+Outcome run_with(SseDecoder& dec, StreamAssembler& as, const std::string& bytes, const std::vector<std::size_t>& cuts) {
   Outcome o;
   std::size_t from = 0;
   auto feed = [&](std::string_view piece) {
@@ -50,6 +48,12 @@ Outcome run(const std::string& bytes, const std::vector<std::size_t>& cuts) {
   o.ignored = as.ignored_events() + dec.empty_events();
   o.unterminated = dec.has_unterminated_tail();
   return o;
+}
+
+Outcome run(const std::string& bytes, const std::vector<std::size_t>& cuts) {
+  SseDecoder dec;
+  StreamAssembler as;
+  return run_with(dec, as, bytes, cuts);
 }
 
 std::vector<std::size_t> every(std::size_t step, std::size_t n) {
@@ -167,6 +171,39 @@ TEST_CASE("every recorded stream gives its expected result however it is split")
     }
   }
   CHECK(played == 39);
+}
+
+TEST_CASE("a decoder and an assembler reset between streams give each the result of fresh ones") {
+  // The client recycles them across calls: nothing of one stream (a
+  // partial line, an event type, a cached chunk prefix or template, usage,
+  // an error) may leak into the next. Every recorded stream, one after the
+  // other through the same pair, twice over, cut differently each time.
+  SseDecoder dec;
+  StreamAssembler as;
+  std::mt19937 rng(777);
+  int played = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const auto& sc : fixtures::scenarios()) {
+      if (sc.kind != "sse") continue;
+      ++played;
+      const std::string bytes = fixtures::read_file(fixtures::dir() + "/" + sc.file);
+      std::vector<std::size_t> cuts;
+      for (std::size_t at = 0; at < bytes.size();) cuts.push_back(at += 1 + rng() % 64);
+      dec.reset();
+      as.reset();
+      const Outcome o = run_with(dec, as, bytes, cuts);
+      simdjson::dom::parser p;
+      simdjson::dom::element expect = p.parse(sc.expect_json);
+      INFO(sc.name << " (pass " << pass << ")");
+      check(o, expect);
+      const Outcome fresh = run(bytes, {});
+      CHECK(o.chunks == fresh.chunks);
+      CHECK(o.completion.text() == fresh.completion.text());
+      CHECK(o.completion.usage.has_value() == fresh.completion.usage.has_value());
+      CHECK(o.completion.id == fresh.completion.id);
+    }
+  }
+  CHECK(played == 78);
 }
 
 TEST_CASE("SSE framing details") {
