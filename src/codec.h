@@ -1,7 +1,7 @@
 #ifndef TAOTOKEN_SRC_CODEC_H
 #define TAOTOKEN_SRC_CODEC_H
 
-// Request encoding (JsonWriter) and response decoding (simdjson on-demand).
+// Request encoding (JsonWriter) and response decoding (simdjson DOM).
 // Pure functions: no I/O, no globals besides per-thread parser buffers.
 
 #include <cstddef>
