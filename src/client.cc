@@ -154,34 +154,68 @@ struct StreamDecodeState {
   }
 };
 
-// Thread-safe: streams start and end on the loop thread, but a hook may
-// be destroyed wherever its exchange's last owner lets go.
+// A bounded free list, thread-safe: what one call gives back, a later one
+// takes (with the buffers it grew). Streams start and end on the loop
+// thread, but what holds a recycled object may be destroyed on any thread.
+template <typename T>
+class Recycler {
+ public:
+  explicit Recycler(std::size_t max_kept) : max_kept_(max_kept) {}
+  // Moves up to `n` kept objects to the end of `out` (one lock); returns
+  // how many.
+  std::size_t take(std::vector<T>& out, std::size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::size_t got = 0;
+    for (; got < n && !kept_.empty(); ++got) {
+      out.push_back(std::move(kept_.back()));
+      kept_.pop_back();
+    }
+    return got;
+  }
+  std::optional<T> take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (kept_.empty()) return std::nullopt;
+    std::optional<T> t(std::move(kept_.back()));
+    kept_.pop_back();
+    return t;
+  }
+  // Keeps the elements of `from` that `worth` accepts while there is room
+  // (one lock); clears `from`.
+  template <typename Worth>
+  void give(std::vector<T>& from, Worth worth) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (T& t : from)
+        if (kept_.size() < max_kept_ && worth(t)) kept_.push_back(std::move(t));
+    }
+    from.clear();
+  }
+  void give(T t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (kept_.size() < max_kept_) kept_.push_back(std::move(t));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<T> kept_;
+  const std::size_t max_kept_;
+};
+
 class StreamStatePool {
  public:
   using Ptr = std::unique_ptr<StreamDecodeState>;
   Ptr get() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!free_.empty()) {
-        Ptr p = std::move(free_.back());
-        free_.pop_back();
-        return p;
-      }
-    }
+    if (auto p = kept_.take()) return std::move(*p);
     return std::make_unique<StreamDecodeState>();
   }
   void put(Ptr p) {
     // One that held a giant event or body is not kept.
-    if (!p || p->decoder.retained_bytes() > kMaxBytes || p->json_body.capacity() > kMaxBytes) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (free_.size() < kMaxKept) free_.push_back(std::move(p));
+    if (p && p->decoder.retained_bytes() <= kMaxBytes && p->json_body.capacity() <= kMaxBytes) kept_.give(std::move(p));
   }
 
  private:
-  static constexpr std::size_t kMaxKept = 16;
   static constexpr std::size_t kMaxBytes = 64 * 1024;
-  std::mutex mu_;
-  std::vector<Ptr> free_;
+  Recycler<Ptr> kept_{16};
 };
 
 // Per-attempt streaming state plugged into the attempt loop. Runs on the
@@ -224,37 +258,17 @@ class ChunkPool {
     std::vector<Ptr> spares, spent;
   };
 
-  // Moves up to `n` objects into `out` (one lock), new ones when the pool
-  // is empty.
+  // Moves `n` objects into `out`: kept ones first, then new ones.
   void get(std::vector<Ptr>& out, std::size_t n) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (; n > 0 && !free_.empty(); --n) {
-        out.push_back(std::move(free_.back()));
-        free_.pop_back();
-      }
-    }
-    for (; n > 0; --n) out.push_back(std::make_unique<ChatCompletionChunk>());
+    for (n -= chunks_.take(out, n); n > 0; --n) out.push_back(std::make_unique<ChatCompletionChunk>());
   }
   // Takes back the objects in `spent` (one lock for all) and clears it.
   void put(std::vector<Ptr>& spent) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (Ptr& p : spent)
-        if (free_.size() < kMaxKept && p->raw_json.capacity() <= kMaxKeptBytes) free_.push_back(std::move(p));
-    }
-    spent.clear();
+    chunks_.give(spent, [](const Ptr& p) { return p->raw_json.capacity() <= kMaxKeptBytes; });
   }
 
   Queues take_queues() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!queues_.empty()) {
-        Queues q = std::move(queues_.back());
-        queues_.pop_back();
-        return q;
-      }
-    }
+    if (auto q = queues_.take()) return std::move(*q);
     Queues q;
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->reserve(64);
     q.spares.reserve(32);
@@ -266,15 +280,12 @@ class ChunkPool {
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->clear();
     q.spares.clear();
     q.spent.clear();
-    std::lock_guard<std::mutex> lock(mu_);
-    if (queues_.size() < kMaxQueues) queues_.push_back(std::move(q));
+    queues_.give(std::move(q));
   }
 
  private:
-  static constexpr std::size_t kMaxQueues = 16;  // concurrent synchronous streams worth keeping for
-  std::mutex mu_;
-  std::vector<Ptr> free_;
-  std::vector<Queues> queues_;
+  Recycler<Ptr> chunks_{kMaxKept};
+  Recycler<Queues> queues_{16};  // concurrent synchronous streams worth keeping for
 };
 
 // Hands the callbacks of a synchronous stream from the loop to the calling

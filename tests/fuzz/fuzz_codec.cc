@@ -54,48 +54,51 @@ bool same(const std::optional<Error>& a, const std::optional<Error>& b) {
          a->param == b->param && a->http_status == b->http_status;
 }
 
-void check_prefix_reuse(const std::string& input) {
-  using taotoken::detail::ChunkPrefix;
-  const std::size_t nl = input.find('\n');
-  if (nl == std::string::npos) return;
-  std::string first = input.substr(0, nl);
+using taotoken::detail::ChunkPrefix;
+
+// Decodes `first` (a stream's previous event) with `prefix`, so that the
+// prefix cache and template are set as a stream would leave them.
+void decode_first(std::string first, ChatCompletionChunk& chunk, ChunkPrefix& prefix) {
   taotoken::detail::ensure_padding(first);
-  ChunkPrefix prefix;
-  ChatCompletionChunk chunk;
   std::optional<Error> in_stream;
   (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
-  std::string second = prefix.bytes + input.substr(nl + 1);
+}
+
+// `second` decoded with the stream's state (into a copy of the previous
+// chunk, as a reused object would be) must equal `second` decoded alone.
+void cross_check(std::string second, const ChatCompletionChunk& previous, ChunkPrefix& prefix) {
   taotoken::detail::ensure_padding(second);
-  ChatCompletionChunk reused = chunk, whole;
-  std::optional<Error> in_stream_reused, in_stream_whole;
-  const auto err_reused = taotoken::detail::decode_chunk(second, reused, in_stream_reused, &prefix);
-  const auto err_whole = taotoken::detail::decode_chunk(second, whole, in_stream_whole, nullptr);
-  if (!same(err_reused, err_whole) || !same(in_stream_reused, in_stream_whole) ||
-      (!err_whole && !same(reused, whole)))
+  ChatCompletionChunk with = previous, alone;
+  std::optional<Error> in_stream_with, in_stream_alone;
+  const auto err_with = taotoken::detail::decode_chunk(second, with, in_stream_with, &prefix);
+  const auto err_alone = taotoken::detail::decode_chunk(second, alone, in_stream_alone, nullptr);
+  if (!same(err_with, err_alone) || !same(in_stream_with, in_stream_alone) || (!err_alone && !same(with, alone)))
     std::abort();
 }
 
-void check_template(const std::string& input) {
-  using taotoken::detail::ChunkPrefix;
+// Input: an event, a newline, the next event's bytes after the first
+// event's prefix (the prefix path).
+void check_prefix_reuse(const std::string& input) {
   const std::size_t nl = input.find('\n');
-  if (nl == std::string::npos || nl + 1 >= input.size()) return;
-  std::string first = input.substr(0, nl);
-  taotoken::detail::ensure_padding(first);
+  if (nl == std::string::npos) return;
   ChunkPrefix prefix;
   ChatCompletionChunk chunk;
-  std::optional<Error> in_stream;
-  (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
+  decode_first(input.substr(0, nl), chunk, prefix);
+  cross_check(prefix.bytes + input.substr(nl + 1), chunk, prefix);
+}
+
+// Input: an event, a newline, a byte that picks one of its string slots,
+// then a new string for that slot (the template path).
+void check_template(const std::string& input) {
+  const std::size_t nl = input.find('\n');
+  if (nl == std::string::npos || nl + 1 >= input.size()) return;
+  const std::string first = input.substr(0, nl);
+  ChunkPrefix prefix;
+  ChatCompletionChunk chunk;
+  decode_first(first, chunk, prefix);
   if (prefix.slots.empty()) return;
   const auto& slot = prefix.slots[static_cast<unsigned char>(input[nl + 1]) % prefix.slots.size()];
-  std::string second = first.substr(0, slot.open) + input.substr(nl + 2) + first.substr(slot.close);
-  taotoken::detail::ensure_padding(second);
-  ChatCompletionChunk templated = chunk, whole;
-  std::optional<Error> in_stream_templated, in_stream_whole;
-  const auto err_templated = taotoken::detail::decode_chunk(second, templated, in_stream_templated, &prefix);
-  const auto err_whole = taotoken::detail::decode_chunk(second, whole, in_stream_whole, nullptr);
-  if (!same(err_templated, err_whole) || !same(in_stream_templated, in_stream_whole) ||
-      (!err_whole && !same(templated, whole)))
-    std::abort();
+  cross_check(first.substr(0, slot.open) + input.substr(nl + 2) + first.substr(slot.close), chunk, prefix);
 }
 
 }  // namespace
