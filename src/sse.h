@@ -103,12 +103,16 @@ bool SseDecoder::feed(std::string_view in, Handler&& on_event) {
   }
   const char* p = in.data();
   const char* end = p + in.size();
+  // Most streams end lines with LF alone: one pass over the whole input
+  // finds out, and then no line needs its own search for a CR.
+  const bool has_cr = std::memchr(p, '\r', in.size()) != nullptr;
   while (p < end) {
     // memchr finds line ends at memory speed; a CR can only end the line
     // early, so it is searched for only before the next LF.
     const char* eol = static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
     if (!eol) eol = end;
-    if (const void* cr = std::memchr(p, '\r', static_cast<std::size_t>(eol - p))) eol = static_cast<const char*>(cr);
+    if (has_cr)
+      if (const void* cr = std::memchr(p, '\r', static_cast<std::size_t>(eol - p))) eol = static_cast<const char*>(cr);
     if (eol == end) {
       line_.append(p, static_cast<std::size_t>(end - p));
       break;
