@@ -152,6 +152,9 @@ struct StreamDecodeState {
     assembler.reset();
     json_body.clear();
   }
+  std::size_t retained_bytes() const noexcept {
+    return decoder.retained_bytes() + assembler.retained_bytes() + json_body.capacity();
+  }
 };
 
 // A bounded free list, thread-safe: what one call gives back, a later one
@@ -160,7 +163,9 @@ struct StreamDecodeState {
 template <typename T>
 class Recycler {
  public:
-  explicit Recycler(std::size_t max_kept) : max_kept_(max_kept) {}
+  // Room for every kept object up front: giving back never allocates, so
+  // destructors may give back.
+  explicit Recycler(std::size_t max_kept) : max_kept_(max_kept) { kept_.reserve(max_kept); }
   // Moves up to `n` kept objects to the end of `out` (one lock); returns
   // how many.
   std::size_t take(std::vector<T>& out, std::size_t n) {
@@ -209,12 +214,13 @@ class StreamStatePool {
     return std::make_unique<StreamDecodeState>();
   }
   void put(Ptr p) {
-    // One that held a giant event or body is not kept.
-    if (p && p->decoder.retained_bytes() <= kMaxBytes && p->json_body.capacity() <= kMaxBytes) kept_.give(std::move(p));
+    // One that held a giant event or body is not kept. (A kept one is reset
+    // when its next stream begins: begin_attempt.)
+    if (p && p->retained_bytes() <= kMaxBytes) kept_.give(std::move(p));
   }
 
  private:
-  static constexpr std::size_t kMaxBytes = 64 * 1024;
+  static constexpr std::size_t kMaxBytes = 256 * 1024;
   Recycler<Ptr> kept_{16};
 };
 
@@ -418,6 +424,21 @@ class Mailbox {
       paused_ = false;
     }
     if (batch_.empty()) return false;
+    // However this ends (a stop or resume relay can throw bad_alloc), the
+    // batch is emptied and its chunks freed or pooled: nothing runs twice.
+    struct Spend {
+      Mailbox& m;
+      ~Spend() {
+        try {
+          for (Entry& e : m.batch_)
+            if (e.chunk) m.spent_.push_back(std::move(e.chunk));
+          m.pool_->put(m.spent_);
+        } catch (...) {
+          m.spent_.clear();
+        }
+        m.batch_.clear();
+      }
+    } spend{*this};
     for (auto& item : batch_) {
       if (stopped_.load()) break;
       try {
@@ -438,10 +459,6 @@ class Mailbox {
         stop(last_reason_);
       }
     }
-    for (Entry& e : batch_)
-      if (e.chunk) spent_.push_back(std::move(e.chunk));
-    batch_.clear();
-    pool_->put(spent_);
     if (was_paused) resume();
     return true;
   }

@@ -54,10 +54,7 @@ JsonWriter& JsonWriter::end_array() {
 
 JsonWriter& JsonWriter::key(std::string_view name) {
   separator();
-  if (!append_plain(out_, name, ':')) {
-    append_quoted(out_, name);
-    out_.push_back(':');
-  }
+  append_string(out_, name, ':');
   after_key_ = true;
   return *this;
 }
@@ -71,7 +68,7 @@ JsonWriter& JsonWriter::key_lit(std::string_view name) {
 
 JsonWriter& JsonWriter::string(std::string_view s) {
   separator();
-  if (!append_plain(out_, s, 0)) append_quoted(out_, s);
+  append_string(out_, s, 0);
   return *this;
 }
 
@@ -124,13 +121,33 @@ struct EscapeTable {
   }
 };
 constexpr EscapeTable kEscape;
+
+// How many leading bytes of `s` need no escaping.
+std::size_t clean_prefix(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size() && !kEscape.v[static_cast<unsigned char>(s[i])]) ++i;
+  return i;
+}
 }  // namespace
 
 bool JsonWriter::append_plain(std::string& out, std::string_view s, char then) {
-  for (char c : s)
-    if (kEscape.v[static_cast<unsigned char>(c)]) return false;
+  if (clean_prefix(s) != s.size()) return false;
   append_unchecked(out, s, then);
   return true;
+}
+
+void JsonWriter::append_quoted(std::string& out, std::string_view s) { append_string(out, s, 0); }
+
+void JsonWriter::append_string(std::string& out, std::string_view s, char then) {
+  // One scan: text that needs no escaping (ids, model names, keys) is
+  // copied at once; otherwise escaping starts where the scan stopped.
+  const std::size_t clean = clean_prefix(s);
+  if (clean == s.size()) {
+    append_unchecked(out, s, then);
+    return;
+  }
+  append_escaped(out, s, clean);
+  if (then) out.push_back(then);
 }
 
 void JsonWriter::append_unchecked(std::string& out, std::string_view s, char then) {
@@ -152,12 +169,13 @@ void JsonWriter::append_unchecked(std::string& out, std::string_view s, char the
   if (then) out.push_back(then);
 }
 
-void JsonWriter::append_quoted(std::string& out, std::string_view s) {
+void JsonWriter::append_escaped(std::string& out, std::string_view s, std::size_t clean) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.reserve(out.size() + s.size() + 2);
   out.push_back('"');
-  const char* p = s.data();
-  const char* const end = p + s.size();
+  out.append(s.data(), clean);
+  const char* p = s.data() + clean;
+  const char* const end = s.data() + s.size();
   while (p < end) {
     // The common case: a run of bytes that need no escape, copied at once.
     const char* run = p;

@@ -44,11 +44,12 @@ class JsonWriter {
   static bool append_plain(std::string& out, std::string_view s, char then);
 
  private:
+  // `"s"` then `then` (unless 0), escaped as needed.
+  static void append_string(std::string& out, std::string_view s, char then);
+  // `"s"` then `then` (unless 0); `s` needs no escaping.
   static void append_unchecked(std::string& out, std::string_view s, char then);
-
- public:
-
- private:
+  // `"s"`, escaped; its first `clean` bytes need none.
+  static void append_escaped(std::string& out, std::string_view s, std::size_t clean);
   void separator();
   void open_container();
   std::string& out_;

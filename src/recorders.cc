@@ -100,9 +100,19 @@ void JsonlRecorder::rotate_locked() {
 }
 
 void JsonlRecorder::record(const RequestRecord& record) {
-  // Formatted outside the lock, into a buffer each thread keeps.
-  thread_local std::string line;
-  if (line.capacity() > (std::size_t{1} << 20)) std::string().swap(line);  // not kept after a giant record
+  // Formatted outside the lock, into a buffer each thread keeps between
+  // records. Taken out of the thread's slot while in use (an error hook
+  // may record to another JSONL file on this thread) and put back after,
+  // unless a giant record grew it.
+  thread_local std::string kept;
+  std::string line;
+  line.swap(kept);
+  struct PutBack {
+    std::string& line;
+    ~PutBack() {
+      if (line.capacity() <= (std::size_t{1} << 20) && kept.capacity() < line.capacity()) kept.swap(line);
+    }
+  } put_back{line};
   line.clear();
   record.append_json(line);
   line.push_back('\n');

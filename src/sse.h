@@ -51,7 +51,9 @@ class SseDecoder {
     retry_ms_ = -1;
   }
   // The bytes its buffers hold on to (whether it is worth recycling).
-  std::size_t retained_bytes() const noexcept { return line_.capacity() + data_.capacity(); }
+  std::size_t retained_bytes() const noexcept {
+    return line_.capacity() + data_.capacity() + event_type_.capacity() + last_id_.capacity();
+  }
 
   // At end of input: true when an event or a line was left incomplete (the
   // stream was cut). The incomplete event's data, as far as it got, is in
@@ -105,7 +107,7 @@ bool SseDecoder::feed(std::string_view in, Handler&& on_event) {
   const char* end = p + in.size();
   // Most streams end lines with LF alone: one pass over the whole input
   // finds out, and then no line needs its own search for a CR.
-  const bool has_cr = std::memchr(p, '\r', in.size()) != nullptr;
+  const bool has_cr = !in.empty() && std::memchr(p, '\r', in.size()) != nullptr;
   while (p < end) {
     // memchr finds line ends at memory speed; a CR can only end the line
     // early, so it is searched for only before the next LF.

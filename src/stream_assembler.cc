@@ -83,6 +83,16 @@ void StreamAssembler::reset() {
   ignored_ = 0;
 }
 
+std::size_t StreamAssembler::retained_bytes() const noexcept {
+  auto chunk_bytes = [](const ChatCompletionChunk& c) {
+    std::size_t n = c.raw_json.capacity() + c.id.capacity() + c.model.capacity();
+    for (const auto& d : c.choices) n += d.content ? d.content->capacity() : 0;
+    return n;
+  };
+  return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + prefix_.bytes.capacity() + prefix_.scratch.capacity() +
+         prefix_.unescaped.capacity() + scratch_.capacity();
+}
+
 void StreamAssembler::on_end(const SseDecoder& decoder) {
   if (finished()) return;
   if (decoder.has_unterminated_tail() && decoder.pending_data() == "[DONE]") done_ = true;

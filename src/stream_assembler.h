@@ -55,6 +55,8 @@ class StreamAssembler {
   // Back to a fresh assembler's state for the next stream; the chunk object
   // and the prefix cache keep their buffers (no template carries over).
   void reset();
+  // The bytes its buffers hold on to (whether it is worth recycling).
+  std::size_t retained_bytes() const noexcept;
 
  private:
   struct ToolAcc {

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <iterator>
 #include <memory>
-#include <unordered_map>
 
 #include "batch_queue.h"
 #include "record_sql.h"
@@ -150,7 +149,7 @@ class PostgresRecorder::Impl {
       if (auto e = connect(conninfo_, conn_); !e.empty()) return e;
     }
     const std::size_t ncols = detail::kRecordColumns.size() + 1;
-    const std::string& sql = insert_sql(batch.size());
+    const std::string& sql = insert_sql(batch.size(), batch_sql_);
     // Every value as text into one buffer (NUL-terminated), then pointers
     // into it: no string per value.
     arena_.clear();
@@ -189,7 +188,7 @@ class PostgresRecorder::Impl {
     }
     // The server refused the data: find the bad rows one by one, drop and
     // report them, keep the rest (one bad record must not block the queue).
-    const std::string one = insert_sql(1);
+    const std::string& one = insert_sql(1, one_sql_);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       PgResult single(PQexecParams(conn_.get(), one.c_str(), static_cast<int>(ncols), nullptr, &params[i * ncols],
                                    nullptr, nullptr, 0));
@@ -203,11 +202,16 @@ class PostgresRecorder::Impl {
     return {};
   }
 
-  // The INSERT of `rows` rows ($1..$n), built once per batch size.
-  const std::string& insert_sql(std::size_t rows) {
-    if (sql_cache_.size() > 64) sql_cache_.clear();  // batch sizes vary little
-    std::string& sql = sql_cache_[rows];
-    if (!sql.empty()) return sql;
+  // The INSERT of `rows` rows ($1..$n) in `sql`, rebuilt only when the
+  // number of rows differs from the last time (full batches repeat it).
+  struct Sql {
+    std::size_t rows = 0;
+    std::string text;
+  };
+  static const std::string& insert_sql(std::size_t rows, Sql& cached) {
+    if (cached.rows == rows && !cached.text.empty()) return cached.text;
+    cached.rows = rows;
+    std::string& sql = cached.text;
     const std::size_t ncols = detail::kRecordColumns.size() + 1;
     sql = "INSERT INTO taotoken_requests (" + detail::insert_column_list() + ") VALUES ";
     std::size_t n = 0;
@@ -230,7 +234,7 @@ class PostgresRecorder::Impl {
   std::chrono::milliseconds drain_timeout_;
   Conn conn_;
   // Worker only:
-  std::unordered_map<std::size_t, std::string> sql_cache_;
+  Sql batch_sql_, one_sql_;
   detail::RecordScratch scratch_;
   detail::RecordColumns columns_;
   std::string arena_;

@@ -172,7 +172,7 @@ class SqliteRecorder::Impl {
           case detail::SqlValue::integer: sqlite3_bind_int64(insert_.get(), idx, v.i); break;
           case detail::SqlValue::real: sqlite3_bind_double(insert_.get(), idx, v.d); break;
           case detail::SqlValue::text:
-            sqlite3_bind_text(insert_.get(), idx, v.s.data(), static_cast<int>(v.s.size()), SQLITE_STATIC);
+            sqlite3_bind_text64(insert_.get(), idx, v.s.data(), v.s.size(), SQLITE_STATIC, SQLITE_UTF8);
             break;
         }
       }
@@ -182,7 +182,7 @@ class SqliteRecorder::Impl {
         return reset_with(e);
       }
     }
-    sqlite3_clear_bindings(insert_.get());  // they point into this batch
+    sqlite3_clear_bindings(insert_.get());  // they point into this batch (on errors, reset_with finalizes)
     if (auto e = exec(db_.get(), "COMMIT"); !e.empty()) {
       exec(db_.get(), "ROLLBACK");
       return reset_with(e);

@@ -285,3 +285,18 @@ TEST_CASE("assembly: usage is taken from the chunk that carries it, never summed
   CHECK(c.usage->total_tokens == 12);
   CHECK(c.streamed);
 }
+
+TEST_CASE("an empty feed (even a null view) is harmless") {
+  SseDecoder dec;
+  int events = 0;
+  auto count = [&](const SseEvent&) {
+    ++events;
+    return true;
+  };
+  CHECK(dec.feed(std::string_view(), count));  // data() is null: no memchr on it (UBSan)
+  CHECK(dec.feed("data: x\n", count));
+  CHECK(dec.feed(std::string_view(), count));
+  CHECK(dec.feed("\n", count));
+  CHECK(events == 1);
+  CHECK_FALSE(dec.has_unterminated_tail());
+}
