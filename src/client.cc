@@ -16,7 +16,6 @@
 #include <thread>
 #include <unordered_map>
 
-#include "chat_stream.h"
 #include "codec.h"
 #include "json_writer.h"
 #include "record_sql.h"
@@ -391,6 +390,37 @@ class Mailbox {
   // Why the caller stopped the stream (when it did).
   const std::string& last_reason() const noexcept { return last_reason_; }
 
+  // Caller side, pull mode (ChatStream): the next queued chunk, waiting for
+  // one; null once the call is over and every chunk was taken. `resume()`
+  // as in pump(). Give the object back with spend() when done with it.
+  template <typename Resume>
+  ChunkPool::Ptr next_chunk(Resume resume) {
+    for (;;) {
+      while (pull_pos_ < batch_.size()) {
+        Entry& e = batch_[pull_pos_++];
+        if (e.chunk) return std::move(e.chunk);
+      }
+      batch_.clear();
+      pull_pos_ = 0;
+      pool_->put(spent_);
+      bool was_paused = false;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        waiting_ = true;
+        cv_.wait(lock, [this] { return !items_.empty() || closed_; });
+        waiting_ = false;
+        if (items_.empty()) return nullptr;  // closed, and nothing left
+        batch_.swap(items_);
+        was_paused = paused_;
+        paused_ = false;
+      }
+      if (was_paused) resume();
+    }
+  }
+  void spend(ChunkPool::Ptr p) {
+    if (p) spent_.push_back(std::move(p));
+  }
+
  private:
   using Entry = MailboxEntry;
 
@@ -477,8 +507,73 @@ class Mailbox {
   std::vector<ChunkPool::Ptr>& spares_ = q_.spares;     // loop side only
   std::vector<Entry>& batch_ = q_.batch;                // caller side only
   std::vector<ChunkPool::Ptr>& spent_ = q_.spent;       // caller side only
+  std::size_t pull_pos_ = 0;                             // caller side only (pull mode)
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
+};
+
+// The pull-style stream (ChatStream): the call runs on the client's loop
+// like an async one; its chunks wait in a mailbox (bounded: a consumer that
+// falls behind pauses the transfer) until next() takes them. No thread of
+// its own.
+class ChatStream::Impl {
+ public:
+  struct Links {
+    std::shared_ptr<Mailbox> mailbox;
+    std::shared_ptr<std::optional<Result<ChatCompletion>>> result;  // set before the mailbox closes
+    std::function<void(const std::string&)> stop;                  // cancels the call (posted to the loop)
+    std::function<void()> resume;                                   // resumes a paused transfer
+    std::function<bool()> on_loop_thread;
+    std::shared_ptr<const void> client;  // keeps the client (and its loop) alive
+  };
+  explicit Impl(Links links) : l_(std::move(links)) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  // Destroying the stream cancels the call and waits for it to end (its
+  // record is written by then), except on the loop thread, which must not
+  // wait for itself: there the call ends after this returns.
+  ~Impl() {
+    if (!l_.mailbox->closed()) l_.stop("the pull stream was closed before its end");
+    if (!l_.on_loop_thread()) drain();
+  }
+
+  std::optional<Result<ChatCompletionChunk>> next() {
+    if (auto e = loop_thread_error()) return Result<ChatCompletionChunk>(std::move(*e));
+    if (auto p = l_.mailbox->next_chunk(l_.resume)) {
+      Result<ChatCompletionChunk> out(std::move(*p));
+      l_.mailbox->spend(std::move(p));
+      return out;
+    }
+    const Result<ChatCompletion>& r = **l_.result;
+    if (!r.ok() && !error_reported_) {
+      error_reported_ = true;
+      return Result<ChatCompletionChunk>(r.error());
+    }
+    return std::nullopt;
+  }
+
+  Result<ChatCompletion> result() {
+    if (auto e = loop_thread_error()) return std::move(*e);
+    drain();  // the caller wants the end, not the chunks
+    return **l_.result;
+  }
+
+ private:
+  // Takes (and drops) every chunk until the call is over.
+  void drain() {
+    while (auto p = l_.mailbox->next_chunk(l_.resume)) l_.mailbox->spend(std::move(p));
+  }
+  // Waiting on the loop thread would wait for itself.
+  std::optional<Error> loop_thread_error() const {
+    if (!l_.on_loop_thread() || l_.mailbox->closed()) return std::nullopt;
+    return Error(ErrorKind::invalid_argument,
+                 "a ChatStream was read on its client's event-loop thread (from an async callback); it would wait "
+                 "for itself");
+  }
+
+  Links l_;
+  bool error_reported_ = false;
 };
 
 // Where a synchronous call waits for its result.
@@ -1503,6 +1598,42 @@ class TaotokenClient::Impl {
     return e;
   }
 
+  // A pull-style stream: started like an async call; see ChatStream::Impl.
+  std::unique_ptr<ChatStream::Impl> open_stream(const ChatRequest& request, const RequestOptions& ro,
+                                                std::shared_ptr<const void> keep_client) const {
+    auto mb = std::make_shared<Mailbox>("the pull stream was closed before its end", chunk_pool_);
+    static const ChunkCallback kUnused;  // pull mode takes the chunks out; nothing is called
+    ChatStreamHooks::ChunkSink relay = [mb](std::unique_ptr<ChatCompletionChunk>& c) {
+      mb->push_chunk(c, &kUnused);
+      return true;
+    };
+    auto ex = make_chat_stream(
+        request, std::move(relay), [mb] { return mb->should_pause(); }, [mb] { mb->kick(); }, ro);
+    auto result = std::make_shared<std::optional<Result<ChatCompletion>>>();
+    ex->finish = [mb, result](Result<ChatCompletion>&& r, std::exception_ptr) {
+      result->emplace(std::move(r));
+      mb->close();
+    };
+    std::weak_ptr<detail::Loop> weak_loop = loop_;
+    std::shared_ptr<ExchangeBase> base = ex;
+    ChatStream::Impl::Links links;
+    links.mailbox = mb;
+    links.result = result;
+    links.stop = [weak_loop, base](const std::string& reason) {
+      if (auto l = weak_loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
+    };
+    links.resume = [weak_loop, base] {
+      if (auto l = weak_loop.lock()) l->post([base] { base->resume(); });
+    };
+    links.on_loop_thread = [weak_loop] {
+      auto l = weak_loop.lock();
+      return l && l->is_driver();
+    };
+    links.client = std::move(keep_client);
+    launch(ex);
+    return std::make_unique<ChatStream::Impl>(std::move(links));
+  }
+
   Result<ChatCompletion> chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
                                      const RequestOptions& ro) const {
     return run_sync_stream<ChatCompletion>(
@@ -1951,7 +2082,22 @@ Result<ChatCompletion> TaotokenClient::chat_stream(const ChatRequest& request, c
 }
 
 ChatStream TaotokenClient::stream(const ChatRequest& request, const RequestOptions& options) const {
-  return detail::start_chat_stream(*this, request, options);
+  return ChatStream(impl_->open_stream(request, options, impl_));
+}
+
+ChatStream::ChatStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ChatStream::ChatStream(ChatStream&&) noexcept = default;
+ChatStream& ChatStream::operator=(ChatStream&&) noexcept = default;
+ChatStream::~ChatStream() = default;
+
+std::optional<Result<ChatCompletionChunk>> ChatStream::next() {
+  if (!impl_) return std::nullopt;
+  return impl_->next();
+}
+
+Result<ChatCompletion> ChatStream::result() {
+  if (!impl_) return Error(ErrorKind::invalid_argument, "the stream was moved from");
+  return impl_->result();
 }
 
 Result<RawResponse> TaotokenClient::forward_stream(std::string_view json_body, const ForwardSink& sink,

@@ -81,9 +81,13 @@ struct ForwardSink {
 /// Each element is a `Result<ChatCompletionChunk>`; iteration ends after
 /// the last chunk, or after one failed element carrying the error. After the
 /// loop, `result()` gives the assembled completion (or the error).
-/// Destroying the stream early cancels the transfer.
+/// Destroying the stream early cancels the transfer and waits for the call
+/// to end (its usage record is written by then). The call runs on the
+/// client's event loop: a pull stream adds no thread.
 ///
-/// Thread safety: one thread at a time; movable, not copyable.
+/// Thread safety: one thread at a time; movable, not copyable. Not on the
+/// client's loop thread (an async callback): there `next()` and `result()`
+/// return an `invalid_argument` error instead of waiting for themselves.
 class ChatStream {
  public:
   class Impl;

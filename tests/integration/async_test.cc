@@ -844,3 +844,68 @@ TEST_CASE("an async call started from a hook of a caller-driven sync call runs o
   CHECK(side_ok);
   CHECK(side_thread == "taotoken-loop");
 }
+
+TEST_CASE("pull streams run on the loop: no thread each, one record each, a loop callback may not block on one") {
+  SimFixture f;
+  auto recorder = std::make_shared<MemoryRecorder>(100);
+  auto o = f.options();
+  o.recorders = {recorder};
+  TaotokenClient client(o);
+  CHECK(client.chat(SimFixture::ask("warm up")).ok());  // the loop thread exists from here on
+  const int threads_before = thread_count();
+  {
+    // Eight pull streams open at once, read in turns: still the same threads.
+    std::vector<ChatStream> streams;
+    for (int i = 0; i < 8; ++i) streams.push_back(client.stream(SimFixture::ask("one two three four five six")));
+    int peak = thread_count();
+    std::vector<std::string> texts(streams.size());
+    for (bool more = true; more;) {
+      more = false;
+      for (std::size_t i = 0; i < streams.size(); ++i)
+        if (auto c = streams[i].next()) {
+          REQUIRE(c->ok());
+          for (const auto& d : (*c)->choices)
+            if (d.content) texts[i] += *d.content;
+          more = true;
+        }
+      peak = std::max(peak, thread_count());
+    }
+    CHECK(peak == threads_before);
+    for (std::size_t i = 0; i < streams.size(); ++i) {
+      auto r = streams[i].result();
+      REQUIRE(r.ok());
+      CHECK(r->text() == texts[i]);
+      CHECK(r->text() == "Echo: one two three four five six");
+    }
+  }
+  CHECK(recorder->count() == 9);  // the warm-up and the eight streams, once each
+  {
+    // Left early: by the time the stream is destroyed its call has ended and is recorded as cancelled.
+    sim::Fault stall;
+    stall.stall_after_bytes = 400;
+    stall.stall = 30s;
+    f.sim.push_fault(stall);
+    ChatStream s = client.stream(SimFixture::ask("one two three four five six seven"));
+    auto first = s.next();
+    REQUIRE(first);
+    REQUIRE(first->ok());
+  }
+  REQUIRE(recorder->count() == 10);
+  CHECK(recorder->recent(1).at(0).status == RequestStatus::cancelled);
+  // Read from a loop callback while its call is still going (stalled), a
+  // pull stream says so instead of waiting for itself.
+  sim::Fault stall;
+  stall.stall_after_bytes = 400;
+  stall.stall = 30s;
+  f.sim.push_fault(stall);
+  ChatStream outer = client.stream(SimFixture::ask("one two three four five six seven"));
+  std::promise<std::optional<Result<ChatCompletionChunk>>> from_loop;
+  client.chat_async(SimFixture::ask("x"), [&](Result<ChatCompletion>) { from_loop.set_value(outer.next()); });
+  auto got = from_loop.get_future().get();
+  REQUIRE(got);
+  REQUIRE_FALSE(got->ok());
+  CHECK(got->error().kind() == ErrorKind::invalid_argument);
+  auto first = outer.next();  // and from here it works
+  REQUIRE(first);
+  CHECK(first->ok());
+}
