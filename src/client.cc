@@ -309,7 +309,7 @@ class Mailbox {
       for (Entry& e : *v)
         if (e.chunk) spares_.push_back(std::move(e.chunk));
     pool_->put(spares_);
-    for (Entry& e : batch_) e.chunk.reset();  // none: run_batch returned them
+    for (Entry& e : batch_) e.chunk.reset();  // (only a pull stream left early leaves any)
     pool_->give_back(std::move(q_));
   }
 
@@ -414,7 +414,15 @@ class Mailbox {
         was_paused = paused_;
         paused_ = false;
       }
-      if (was_paused) resume();
+      if (was_paused) {
+        try {
+          resume();
+        } catch (...) {  // still paused: the next refill tries again
+          std::lock_guard<std::mutex> lock(mu_);
+          paused_ = true;
+          throw;
+        }
+      }
     }
   }
   void spend(ChunkPool::Ptr p) {
@@ -519,12 +527,12 @@ class Mailbox {
 class ChatStream::Impl {
  public:
   struct Links {
+    std::shared_ptr<const void> client;  // keeps the client (and its loop) alive; first: released last
     std::shared_ptr<Mailbox> mailbox;
     std::shared_ptr<std::optional<Result<ChatCompletion>>> result;  // set before the mailbox closes
     std::function<void(const std::string&)> stop;                  // cancels the call (posted to the loop)
     std::function<void()> resume;                                   // resumes a paused transfer
     std::function<bool()> on_loop_thread;
-    std::shared_ptr<const void> client;  // keeps the client (and its loop) alive
   };
   explicit Impl(Links links) : l_(std::move(links)) {}
   Impl(const Impl&) = delete;
@@ -534,12 +542,20 @@ class ChatStream::Impl {
   // record is written by then), except on the loop thread, which must not
   // wait for itself: there the call ends after this returns.
   ~Impl() {
-    if (!l_.mailbox->closed()) l_.stop("the pull stream was closed before its end");
-    if (!l_.on_loop_thread()) drain();
+    try {
+      if (!l_.mailbox->closed()) l_.stop("the pull stream was closed before its end");
+      if (!l_.on_loop_thread()) drain();
+    } catch (...) {  // (a failed post): the call still ends, at its deadline at the latest
+    }
   }
 
   std::optional<Result<ChatCompletionChunk>> next() {
-    if (auto e = loop_thread_error()) return Result<ChatCompletionChunk>(std::move(*e));
+    if (auto e = loop_thread_error()) {
+      // Once, then the end: a range-for on the loop thread must stop.
+      if (loop_error_reported_) return std::nullopt;
+      loop_error_reported_ = true;
+      return Result<ChatCompletionChunk>(std::move(*e));
+    }
     if (auto p = l_.mailbox->next_chunk(l_.resume)) {
       Result<ChatCompletionChunk> out(std::move(*p));
       l_.mailbox->spend(std::move(p));
@@ -574,6 +590,7 @@ class ChatStream::Impl {
 
   Links l_;
   bool error_reported_ = false;
+  bool loop_error_reported_ = false;
 };
 
 // Where a synchronous call waits for its result.
@@ -1602,9 +1619,9 @@ class TaotokenClient::Impl {
   std::unique_ptr<ChatStream::Impl> open_stream(const ChatRequest& request, const RequestOptions& ro,
                                                 std::shared_ptr<const void> keep_client) const {
     auto mb = std::make_shared<Mailbox>("the pull stream was closed before its end", chunk_pool_);
-    static const ChunkCallback kUnused;  // pull mode takes the chunks out; nothing is called
+    // Pull mode takes the chunks out (next_chunk): no callback is run.
     ChatStreamHooks::ChunkSink relay = [mb](std::unique_ptr<ChatCompletionChunk>& c) {
-      mb->push_chunk(c, &kUnused);
+      mb->push_chunk(c, nullptr);
       return true;
     };
     auto ex = make_chat_stream(
@@ -1615,15 +1632,21 @@ class TaotokenClient::Impl {
       mb->close();
     };
     std::weak_ptr<detail::Loop> weak_loop = loop_;
-    std::shared_ptr<ExchangeBase> base = ex;
+    std::weak_ptr<ExchangeBase> base = std::static_pointer_cast<ExchangeBase>(ex);  // a finished call is freed
     ChatStream::Impl::Links links;
     links.mailbox = mb;
     links.result = result;
     links.stop = [weak_loop, base](const std::string& reason) {
-      if (auto l = weak_loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
+      if (auto l = weak_loop.lock())
+        l->post([base, reason] {
+          if (auto e = base.lock()) e->cancel_now(reason);
+        });
     };
     links.resume = [weak_loop, base] {
-      if (auto l = weak_loop.lock()) l->post([base] { base->resume(); });
+      if (auto l = weak_loop.lock())
+        l->post([base] {
+          if (auto e = base.lock()) e->resume();
+        });
     };
     links.on_loop_thread = [weak_loop] {
       auto l = weak_loop.lock();

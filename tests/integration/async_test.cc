@@ -909,3 +909,26 @@ TEST_CASE("pull streams run on the loop: no thread each, one record each, a loop
   REQUIRE(first);
   CHECK(first->ok());
 }
+
+TEST_CASE("a range-for over an open pull stream on the loop thread ends after one error element") {
+  SimFixture f;
+  auto client = f.client();
+  sim::Fault stall;
+  stall.stall_after_bytes = 400;
+  stall.stall = 30s;
+  f.sim.push_fault(stall);
+  ChatStream s = client.stream(SimFixture::ask("one two three four five six seven"));
+  std::promise<std::pair<int, int>> seen;  // elements, errors
+  client.chat_async(SimFixture::ask("x"), [&](Result<ChatCompletion>) {
+    int elements = 0, errors = 0;
+    for (auto& c : s) {
+      ++elements;
+      if (!c.ok()) ++errors;
+      if (elements > 100) break;  // (a hang detector, not a limit)
+    }
+    seen.set_value({elements, errors});
+  });
+  const auto [elements, errors] = seen.get_future().get();
+  CHECK(elements == 1);
+  CHECK(errors == 1);
+}
