@@ -130,12 +130,6 @@ std::size_t clean_prefix(std::string_view s) {
 }
 }  // namespace
 
-bool JsonWriter::append_plain(std::string& out, std::string_view s, char then) {
-  if (clean_prefix(s) != s.size()) return false;
-  append_unchecked(out, s, then);
-  return true;
-}
-
 void JsonWriter::append_quoted(std::string& out, std::string_view s) { append_string(out, s, 0); }
 
 void JsonWriter::append_string(std::string& out, std::string_view s, char then) {

@@ -39,9 +39,6 @@ class JsonWriter {
   // Appends `s` as a quoted JSON string. Control characters, quotes and
   // backslashes are escaped; everything else (UTF-8 included) passes through.
   static void append_quoted(std::string& out, std::string_view s);
-  // Appends `"s"` (and `then`, unless 0) when `s` needs no escaping;
-  // false (nothing appended) when it does.
-  static bool append_plain(std::string& out, std::string_view s, char then);
 
  private:
   // `"s"` then `then` (unless 0), escaped as needed.

@@ -29,7 +29,7 @@ class StreamAssembler {
 
   // Handles one SSE event from SseDecoder (whose data is followed by
   // SseDecoder::kPadding readable bytes: chunks are parsed in place).
-  // On Step::chunk the decoded chunk is in chunk().
+  // On Step::chunk the decoded chunk is in chunk_slot().
   // After done/failed, further events are ignored (data after [DONE]).
   Step on_event(const SseEvent& ev);
 
@@ -37,10 +37,9 @@ class StreamAssembler {
   // blank line still counts as done.
   void on_end(const SseDecoder& decoder);
 
-  const ChatCompletionChunk& chunk() const noexcept { return *chunk_; }
-  // The same, for a consumer that takes the object (swaps in a recycled
-  // one, never null): it has been merged, and the next event is decoded
-  // over whatever the object in its place holds.
+  // A consumer may take the object (swap in a recycled one, never null):
+  // it has been merged, and the next event is decoded over whatever the
+  // object in its place holds.
   std::unique_ptr<ChatCompletionChunk>& chunk_slot() noexcept { return chunk_; }
   bool done() const noexcept { return done_; }
   const std::optional<Error>& error() const noexcept { return error_; }

@@ -98,19 +98,15 @@ TEST_CASE("SQL columns are typed") {
   CHECK(cols.back().type == detail::SqlValue::null);  // request_summary
 }
 
-TEST_CASE("JSON writer: plain strings and keys take the fast path, others are escaped") {
-  std::string out;
-  CHECK(detail::JsonWriter::append_plain(out, "plain", ':'));
-  CHECK(out == "\"plain\":");
-  CHECK(detail::JsonWriter::append_plain(out, "", 0));
-  CHECK(out == "\"plain\":\"\"");
-  CHECK_FALSE(detail::JsonWriter::append_plain(out, "a\"b", 0));
-  CHECK_FALSE(detail::JsonWriter::append_plain(out, "a\nb", 0));
-  CHECK(out == "\"plain\":\"\"");  // nothing appended on refusal
+TEST_CASE("JSON writer: plain and escaped keys and strings, short and long") {
+  const std::string long_plain(300, 'x');                        // past the stack buffer
+  const std::string long_escaped = std::string(200, 'y') + "\n";  // escaping starts late
   std::string doc;
   detail::JsonWriter w(doc);
-  w.begin_object().key("k\"").string("v\\").key("ok").string("fine").end_object();
-  CHECK(doc == R"({"k\"":"v\\","ok":"fine"})");
+  w.begin_object().key("k\"").string("v\\").key("ok").string("fine").key_lit("lit").string("");
+  w.key(long_plain).string(long_escaped).end_object();
+  CHECK(doc == R"({"k\"":"v\\","ok":"fine","lit":"",")" + long_plain + R"(":")" + std::string(200, 'y') +
+                   R"(\n"})");
 }
 
 TEST_CASE("append_json appends exactly to_json to what is there") {
