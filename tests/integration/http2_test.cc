@@ -3,34 +3,22 @@
 // concurrent async calls and a sync call multiplex on one connection.
 // nginx (Debian's nginx-light, installed by ./dev) runs on a free loopback
 // port under `timeout`, and is stopped by the test.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-#include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <set>
 #include <sstream>
-#include <thread>
 #include <vector>
 
 #include "local_server.h"
 #include "taotoken/taotoken.h"
 
-extern char** environ;
-
 namespace {
 
 namespace fs = std::filesystem;
-
 
 std::string nginx_binary() {
   for (const char* p : {"/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"})
@@ -45,14 +33,11 @@ constexpr const char* kCompletion =
 
 // nginx with TLS and HTTP/2; its access log has one "<connection> <protocol>"
 // line per request.
-struct H2Server {
+struct H2Server : test_support::ServerProcess {
   H2Server() {
-    dir = fs::temp_directory_path() / ("taotoken-h2-" + std::to_string(::getpid()));
-    fs::create_directories(dir);
+    REQUIRE(prepare("h2"));
     fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                              fs::perms::others_read | fs::perms::others_exec);
-    REQUIRE(test_support::make_self_signed_cert(dir));
-    port = test_support::free_port();
     const std::string d = dir.string();
     std::ofstream(dir / "nginx.conf")
         << "worker_processes 1;\ndaemon off;\npid " << d << "/nginx.pid;\nerror_log " << d << "/error.log warn;\n"
@@ -66,17 +51,9 @@ struct H2Server {
         << "'; }\n  }\n}\n";
     const std::string script = "exec timeout 120 " + nginx_binary() + " -p '" + d + "' -c '" + d +
                                "/nginx.conf' -e '" + d + "/error.log' >/dev/null 2>&1";
-    const char* argv[] = {"/bin/sh", "-c", script.c_str(), nullptr};
-    REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
-    for (int i = 0; i < 200 && !test_support::can_connect(port); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    const bool started = start(script);
     INFO("nginx did not start; is nginx-light installed (./dev installs it)? " << error_log());
-    REQUIRE(test_support::can_connect(port));
-  }
-  ~H2Server() {
-    ::kill(pid, SIGTERM);
-    ::waitpid(pid, nullptr, 0);
-    std::error_code ec;
-    fs::remove_all(dir, ec);
+    REQUIRE(started);
   }
   std::string error_log() const {
     std::ifstream in(dir / "error.log");
@@ -92,11 +69,6 @@ struct H2Server {
     while (in >> conn >> proto) out.emplace_back(conn, proto);
     return out;
   }
-  std::string url() const { return "https://127.0.0.1:" + std::to_string(port) + "/v1"; }
-
-  fs::path dir;
-  int port = 0;
-  pid_t pid = 0;
 };
 
 }  // namespace
