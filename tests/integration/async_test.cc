@@ -881,10 +881,7 @@ TEST_CASE("pull streams run on the loop: no thread each, one record each, a loop
   CHECK(recorder->count() == 9);  // the warm-up and the eight streams, once each
   {
     // Left early: by the time the stream is destroyed its call has ended and is recorded as cancelled.
-    sim::Fault stall;
-    stall.stall_after_bytes = 400;
-    stall.stall = 30s;
-    f.sim.push_fault(stall);
+    f.stall_next_stream();
     ChatStream s = client.stream(SimFixture::ask("one two three four five six seven"));
     auto first = s.next();
     REQUIRE(first);
@@ -894,10 +891,7 @@ TEST_CASE("pull streams run on the loop: no thread each, one record each, a loop
   CHECK(recorder->recent(1).at(0).status == RequestStatus::cancelled);
   // Read from a loop callback while its call is still going (stalled), a
   // pull stream says so instead of waiting for itself.
-  sim::Fault stall;
-  stall.stall_after_bytes = 400;
-  stall.stall = 30s;
-  f.sim.push_fault(stall);
+  f.stall_next_stream();
   ChatStream outer = client.stream(SimFixture::ask("one two three four five six seven"));
   std::promise<std::optional<Result<ChatCompletionChunk>>> from_loop;
   client.chat_async(SimFixture::ask("x"), [&](Result<ChatCompletion>) { from_loop.set_value(outer.next()); });
@@ -913,10 +907,7 @@ TEST_CASE("pull streams run on the loop: no thread each, one record each, a loop
 TEST_CASE("a range-for over an open pull stream on the loop thread ends after one error element") {
   SimFixture f;
   auto client = f.client();
-  sim::Fault stall;
-  stall.stall_after_bytes = 400;
-  stall.stall = 30s;
-  f.sim.push_fault(stall);
+  f.stall_next_stream();
   ChatStream s = client.stream(SimFixture::ask("one two three four five six seven"));
   std::promise<std::pair<int, int>> seen;  // elements, errors
   client.chat_async(SimFixture::ask("x"), [&](Result<ChatCompletion>) {

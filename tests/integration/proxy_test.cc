@@ -185,10 +185,7 @@ TEST_CASE("proxy: upstream errors pass through with their status; a dead upstrea
 TEST_CASE("proxy: a client leaving mid-stream cancels the upstream and records it") {
   SimFixture f;
   Proxy proxy(f);
-  taotoken::sim::Fault stall;
-  stall.stall_after_bytes = 400;
-  stall.stall = 10s;
-  f.sim.push_fault(stall);
+  f.stall_next_stream(10s);
   // Read the first bytes, then hang up.
   CURL* h = curl_easy_init();
   curl_slist* list = curl_slist_append(nullptr, (std::string("X-Internal-Key: ") + kKey).c_str());

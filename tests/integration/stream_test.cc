@@ -249,10 +249,7 @@ TEST_CASE("pull-style: iterate a ChatStream") {
     CHECK_FALSE(s.result().ok());
   }
   SECTION("leaving early cancels the transfer without hanging") {
-    sim::Fault stall;
-    stall.stall_after_bytes = 400;
-    stall.stall = 30s;
-    f.sim.push_fault(stall);
+    f.stall_next_stream();
     {
       ChatStream s = client.stream(SimFixture::ask("one two three four five six seven"));
       auto first = s.next();
@@ -321,10 +318,7 @@ TEST_CASE("forward_stream() passes the bytes through unchanged and learns usage"
 
 TEST_CASE("pull-style: the caller's cancel token stops a stalled stream promptly") {
   SimFixture f;
-  sim::Fault stall;
-  stall.stall_after_bytes = 400;
-  stall.stall = 30s;
-  f.sim.push_fault(stall);
+  f.stall_next_stream();
   RequestOptions ro;
   ro.cancel = std::make_shared<CancelToken>();
   ChatStream s = f.client().stream(SimFixture::ask("one two three four five six seven"), ro);

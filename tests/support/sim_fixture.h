@@ -2,6 +2,8 @@
 #ifndef TAOTOKEN_TESTS_SUPPORT_SIM_FIXTURE_H
 #define TAOTOKEN_TESTS_SUPPORT_SIM_FIXTURE_H
 
+#include <chrono>
+
 #include "taotoken/simulator.h"
 #include "taotoken/taotoken.h"
 
@@ -39,6 +41,16 @@ struct SimFixture {
     (void)client.chat(ask("x"));
     (void)client.chat_stream(ask("y"), nullptr);
     (void)client.forward(R"({"messages":[{"role":"user","content":"z"}]})");
+  }
+
+  // The next response is a stream that stops after its first few chunks
+  // (400 bytes) and then stays silent for `stall`: a call that must be
+  // cancelled, not waited for. Ask it something long enough (seven words).
+  void stall_next_stream(std::chrono::milliseconds stall = std::chrono::seconds(30)) {
+    taotoken::sim::Fault f;
+    f.stall_after_bytes = 400;
+    f.stall = stall;
+    sim.push_fault(f);
   }
 
   taotoken::sim::Simulator sim;
