@@ -723,6 +723,16 @@ class TaotokenClient::Impl {
   // attempt a failure the policy may retry); `give_up` may still turn the
   // last response into a result; `record` writes the usage record; then
   // `finish` gets the result, exactly once.
+  // Runs `op` on the exchange, on the loop thread, if the loop and the
+  // exchange still exist: how other threads stop or resume a call.
+  template <typename Op>
+  static void on_loop(const std::weak_ptr<detail::Loop>& loop, std::weak_ptr<ExchangeBase> ex, Op op) {
+    if (auto l = loop.lock())
+      l->post([ex = std::move(ex), op = std::move(op)] {
+        if (auto e = ex.lock()) op(*e);
+      });
+  }
+
   template <typename T>
   class Exchange final : public ExchangeBase, public std::enable_shared_from_this<Exchange<T>> {
    public:
@@ -752,10 +762,7 @@ class TaotokenClient::Impl {
         std::weak_ptr<Exchange> weak = this->weak_from_this();
         std::weak_ptr<detail::Loop> loop = impl_.loop_;
         cancel_hook_ = ro.cancel->add_hook([weak, loop] {
-          if (auto l = loop.lock())
-            l->post([weak] {
-              if (auto self = weak.lock()) self->cancel_now("the caller cancelled the request");
-            });
+          on_loop(loop, weak, [](ExchangeBase& e) { e.cancel_now("the caller cancelled the request"); });
         });
       }
     }
@@ -1561,15 +1568,10 @@ class TaotokenClient::Impl {
     };
     // The caller's stop and resume reach the call through the loop (this
     // thread does not hold it when callbacks run).
-    std::weak_ptr<detail::Loop> weak_loop = loop_;
     auto post_stop = [&](const std::string& reason) {
-      std::shared_ptr<ExchangeBase> base = ex;
-      if (auto l = weak_loop.lock()) l->post([base, reason] { base->cancel_now(reason); });
+      on_loop(loop_, ex, [reason](ExchangeBase& e) { e.cancel_now(reason); });
     };
-    auto post_resume = [&] {
-      std::shared_ptr<ExchangeBase> base = ex;
-      if (auto l = weak_loop.lock()) l->post([base] { base->resume(); });
-    };
+    auto post_resume = [&] { on_loop(loop_, ex, [](ExchangeBase& e) { e.resume(); }); };
     std::exception_ptr thrown;
     if (auto e = reentry_error()) {
       ex->complete(finish_error(std::move(*e), ex->call, 0));
@@ -1637,17 +1639,9 @@ class TaotokenClient::Impl {
     links.mailbox = mb;
     links.result = result;
     links.stop = [weak_loop, base](const std::string& reason) {
-      if (auto l = weak_loop.lock())
-        l->post([base, reason] {
-          if (auto e = base.lock()) e->cancel_now(reason);
-        });
+      on_loop(weak_loop, base, [reason](ExchangeBase& e) { e.cancel_now(reason); });
     };
-    links.resume = [weak_loop, base] {
-      if (auto l = weak_loop.lock())
-        l->post([base] {
-          if (auto e = base.lock()) e->resume();
-        });
-    };
+    links.resume = [weak_loop, base] { on_loop(weak_loop, base, [](ExchangeBase& e) { e.resume(); }); };
     links.on_loop_thread = [weak_loop] {
       auto l = weak_loop.lock();
       return l && l->is_driver();
@@ -1717,10 +1711,7 @@ class TaotokenClient::Impl {
     std::weak_ptr<detail::Loop> loop = loop_;
     Started handle(
         [weak, loop] {
-          if (auto l = loop.lock())
-            l->post([weak] {
-              if (auto e = weak.lock()) e->cancel_now("the caller cancelled the request");
-            });
+          on_loop(loop, weak, [](ExchangeBase& e) { e.cancel_now("the caller cancelled the request"); });
         },
         ex->call.id);
     ex->on_done = std::move(on_done);
