@@ -403,26 +403,9 @@ class Mailbox {
       batch_.clear();
       pull_pos_ = 0;
       pool_->put(spent_);
-      bool was_paused = false;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        waiting_ = true;
-        cv_.wait(lock, [this] { return !items_.empty() || closed_; });
-        waiting_ = false;
-        if (items_.empty()) return nullptr;  // closed, and nothing left
-        batch_.swap(items_);
-        was_paused = paused_;
-        paused_ = false;
-      }
-      if (was_paused) {
-        try {
-          resume();
-        } catch (...) {  // still paused: the next refill tries again
-          std::lock_guard<std::mutex> lock(mu_);
-          paused_ = true;
-          throw;
-        }
-      }
+      const bool was_paused = take_batch(/*wait=*/true);
+      if (batch_.empty()) return nullptr;  // closed, and nothing left
+      if (was_paused) resume_or_stay_paused(resume);
     }
   }
   void spend(ChunkPool::Ptr p) {
@@ -445,22 +428,39 @@ class Mailbox {
     }
   }
 
+  // Caller side: moves what the loop handed over into batch_ (first
+  // waiting for something, or for close(), when `wait`); true when the
+  // transfer was paused meanwhile.
+  bool take_batch(bool wait) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (wait) {
+      waiting_ = true;
+      cv_.wait(lock, [this] { return !items_.empty() || closed_; });
+      waiting_ = false;
+    }
+    batch_.swap(items_);  // both keep their capacity: no allocation per batch
+    const bool was_paused = paused_;
+    paused_ = false;
+    return was_paused;
+  }
+  // Resumes the paused transfer; if that fails (bad_alloc posting it), it
+  // stays marked paused, so the next batch tries again.
+  template <typename Resume>
+  void resume_or_stay_paused(Resume& resume) {
+    try {
+      resume();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      paused_ = true;
+      throw;
+    }
+  }
+
   // Takes the queued items (waiting for some, or for close(), when `wait`)
   // and runs them; false when there was nothing to run.
   template <typename Stop, typename Resume>
   bool run_batch(bool wait, Stop& stop, Resume& resume) {
-    bool was_paused = false;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (wait) {
-        waiting_ = true;
-        cv_.wait(lock, [this] { return !items_.empty() || closed_; });
-        waiting_ = false;
-      }
-      batch_.swap(items_);  // both keep their capacity: no allocation per batch
-      was_paused = paused_;
-      paused_ = false;
-    }
+    const bool was_paused = take_batch(wait);
     if (batch_.empty()) return false;
     // However this ends (a stop or resume relay can throw bad_alloc), the
     // batch is emptied and its chunks freed or pooled: nothing runs twice.
@@ -497,7 +497,7 @@ class Mailbox {
         stop(last_reason_);
       }
     }
-    if (was_paused) resume();
+    if (was_paused) resume_or_stay_paused(resume);
     return true;
   }
 
