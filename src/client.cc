@@ -342,6 +342,8 @@ class Mailbox {
   // Hands the queued items to the caller and wakes it (a wake-up per chunk
   // would bounce between the two threads on every chunk).
   void kick() {
+    // Nothing new: a caller waiting for items was woken when they came.
+    if (pending_.empty()) return;
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
