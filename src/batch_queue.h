@@ -7,11 +7,18 @@
 // backoff, so nothing is lost while the queue has room. A full queue makes
 // record() wait briefly, then drop the record, count it and report it.
 // Destruction drains the queue (bounded by drain_timeout).
+//
+// No allocation per record: records are copied into recycled slots (a
+// slot's strings and vectors keep their capacity), and the writer takes
+// everything queued at once by swapping the producers' slot vector with
+// its own. Memory is only ever allocated and freed by the thread that owns
+// it, so the request path never frees what the worker allocated or the
+// other way round.
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -34,14 +41,25 @@ struct BatchQueueOptions {
   std::chrono::milliseconds linger{std::chrono::milliseconds(20)};
 };
 
+// A run of records handed to the writer (valid during the call).
+struct RecordSpan {
+  const RequestRecord* first = nullptr;
+  std::size_t count = 0;
+  std::size_t size() const noexcept { return count; }
+  const RequestRecord& operator[](std::size_t i) const noexcept { return first[i]; }
+  const RequestRecord* begin() const noexcept { return first; }
+  const RequestRecord* end() const noexcept { return first + count; }
+};
+
 class BatchQueue {
  public:
   // write returns an empty string on success, else the error (the batch is
   // then retried after a backoff).
-  using Writer = std::function<std::string(const std::vector<RequestRecord>&)>;
+  using Writer = std::function<std::string(RecordSpan)>;
 
   BatchQueue(std::string name, BatchQueueOptions options, Writer writer, RecorderErrorHook on_error)
       : name_(std::move(name)), opts_(options), writer_(std::move(writer)), on_error_(std::move(on_error)) {
+    if (opts_.batch_size == 0) opts_.batch_size = 1;
     worker_ = std::thread([this] { run(); });
   }
 
@@ -57,17 +75,20 @@ class BatchQueue {
 
   void push(const RequestRecord& r) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (queue_.size() >= opts_.capacity &&
-        !space_cv_.wait_for(lock, opts_.full_wait, [this] { return queue_.size() < opts_.capacity; })) {
+    if (queued_locked() >= opts_.capacity &&
+        !space_cv_.wait_for(lock, opts_.full_wait, [this] { return queued_locked() < opts_.capacity; })) {
       ++dropped_;
       lock.unlock();
       report("queue full: a usage record was dropped (raise the queue capacity or fix the database)");
       return;
     }
-    queue_.push_back(r);
+    // Copy-assigning into a used slot reuses its buffers.
+    if (incoming_n_ < incoming_.size()) incoming_[incoming_n_] = r;
+    else incoming_.push_back(r);
+    ++incoming_n_;
     // Wake the writer when there is something to start on or a full batch;
     // in between it is lingering for the batch to fill anyway.
-    if (queue_.size() == 1 || queue_.size() >= opts_.batch_size) cv_.notify_all();
+    if (incoming_n_ == 1 || incoming_n_ == opts_.batch_size) cv_.notify_all();
   }
 
   // Waits until everything queued so far is written, or the timeout passes,
@@ -75,7 +96,7 @@ class BatchQueue {
   // hold a shutdown for the whole timeout); true when the queue was drained.
   bool flush(std::chrono::milliseconds timeout) {
     std::unique_lock<std::mutex> lock(mu_);
-    const std::uint64_t target = enqueued_total_locked();
+    const std::uint64_t target = written_ + dropped_ + queued_locked();
     const std::uint64_t failures_before = failures_;
     ++flushing_;
     cv_.notify_all();
@@ -94,11 +115,12 @@ class BatchQueue {
   }
   std::size_t pending() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return queue_.size();
+    return queued_locked();
   }
 
  private:
-  std::uint64_t enqueued_total_locked() const { return written_ + dropped_ + queue_.size() + in_flight_; }
+  // Records accepted and not yet written or dropped.
+  std::size_t queued_locked() const { return incoming_n_ + (work_n_ - work_pos_); }
 
   void report(const std::string& message) {
     if (!on_error_) return;
@@ -108,24 +130,44 @@ class BatchQueue {
     }
   }
 
+  // After a drain, a slot vector that grew far beyond a batch (a backlog
+  // while the database was away) gives its memory back.
+  void trim(std::vector<RequestRecord>& slots) const {
+    if (slots.size() > 4 * opts_.batch_size) {
+      slots.resize(opts_.batch_size);
+      slots.shrink_to_fit();
+    }
+  }
+
+  // A written slot keeps its buffers for the next record, but not a large
+  // one (a request summary with message text, a long error message): the
+  // slots would otherwise hold the largest record ever seen, many times.
+  static void shed(RequestRecord& r) {
+    constexpr std::size_t kKeep = 4096;
+    if (r.request_summary && r.request_summary->capacity() > kKeep) r.request_summary.reset();
+    if (r.error_message.capacity() > kKeep) std::string().swap(r.error_message);
+    if (r.tags.capacity() > 64) decltype(r.tags)().swap(r.tags);
+  }
+
   void run() {
     std::chrono::milliseconds backoff{100};
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping and drained
-      if (queue_.size() < opts_.batch_size && !stopping_ && flushing_ == 0)
-        cv_.wait_for(lock, opts_.linger,
-                     [this] { return queue_.size() >= opts_.batch_size || stopping_ || flushing_ > 0; });
-      std::vector<RequestRecord> batch;
-      const std::size_t n = std::min(queue_.size(), opts_.batch_size);
-      batch.reserve(n);
-      for (std::size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(queue_.front()));
-        queue_.pop_front();
+      if (work_pos_ == work_n_) {
+        // Everything taken is written: take what the producers queued.
+        cv_.wait(lock, [this] { return stopping_ || incoming_n_ > 0; });
+        if (incoming_n_ == 0) return;  // stopping and drained
+        if (incoming_n_ < opts_.batch_size && !stopping_ && flushing_ == 0)
+          cv_.wait_for(lock, opts_.linger,
+                       [this] { return incoming_n_ >= opts_.batch_size || stopping_ || flushing_ > 0; });
+        trim(work_);
+        std::swap(work_, incoming_);
+        work_n_ = incoming_n_;
+        work_pos_ = 0;
+        incoming_n_ = 0;
       }
-      in_flight_ = n;
-      space_cv_.notify_all();
+      const std::size_t n = std::min(work_n_ - work_pos_, opts_.batch_size);
+      const RecordSpan batch{work_.data() + work_pos_, n};
       lock.unlock();
       std::string err;
       try {
@@ -133,16 +175,18 @@ class BatchQueue {
       } catch (const std::exception& e) {
         err = e.what();
       }
+      if (err.empty())
+        for (std::size_t i = 0; i < n; ++i) shed(work_[work_pos_ + i]);
       lock.lock();
-      in_flight_ = 0;
       if (err.empty()) {
+        work_pos_ += n;
         written_ += n;
         backoff = std::chrono::milliseconds(100);
+        space_cv_.notify_all();
         done_cv_.notify_all();
         continue;
       }
-      // Put the batch back in front, in order, and retry later.
-      for (auto it = batch.rbegin(); it != batch.rend(); ++it) queue_.push_front(std::move(*it));
+      // The batch stays where it is, in order, and is retried later.
       ++failures_;
       done_cv_.notify_all();
       lock.unlock();
@@ -150,10 +194,11 @@ class BatchQueue {
       lock.lock();
       cv_.wait_for(lock, backoff, [this] { return stopping_; });
       if (stopping_) {
-        dropped_ += queue_.size();
-        if (!queue_.empty()) {
-          const auto lost = queue_.size();
-          queue_.clear();
+        const std::size_t lost = queued_locked();
+        dropped_ += lost;
+        work_pos_ = work_n_;
+        incoming_n_ = 0;
+        if (lost > 0) {
           lock.unlock();
           report("shutting down with the database unreachable: " + std::to_string(lost) + " records not written");
           lock.lock();
@@ -171,8 +216,12 @@ class BatchQueue {
   RecorderErrorHook on_error_;
   mutable std::mutex mu_;
   std::condition_variable cv_, space_cv_, done_cv_;
-  std::deque<RequestRecord> queue_;
-  std::size_t in_flight_ = 0;
+  // Producers copy into incoming_[0, incoming_n_); the writer swaps the
+  // vector with work_ and writes work_[work_pos_, work_n_) in batches. Both
+  // are guarded by mu_ (the writer reads its slots unlocked while it alone
+  // owns them).
+  std::vector<RequestRecord> incoming_, work_;
+  std::size_t incoming_n_ = 0, work_n_ = 0, work_pos_ = 0;
   std::uint64_t written_ = 0;
   std::size_t dropped_ = 0;
   std::uint64_t failures_ = 0;

@@ -87,10 +87,10 @@ void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumn
   JsonWriter a(attempts);
   a.begin_array();
   for (const auto& at : r.attempts) {
-    a.begin_object().key("http_status").number(static_cast<std::int64_t>(at.http_status)).key("error");
+    a.begin_object().key_lit("http_status").number(static_cast<std::int64_t>(at.http_status)).key_lit("error");
     if (at.error) a.string(to_string(*at.error)); else a.null();
-    a.key("latency_ms").number(static_cast<std::int64_t>(at.latency.count()));
-    a.key("delay_before_ms").number(static_cast<std::int64_t>(at.delay_before.count())).end_object();
+    a.key_lit("latency_ms").number(static_cast<std::int64_t>(at.latency.count()));
+    a.key_lit("delay_before_ms").number(static_cast<std::int64_t>(at.delay_before.count())).end_object();
   }
   a.end_array();
   std::string& tags = scratch.tags_json;

@@ -138,13 +138,13 @@ class PostgresRecorder::Impl {
                detail::BatchQueueOptions{o.queue_capacity, std::min<std::size_t>(o.batch_size, 2000), o.full_queue_wait,
                                          o.drain_timeout,
                                          std::chrono::seconds(5)},
-               [this](const std::vector<RequestRecord>& batch) { return write(batch); }, on_error_) {}
+               [this](detail::RecordSpan batch) { return write(batch); }, on_error_) {}
 
   detail::BatchQueue& queue() { return queue_; }
   std::chrono::milliseconds drain_timeout() const { return drain_timeout_; }
 
  private:
-  std::string write(const std::vector<RequestRecord>& batch) {
+  std::string write(detail::RecordSpan batch) {
     if (!conn_ || PQstatus(conn_.get()) != CONNECTION_OK) {
       if (auto e = connect(conninfo_, conn_); !e.empty()) return e;
     }

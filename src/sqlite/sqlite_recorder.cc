@@ -37,9 +37,12 @@ std::string exec(sqlite3* db, const char* sql) {
 
 // Version 1 had no time-to-first-token, reasoning tokens, upstream cost or
 // request summary columns; each migration moves one version forward.
+// `id` is a plain rowid alias: ids grow with each insert (rows are never
+// deleted by the library). Files made by 0.1.0 have AUTOINCREMENT, which
+// behaves the same here and costs a sqlite_sequence update per statement.
 constexpr const char* kCreateV1 = R"sql(
 CREATE TABLE IF NOT EXISTS taotoken_requests (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  id INTEGER PRIMARY KEY,
   request_id TEXT NOT NULL, upstream_request_id TEXT, started_at TEXT NOT NULL, started_ms INTEGER NOT NULL,
   endpoint TEXT, requested_model TEXT, model TEXT, provider TEXT, streamed INTEGER NOT NULL DEFAULT 0,
   status TEXT NOT NULL, http_status INTEGER, error_kind TEXT, error_message TEXT,
@@ -133,65 +136,82 @@ class SqliteRecorder::Impl {
         queue_("sqlite",
                detail::BatchQueueOptions{o.queue_capacity, o.batch_size, o.full_queue_wait, o.drain_timeout,
                                          std::chrono::seconds(5)},
-               [this](const std::vector<RequestRecord>& batch) { return write(batch); }, on_error_) {}
+               [this](detail::RecordSpan batch) { return write(batch); }, on_error_) {}
 
   detail::BatchQueue& queue() { return queue_; }
   std::chrono::milliseconds drain_timeout() const { return drain_timeout_; }
 
  private:
+  // Rows per INSERT statement: one statement for many rows runs the
+  // statement machinery once for all of them (about a third of the cost of
+  // a row with one statement each).
+  static constexpr std::size_t kRowsPerInsert = 16;
+
   // Runs on the queue's worker thread only.
-  std::string write(const std::vector<RequestRecord>& batch) {
+  std::string write(detail::RecordSpan batch) {
     if (!db_) {
       if (auto e = open_db(path_, db_, true); !e.empty()) {
         db_.reset();
         return e;
       }
-      std::string placeholders;
-      for (std::size_t i = 0; i < detail::kRecordColumns.size() + 1; ++i) placeholders += i ? ", ?" : "?";
-      const std::string sql =
-          fmt::format("INSERT INTO taotoken_requests ({}) VALUES ({})", detail::insert_column_list(), placeholders);
-      sqlite3_stmt* raw = nullptr;
-      if (sqlite3_prepare_v2(db_.get(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK) {
-        auto e = errmsg(db_.get(), "prepare insert");
-        db_.reset();
-        return e;
-      }
-      insert_.reset(raw);
+      if (auto e = prepare_insert(kRowsPerInsert, insert_many_); !e.empty()) return reset_with(e);
+      if (auto e = prepare_insert(1, insert_one_); !e.empty()) return reset_with(e);
     }
     if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
-    for (const auto& r : batch) {
-      detail::record_columns(r, scratch_, columns_);
-      sqlite3_reset(insert_.get());
-      // Typed values, text bound in place (SQLITE_STATIC: the record and the
-      // scratch buffers outlive the step): no copies, no conversions.
-      for (std::size_t i = 0; i < columns_.size(); ++i) {
-        const int idx = static_cast<int>(i + 1);
-        const detail::SqlValue& v = columns_[i];
-        switch (v.type) {
-          case detail::SqlValue::null: sqlite3_bind_null(insert_.get(), idx); break;
-          case detail::SqlValue::integer: sqlite3_bind_int64(insert_.get(), idx, v.i); break;
-          case detail::SqlValue::real: sqlite3_bind_double(insert_.get(), idx, v.d); break;
-          case detail::SqlValue::text:
-            sqlite3_bind_text64(insert_.get(), idx, v.s.data(), v.s.size(), SQLITE_STATIC, SQLITE_UTF8);
-            break;
-        }
-      }
-      if (sqlite3_step(insert_.get()) != SQLITE_DONE) {
-        auto e = errmsg(db_.get(), "insert");
-        exec(db_.get(), "ROLLBACK");
-        return reset_with(e);
-      }
+    std::size_t i = 0;
+    std::string err;
+    while (err.empty() && i < batch.size()) {
+      const bool many = batch.size() - i >= kRowsPerInsert;
+      sqlite3_stmt* st = many ? insert_many_.get() : insert_one_.get();
+      const std::size_t rows = many ? kRowsPerInsert : 1;
+      sqlite3_reset(st);
+      for (std::size_t row = 0; row < rows; ++row) bind_row(st, row, batch[i + row]);
+      if (sqlite3_step(st) != SQLITE_DONE) err = errmsg(db_.get(), "insert");
+      // The bindings point into this batch and the scratch buffers.
+      sqlite3_clear_bindings(st);
+      i += rows;
     }
-    sqlite3_clear_bindings(insert_.get());  // they point into this batch (on errors, reset_with finalizes)
-    if (auto e = exec(db_.get(), "COMMIT"); !e.empty()) {
+    if (err.empty()) err = exec(db_.get(), "COMMIT");
+    if (!err.empty()) {
       exec(db_.get(), "ROLLBACK");
-      return reset_with(e);
+      return reset_with(err);
     }
     return {};
   }
 
+  std::string prepare_insert(std::size_t rows, Stmt& out) {
+    std::string sql = "INSERT INTO taotoken_requests (" + detail::insert_column_list() + ") VALUES ";
+    for (std::size_t r = 0; r < rows; ++r) {
+      sql += r ? ",(" : "(";
+      for (std::size_t c = 0; c < kColumns; ++c) sql += c ? ",?" : "?";
+      sql += ')';
+    }
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v3(db_.get(), sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) != SQLITE_OK)
+      return errmsg(db_.get(), "prepare insert");
+    out.reset(raw);
+    return {};
+  }
+
+  // Typed values, text bound in place (SQLITE_STATIC: the record and the
+  // row's scratch buffers outlive the step): no copies, no conversions.
+  void bind_row(sqlite3_stmt* st, std::size_t row, const RequestRecord& r) {
+    detail::record_columns(r, scratch_[row], columns_);
+    for (std::size_t c = 0; c < kColumns; ++c) {
+      const int idx = static_cast<int>(row * kColumns + c + 1);
+      const detail::SqlValue& v = columns_[c];
+      switch (v.type) {
+        case detail::SqlValue::null: sqlite3_bind_null(st, idx); break;
+        case detail::SqlValue::integer: sqlite3_bind_int64(st, idx, v.i); break;
+        case detail::SqlValue::real: sqlite3_bind_double(st, idx, v.d); break;
+        case detail::SqlValue::text: sqlite3_bind_text64(st, idx, v.s.data(), v.s.size(), SQLITE_STATIC, SQLITE_UTF8); break;
+      }
+    }
+  }
+
   std::string reset_with(std::string e) {
-    insert_.reset();
+    insert_many_.reset();
+    insert_one_.reset();
     db_.reset();
     return e;
   }
@@ -200,9 +220,11 @@ class SqliteRecorder::Impl {
   RecorderErrorHook on_error_;
   std::chrono::milliseconds drain_timeout_;
   Db db_;
-  Stmt insert_;
-  detail::RecordScratch scratch_;   // worker only
-  detail::RecordColumns columns_;   // worker only
+  static constexpr std::size_t kColumns = detail::kRecordColumns.size() + 1;
+  // Worker only:
+  Stmt insert_many_, insert_one_;
+  detail::RecordScratch scratch_[kRowsPerInsert];  // one per row of a statement
+  detail::RecordColumns columns_;
   detail::BatchQueue queue_;  // last: its worker uses the members above
 };
 
