@@ -26,6 +26,11 @@
 // threads their constructors start) to CPU N, so their writing no longer
 // competes with the request loop: the ratio then prices only what record()
 // costs the calling thread (enqueue and wake-up), not the writing itself.
+// With --same-cpu-too each database recorder is measured twice in the same
+// rounds: as `sqlite`/`postgres` with its worker on CPU N, and as
+// `sqlite_samecpu`/`postgres_samecpu` (the same client and recorder) with
+// its worker moved onto the benchmark's own CPU for that loop, so the
+// writing competes with the request loop (the recorder's whole CPU cost).
 //
 // The configurations run one after the other in each round, the order
 // rotating by one every round, so each takes every position equally often
@@ -84,8 +89,13 @@ constexpr const char* kAllConfigs[] = {"norecorder", "memory", "jsonl", "sqlite"
 struct Config {
   std::string name;
   std::shared_ptr<taotoken::UsageRecorder> recorder;  // null for norecorder
-  std::unique_ptr<taotoken::TaotokenClient> client;
-  long calls = 0;  // every chat() made with this client (warm-up included)
+  std::shared_ptr<taotoken::TaotokenClient> client;
+  // Every chat() made with this client (warm-up included); shared by the
+  // two placements of one recorder.
+  std::shared_ptr<long> calls = std::make_shared<long>(0);
+  bool owner = true;     // false: the _samecpu twin of the config before it
+  pid_t worker = -1;     // the recorder's worker thread, when it is moved
+  long worker_cpu = -1;  // where the worker runs during this config's loops
   std::vector<double> rps;
   std::vector<double> flush_ms;
   double secs = 0;
@@ -96,7 +106,7 @@ struct Config {
   std::fprintf(stderr,
                "usage: taotoken_bench_recorders --base-url URL --dir DIR [--pg CONNINFO]\n"
                "         [--configs norecorder,memory,jsonl,sqlite,postgres] [--rounds N] [--requests N]\n"
-               "         [--warmup N] [--status-url URL] [--worker-cpu N] [--pg-backend-cpu N]\n");
+               "         [--warmup N] [--status-url URL] [--worker-cpu N [--same-cpu-too]] [--pg-backend-cpu N]\n");
   std::exit(2);
 }
 
@@ -205,6 +215,7 @@ int main(int argc, char** argv) {
   std::string base_url, status_url, dir, pg;
   std::string configs_arg = "norecorder,memory,jsonl,sqlite,postgres";
   long rounds = 15, requests = 2000, warmup = 1000, worker_cpu = -1, pg_backend_cpu = -1;
+  bool same_cpu_too = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     const bool has_value = i + 1 < argc;
@@ -216,6 +227,7 @@ int main(int argc, char** argv) {
     else if (a == "--rounds" && has_value) rounds = bench::parse_count(argv[++i], usage);
     else if (a == "--requests" && has_value) requests = bench::parse_count(argv[++i], usage);
     else if (a == "--warmup" && has_value) warmup = bench::parse_count(argv[++i], usage);
+    else if (a == "--same-cpu-too") same_cpu_too = true;
     else if ((a == "--worker-cpu" || a == "--pg-backend-cpu") && has_value) {
       char* end = nullptr;
       const long cpu = std::strtol(argv[++i], &end, 10);
@@ -241,6 +253,18 @@ int main(int argc, char** argv) {
       fail("unknown configuration '" + w + "' (norecorder, memory, jsonl, sqlite, postgres)");
   auto want = [&](const char* c) { return std::find(wanted.begin(), wanted.end(), c) != wanted.end(); };
   if (want("postgres") && pg.empty()) fail("postgres needs --pg CONNINFO");
+  if (same_cpu_too && worker_cpu < 0) fail("--same-cpu-too needs --worker-cpu");
+  // The benchmark's own CPU (it must be pinned to one for --same-cpu-too).
+  long own_cpu = -1;
+  if (same_cpu_too) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) != 1)
+      fail("--same-cpu-too needs the benchmark pinned to one CPU");
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+      if (CPU_ISSET(cpu, &set)) own_cpu = cpu;
+    if (own_cpu == worker_cpu) fail("--worker-cpu is the benchmark's own CPU");
+  }
 
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const taotoken::ChatRequest req = chat_request();
@@ -283,14 +307,15 @@ int main(int argc, char** argv) {
       if (n == "sqlite") c.recorder = std::make_shared<taotoken::SqliteRecorder>(sqlite_path, db_opts);
       else c.recorder = std::make_shared<taotoken::PostgresRecorder>(pg, db_opts);
       if (worker_cpu >= 0) {
-        int moved = 0;
+        std::vector<pid_t> started;
         for (pid_t tid : threads())
-          if (!before.count(tid)) {
-            if (!pin(tid, worker_cpu)) fail(c.name + ": cannot move its worker thread");
-            ++moved;
-          }
-        if (moved != 1) fail(c.name + ": expected one worker thread, found " + std::to_string(moved));
-        std::printf("INFO %s recorder's worker thread moved to CPU %ld\n", name, worker_cpu);
+          if (!before.count(tid)) started.push_back(tid);
+        if (started.size() != 1) fail(c.name + ": expected one worker thread, found " + std::to_string(started.size()));
+        c.worker = started[0];
+        c.worker_cpu = worker_cpu;
+        if (!pin(c.worker, worker_cpu)) fail(c.name + ": cannot move its worker thread");
+        std::printf("INFO %s recorder's worker thread moved to CPU %ld%s\n", name, worker_cpu,
+                    same_cpu_too ? " (and to the benchmark's own CPU for the _samecpu loops)" : "");
       }
     }
     taotoken::ClientOptions o;
@@ -298,15 +323,23 @@ int main(int argc, char** argv) {
     o.api_key = "bench-key";
     if (c.recorder) o.recorders.push_back(c.recorder);
     o.on_recorder_error = on_error;
-    c.client = std::make_unique<taotoken::TaotokenClient>(o);
-    configs.push_back(std::move(c));
+    c.client = std::make_shared<taotoken::TaotokenClient>(o);
+    const bool twin = same_cpu_too && c.worker >= 0;
+    configs.push_back(c);
+    if (twin) {
+      c.name += "_samecpu";
+      c.owner = false;
+      c.worker_cpu = own_cpu;
+      configs.push_back(std::move(c));
+    }
   }
 
   std::string why;
   auto run = [&](Config& c, long n) {
+    if (c.worker >= 0 && !pin(c.worker, c.worker_cpu)) fail(c.name + ": cannot move its worker thread");
     for (long i = 0; i < n; ++i)
       if (!chat_once(*c.client, req, why)) fail("chat_seq_" + c.name + ": request failed: " + why);
-    c.calls += n;
+    *c.calls += n;
   };
   auto flush = [](Config& c) {
     const auto t0 = Clock::now();
@@ -372,7 +405,8 @@ int main(int argc, char** argv) {
   std::vector<double> final_flush_ms(k);
   for (std::size_t j = 0; j < k; ++j) final_flush_ms[j] = flush(configs[j]) * 1e3;
   for (auto& c : configs) {
-    const long expected = c.calls;
+    if (!c.owner) continue;  // the same recorder as the config before it
+    const long expected = *c.calls;
     if (c.name == "memory") {
       const auto n = static_cast<long>(static_cast<taotoken::MemoryRecorder&>(*c.recorder).count());
       std::printf("INFO memory recorder counted %ld records\n", n);
@@ -404,7 +438,7 @@ int main(int argc, char** argv) {
       check_summary("postgres table requests", *s, expected);
     }
   }
-  std::printf("INFO every recorder holds all %ld calls made with its client (warm-up + measured)\n",
+  std::printf("INFO every recorder holds all calls made with its client (warm-up + measured; %ld per configuration)\n",
               warmup + rounds * requests);
 
   // Results.
