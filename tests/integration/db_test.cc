@@ -249,6 +249,66 @@ TEST_CASE("PostgreSQL stopped and restarted mid-run: no record lost, requests un
   CHECK_FALSE(errors.seen.empty());  // the outage was reported, not hidden
 }
 
+TEST_CASE("PostgreSQL: text with tabs, newlines, backslashes and COPY's markers reads back unchanged") {
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  const std::vector<std::string> texts = {
+      "tab\there", "line\nbreak\r\nand CR\r", "back\\slash \\N \\t", "\\.", "\\.\n\\.\n",
+      "\\N",     "",                       "caf\xc3\xa9 \xe2\x9c\x93 \"q\"", std::string(5000, 'x') + "\t" + std::string(5000, 'y')};
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  {
+    PostgresRecorder rec(pg_conninfo(), dbo);
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      RequestRecord r;
+      r.request_id = "req_" + std::to_string(i);
+      r.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(1795000000000 + i));
+      r.error_message = texts[i];
+      r.tags = {{"k\t" + std::to_string(i), texts[i]}};
+      r.estimated_cost = 1e-7 * static_cast<double>(i);
+      r.prompt_tokens = static_cast<std::int64_t>(i);
+      rec.record(r);
+    }
+  }
+  CHECK(errors.seen.empty());
+  auto back = PostgresRecorder::recent(pg_conninfo(), 100);
+  REQUIRE(back.ok());
+  REQUIRE(back->size() == texts.size());
+  for (const auto& x : *back) {
+    const std::size_t i = std::stoul(x.request_id.substr(4));
+    REQUIRE(i < texts.size());
+    CHECK(x.error_message == texts[i]);
+    REQUIRE(x.tags.size() == 1);
+    CHECK(x.tags[0].first == "k\t" + std::to_string(i));
+    CHECK(x.tags[0].second == texts[i]);
+    CHECK(x.prompt_tokens == static_cast<std::int64_t>(i));
+    CHECK_FALSE(x.completion_tokens);  // NULL stays unknown
+    CHECK(x.estimated_cost == 1e-7 * static_cast<double>(i));
+  }
+}
+
+TEST_CASE("PostgreSQL: a record the server refuses is dropped and reported; the rest of its batch lands") {
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  {
+    PostgresRecorder rec(pg_conninfo(), dbo);
+    for (int i = 0; i < 10; ++i) {
+      RequestRecord r;
+      r.request_id = "req_" + std::to_string(i);
+      // Recorded directly (the client would have repaired it): invalid
+      // UTF-8, which the server refuses.
+      if (i == 4) r.error_message = "bad \xff byte";
+      rec.record(r);
+    }
+  }
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "9");
+  CHECK(pg("SELECT count(*) FROM taotoken_requests WHERE request_id = 'req_4'") == "0");
+  REQUIRE(errors.seen.size() == 1);
+  CHECK_THAT(errors.seen[0], Catch::Contains("record req_4 dropped"));
+}
+
 TEST_CASE("a record with invalid UTF-8 cannot poison the PostgreSQL queue") {
   pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
   SimFixture f;
