@@ -27,6 +27,18 @@ std::string_view to_string(RequestStatus status) noexcept {
 
 namespace {
 
+// "00" "01" … "99".
+struct DigitPairs {
+  char v[200];
+  constexpr DigitPairs() : v() {
+    for (int i = 0; i < 100; ++i) {
+      v[2 * i] = static_cast<char>('0' + i / 10);
+      v[2 * i + 1] = static_cast<char>('0' + i % 10);
+    }
+  }
+};
+constexpr DigitPairs kDigitPairs;
+
 // Formatted by hand (days-from-civil inverse, Howard Hinnant's algorithm):
 // strftime and fmt cost more than the rest of a JSONL record together.
 // Writes the 24 characters of "YYYY-MM-DDTHH:MM:SS.mmmZ" to `buf`.
@@ -47,22 +59,29 @@ void iso8601(std::chrono::system_clock::time_point t, char* buf) {
   const std::int64_t d = doy - (153 * mp + 2) / 5 + 1;
   const std::int64_t m = mp < 10 ? mp + 3 : mp - 9;
   const std::int64_t y = yoe + era * 400 + (m <= 2);
-  auto put = [&](char* at, std::int64_t v, int width) {
-    for (int i = width - 1; i >= 0; --i, v /= 10) at[i] = static_cast<char>('0' + v % 10);
-  };
-  put(buf, y, 4);
+  // Two digits at a time; a year outside 0-9999 keeps the last four digits
+  // as the digit loop always wrote them (a negative one gives odd characters).
+  auto two = [](char* at, std::int64_t v) { std::memcpy(at, kDigitPairs.v + 2 * v, 2); };
+  if (y >= 0 && y <= 9999) {
+    two(buf, y / 100);
+    two(buf + 2, y % 100);
+  } else {
+    std::int64_t v = y;
+    for (int i = 3; i >= 0; --i, v /= 10) buf[i] = static_cast<char>('0' + v % 10);
+  }
   buf[4] = '-';
-  put(buf + 5, m, 2);
+  two(buf + 5, m);
   buf[7] = '-';
-  put(buf + 8, d, 2);
+  two(buf + 8, d);
   buf[10] = 'T';
-  put(buf + 11, rem / 3600000, 2);
+  two(buf + 11, rem / 3600000);
   buf[13] = ':';
-  put(buf + 14, rem / 60000 % 60, 2);
+  two(buf + 14, rem / 60000 % 60);
   buf[16] = ':';
-  put(buf + 17, rem / 1000 % 60, 2);
+  two(buf + 17, rem / 1000 % 60);
   buf[19] = '.';
-  put(buf + 20, rem % 1000, 3);
+  buf[20] = static_cast<char>('0' + rem % 1000 / 100);
+  two(buf + 21, rem % 100);
   buf[23] = 'Z';
 }
 
