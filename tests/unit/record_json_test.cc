@@ -445,7 +445,7 @@ TEST_CASE("record JSON: numbers at their edges") {
     RequestRecord r = typical();
     r.prompt_tokens = r.completion_tokens = r.total_tokens = r.cached_tokens = r.reasoning_tokens = v;
     r.latency = std::chrono::milliseconds(v);
-    r.time_to_first_token = std::chrono::milliseconds(-v);
+    r.time_to_first_token = std::chrono::milliseconds(v == lo ? hi : -v);
     r.attempts[0].latency = std::chrono::milliseconds(v);
     r.attempts[0].delay_before = std::chrono::milliseconds(v);
     check_same(r);
@@ -453,7 +453,7 @@ TEST_CASE("record JSON: numbers at their edges") {
   for (int s : {0, -1, 200, 99999, std::numeric_limits<int>::min(), std::numeric_limits<int>::max()}) {
     RequestRecord r = typical();
     r.http_status = s;
-    r.attempts[0].http_status = -s;
+    r.attempts[0].http_status = s == std::numeric_limits<int>::min() ? std::numeric_limits<int>::max() : -s;
     check_same(r);
   }
 }
