@@ -101,7 +101,7 @@ struct EscapeExtra {
   unsigned char v[256];
   constexpr EscapeExtra() : v() {
     for (int c = 0; c < 0x20; ++c) v[c] = 5;
-    v['"'] = v['\\'] = v['\n'] = v['\r'] = v['\t'] = v['\b'] = v['\f'] = 1;
+    for (unsigned char c : std::string_view("\"\\\n\r\t\b\f")) v[c] = 1;
   }
 };
 constexpr EscapeExtra kEscapeExtra;
