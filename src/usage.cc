@@ -4,7 +4,10 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <cassert>
+#include <charconv>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 
 #include "json_writer.h"
@@ -23,6 +26,18 @@ std::string_view to_string(RequestStatus status) noexcept {
 }
 
 namespace {
+
+// "00" "01" … "99".
+struct DigitPairs {
+  char v[200];
+  constexpr DigitPairs() : v() {
+    for (int i = 0; i < 100; ++i) {
+      v[2 * i] = static_cast<char>('0' + i / 10);
+      v[2 * i + 1] = static_cast<char>('0' + i % 10);
+    }
+  }
+};
+constexpr DigitPairs kDigitPairs;
 
 // Formatted by hand (days-from-civil inverse, Howard Hinnant's algorithm):
 // strftime and fmt cost more than the rest of a JSONL record together.
@@ -44,22 +59,29 @@ void iso8601(std::chrono::system_clock::time_point t, char* buf) {
   const std::int64_t d = doy - (153 * mp + 2) / 5 + 1;
   const std::int64_t m = mp < 10 ? mp + 3 : mp - 9;
   const std::int64_t y = yoe + era * 400 + (m <= 2);
-  auto put = [&](char* at, std::int64_t v, int width) {
-    for (int i = width - 1; i >= 0; --i, v /= 10) at[i] = static_cast<char>('0' + v % 10);
-  };
-  put(buf, y, 4);
+  // Two digits at a time; a year outside 0-9999 keeps the last four digits
+  // as the digit loop always wrote them (a negative one gives odd characters).
+  auto two = [](char* at, std::int64_t v) { std::memcpy(at, kDigitPairs.v + 2 * v, 2); };
+  if (y >= 0 && y <= 9999) {
+    two(buf, y / 100);
+    two(buf + 2, y % 100);
+  } else {
+    std::int64_t v = y;
+    for (int i = 3; i >= 0; --i, v /= 10) buf[i] = static_cast<char>('0' + v % 10);
+  }
   buf[4] = '-';
-  put(buf + 5, m, 2);
+  two(buf + 5, m);
   buf[7] = '-';
-  put(buf + 8, d, 2);
+  two(buf + 8, d);
   buf[10] = 'T';
-  put(buf + 11, rem / 3600000, 2);
+  two(buf + 11, rem / 3600000);
   buf[13] = ':';
-  put(buf + 14, rem / 60000 % 60, 2);
+  two(buf + 14, rem / 60000 % 60);
   buf[16] = ':';
-  put(buf + 17, rem / 1000 % 60, 2);
+  two(buf + 17, rem / 1000 % 60);
   buf[19] = '.';
-  put(buf + 20, rem % 1000, 3);
+  buf[20] = static_cast<char>('0' + rem % 1000 / 100);
+  two(buf + 21, rem % 100);
   buf[23] = 'Z';
 }
 
@@ -69,71 +91,226 @@ std::string iso8601(std::chrono::system_clock::time_point t) {
   return std::string(buf, sizeof buf);
 }
 
-void opt_int(JsonWriter& w, std::string_view key, const std::optional<std::int64_t>& v) {
-  w.key_lit(key);
-  if (v) w.number(*v); else w.null();
+// ---- append_json: the record written straight into room made in `out`
+
+// Bytes JSON escaping adds to a byte (as JsonWriter escapes): 1 for `"`, `\`
+// and the control characters with a short escape (\n \r \t \b \f), 5 for
+// the other control characters (\u00XX), 0 for everything else (UTF-8 and
+// DEL included).
+struct EscapeExtra {
+  unsigned char v[256];
+  constexpr EscapeExtra() : v() {
+    for (int c = 0; c < 0x20; ++c) v[c] = 5;
+    for (unsigned char c : std::string_view("\"\\\n\r\t\b\f")) v[c] = 1;
+  }
+};
+constexpr EscapeExtra kEscapeExtra;
+
+// Whether any of the eight bytes in `w` needs escaping: one is below 0x20,
+// a quote or a backslash. The zero-byte test ((v - 0x01..) & ~v & 0x80..)
+// for w, w ^ '"' and w ^ '\\' at once (their high bits are w's); exact in
+// either byte order, as a borrow only marks bytes above one that matched.
+constexpr bool needs_escape(std::uint64_t w) {
+  constexpr std::uint64_t kOnes = 0x0101010101010101, kHigh = 0x8080808080808080;
+  const std::uint64_t below = w - kOnes * 0x20;
+  const std::uint64_t quote = (w ^ (kOnes * '"')) - kOnes;
+  const std::uint64_t backslash = (w ^ (kOnes * '\\')) - kOnes;
+  return ((below | quote | backslash) & ~w & kHigh) != 0;
 }
 
-void opt_double(JsonWriter& w, std::string_view key, const std::optional<double>& v) {
-  w.key_lit(key);
-  if (v) w.number(*v); else w.null();
+// The most `s` can take quoted and escaped: six bytes a byte for short text
+// (no scan), counted for long text (a big error message must not make room
+// for six times its size).
+std::size_t quoted_room(std::string_view s) {
+  if (s.size() <= 256) return 6 * s.size() + 2;
+  std::size_t n = s.size() + 2;
+  for (char c : s) n += kEscapeExtra.v[static_cast<unsigned char>(c)];
+  return n;
 }
+
+// Writes the literal (its size is known at compile time: no call).
+template <std::size_t N>
+char* put(char* p, const char (&lit)[N]) {
+  std::memcpy(p, lit, N - 1);
+  return p + (N - 1);
+}
+
+// Writes `s` quoted, escaped as JsonWriter::string does.
+char* put_quoted(char* p, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  const char* in = s.data();
+  const char* const end = in + s.size();
+  *p++ = '"';
+  for (;;) {
+    // A run of bytes that need no escape (usually the whole string), eight
+    // at a time.
+    std::uint64_t w;
+    while (end - in >= 8) {
+      std::memcpy(&w, in, 8);
+      if (needs_escape(w)) break;
+      std::memcpy(p, &w, 8);
+      in += 8;
+      p += 8;
+    }
+    // Under eight bytes left of a string of eight or more: its last eight
+    // bytes at once if they are clean (those before `in` were then copied
+    // as they are and are copied again).
+    if (in < end && end - in < 8 && end - s.data() >= 8) {
+      std::memcpy(&w, end - 8, 8);
+      if (!needs_escape(w)) {
+        std::memcpy(p - (in - (end - 8)), &w, 8);
+        p += end - in;
+        break;
+      }
+    }
+    // Otherwise one by one up to the next byte to escape or the end.
+    while (in < end && !kEscapeExtra.v[static_cast<unsigned char>(*in)]) *p++ = *in++;
+    if (in == end) break;
+    const auto c = static_cast<unsigned char>(*in++);
+    *p++ = '\\';
+    switch (c) {
+      case '"': *p++ = '"'; break;
+      case '\\': *p++ = '\\'; break;
+      case '\n': *p++ = 'n'; break;
+      case '\r': *p++ = 'r'; break;
+      case '\t': *p++ = 't'; break;
+      case '\b': *p++ = 'b'; break;
+      case '\f': *p++ = 'f'; break;
+      default:
+        p = put(p, "u00");
+        *p++ = kHex[c >> 4];
+        *p++ = kHex[c & 0xF];
+    }
+  }
+  *p++ = '"';
+  return p;
+}
+
+// Room for a number: "-9223372036854775808" is 20 characters; the shortest
+// round-trip form of a double at most 24 (JsonWriter gives to_chars 32).
+constexpr std::size_t kIntRoom = 20;
+constexpr std::size_t kDoubleRoom = 32;
+
+char* put_int(char* p, std::int64_t v) { return std::to_chars(p, p + kIntRoom, v).ptr; }
+
+char* put_opt(char* p, const std::optional<std::int64_t>& v) { return v ? put_int(p, *v) : put(p, "null"); }
+
+// Non-finite values are written as null, like JsonWriter::number(double).
+char* put_opt(char* p, const std::optional<double>& v) {
+  if (!v || !std::isfinite(*v)) return put(p, "null");
+  return std::to_chars(p, p + kDoubleRoom, *v).ptr;
+}
+
+// Room for a record but its strings, attempts, tags and summary: the keys
+// and punctuation, the timestamp and "null" for provider, error_kind and
+// request_summary come to 409 bytes (416 leaves a little to spare); then 8
+// integers and 2 doubles. Each attempt: 63 bytes of text and 3 integers.
+// (A debug assert checks; the unit tests write the widest record.)
+constexpr std::size_t kRecordRoom = 416 + 8 * kIntRoom + 2 * kDoubleRoom;
+constexpr std::size_t kAttemptRoom = 64 + 3 * kIntRoom;
 
 }  // namespace
 
 std::string RequestRecord::started_at_iso() const { return iso8601(started_at); }
 
 std::string RequestRecord::to_json() const {
-  std::string out;
-  out.reserve(512);
+  std::string out;  // append_json makes its room in one allocation
   append_json(out);
   return out;
 }
 
 void RequestRecord::append_json(std::string& out) const {
-  JsonWriter w(out);
-  w.begin_object();
-  w.key_lit("request_id").string(request_id);
-  w.key_lit("upstream_request_id").string(upstream_request_id);
-  char started[24];
-  iso8601(started_at, started);
-  w.key_lit("started_at").string(std::string_view(started, sizeof started));
-  w.key_lit("endpoint").string(endpoint);
-  w.key_lit("requested_model").string(requested_model);
-  w.key_lit("model").string(model);
-  w.key_lit("provider");
-  if (provider) w.string(*provider); else w.null();
-  w.key_lit("streamed").boolean(streamed);
-  w.key_lit("status").string(taotoken::to_string(status));
-  w.key_lit("http_status").number(static_cast<std::int64_t>(http_status));
-  w.key_lit("error_kind");
-  if (error_kind) w.string(taotoken::to_string(*error_kind)); else w.null();
-  w.key_lit("error_message").string(error_message);
-  w.key_lit("attempts").begin_array();
+  // Room for the widest output this record can have is made once; the
+  // record is then written straight into it and `out` cut to what was
+  // written. The output is byte for byte what JsonWriter wrote before (a
+  // unit test keeps that version and compares).
+  std::size_t room = kRecordRoom + quoted_room(request_id) + quoted_room(upstream_request_id) +
+                     quoted_room(endpoint) + quoted_room(requested_model) + quoted_room(model) +
+                     quoted_room(error_message) + quoted_room(taotoken::to_string(status));
+  if (provider) room += quoted_room(*provider);
+  if (error_kind) room += quoted_room(taotoken::to_string(*error_kind));
   for (const auto& a : attempts) {
-    w.begin_object().key_lit("http_status").number(static_cast<std::int64_t>(a.http_status));
-    w.key_lit("error");
-    if (a.error) w.string(taotoken::to_string(*a.error)); else w.null();
-    w.key_lit("latency_ms").number(static_cast<std::int64_t>(a.latency.count()));
-    w.key_lit("delay_before_ms").number(static_cast<std::int64_t>(a.delay_before.count())).end_object();
+    room += kAttemptRoom;
+    if (a.error) room += quoted_room(taotoken::to_string(*a.error));
   }
-  w.end_array();
-  w.key_lit("latency_ms").number(static_cast<std::int64_t>(latency.count()));
-  w.key_lit("ttft_ms");
-  if (time_to_first_token) w.number(static_cast<std::int64_t>(time_to_first_token->count())); else w.null();
-  opt_int(w, "prompt_tokens", prompt_tokens);
-  opt_int(w, "completion_tokens", completion_tokens);
-  opt_int(w, "total_tokens", total_tokens);
-  opt_int(w, "cached_tokens", cached_tokens);
-  opt_int(w, "reasoning_tokens", reasoning_tokens);
-  opt_double(w, "estimated_cost", estimated_cost);
-  opt_double(w, "upstream_cost", upstream_cost);
-  w.key_lit("tags").begin_object();
-  for (const auto& [k, v] : tags) w.key(k).string(v);
-  w.end_object();
-  w.key_lit("request_summary");
-  if (request_summary) w.raw(*request_summary); else w.null();
-  w.end_object();
+  for (const auto& [k, v] : tags) room += quoted_room(k) + quoted_room(v) + 2;  // ':' and ','
+  if (request_summary) room += request_summary->size();
+
+  const std::size_t old_size = out.size();
+  out.resize(old_size + room);
+  char* const begin = &out[old_size];
+  char* p = begin;
+  p = put(p, "{\"request_id\":");
+  p = put_quoted(p, request_id);
+  p = put(p, ",\"upstream_request_id\":");
+  p = put_quoted(p, upstream_request_id);
+  p = put(p, ",\"started_at\":\"");
+  iso8601(started_at, p);  // digits and -T:.Z (odd punctuation for years before 0): no escapes
+  p += 24;
+  p = put(p, "\",\"endpoint\":");
+  p = put_quoted(p, endpoint);
+  p = put(p, ",\"requested_model\":");
+  p = put_quoted(p, requested_model);
+  p = put(p, ",\"model\":");
+  p = put_quoted(p, model);
+  p = put(p, ",\"provider\":");
+  p = provider ? put_quoted(p, *provider) : put(p, "null");
+  p = streamed ? put(p, ",\"streamed\":true,\"status\":") : put(p, ",\"streamed\":false,\"status\":");
+  p = put_quoted(p, taotoken::to_string(status));
+  p = put(p, ",\"http_status\":");
+  p = put_int(p, http_status);
+  p = put(p, ",\"error_kind\":");
+  p = error_kind ? put_quoted(p, taotoken::to_string(*error_kind)) : put(p, "null");
+  p = put(p, ",\"error_message\":");
+  p = put_quoted(p, error_message);
+  p = put(p, ",\"attempts\":[");
+  for (std::size_t i = 0; i < attempts.size(); ++i) {
+    const AttemptRecord& a = attempts[i];
+    p = i ? put(p, ",{\"http_status\":") : put(p, "{\"http_status\":");
+    p = put_int(p, a.http_status);
+    p = put(p, ",\"error\":");
+    p = a.error ? put_quoted(p, taotoken::to_string(*a.error)) : put(p, "null");
+    p = put(p, ",\"latency_ms\":");
+    p = put_int(p, a.latency.count());
+    p = put(p, ",\"delay_before_ms\":");
+    p = put_int(p, a.delay_before.count());
+    *p++ = '}';
+  }
+  p = put(p, "],\"latency_ms\":");
+  p = put_int(p, latency.count());
+  p = put(p, ",\"ttft_ms\":");
+  p = time_to_first_token ? put_int(p, time_to_first_token->count()) : put(p, "null");
+  p = put(p, ",\"prompt_tokens\":");
+  p = put_opt(p, prompt_tokens);
+  p = put(p, ",\"completion_tokens\":");
+  p = put_opt(p, completion_tokens);
+  p = put(p, ",\"total_tokens\":");
+  p = put_opt(p, total_tokens);
+  p = put(p, ",\"cached_tokens\":");
+  p = put_opt(p, cached_tokens);
+  p = put(p, ",\"reasoning_tokens\":");
+  p = put_opt(p, reasoning_tokens);
+  p = put(p, ",\"estimated_cost\":");
+  p = put_opt(p, estimated_cost);
+  p = put(p, ",\"upstream_cost\":");
+  p = put_opt(p, upstream_cost);
+  p = put(p, ",\"tags\":{");
+  for (std::size_t i = 0; i < tags.size(); ++i) {
+    if (i) *p++ = ',';
+    p = put_quoted(p, tags[i].first);
+    *p++ = ':';
+    p = put_quoted(p, tags[i].second);
+  }
+  p = put(p, "},\"request_summary\":");
+  if (request_summary) {
+    std::memcpy(p, request_summary->data(), request_summary->size());
+    p += request_summary->size();
+  } else {
+    p = put(p, "null");
+  }
+  *p++ = '}';
+  assert(static_cast<std::size_t>(p - begin) <= room);
+  out.resize(old_size + static_cast<std::size_t>(p - begin));
 }
 
 // ---- prices
