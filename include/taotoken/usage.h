@@ -70,7 +70,10 @@ struct RequestRecord {
   std::string started_at_iso() const;
   /// The record as one JSON object (the JSONL format).
   std::string to_json() const;
-  /// The same, appended to `out` (no allocation when `out` has room).
+  /// The same, appended to `out`. Makes room for the widest output the
+  /// record could have first (about 1.5 KB for a typical record, more with
+  /// long strings), so no allocation when `out`'s capacity covers that: a
+  /// buffer reused for many records settles there.
   void append_json(std::string& out) const;
 };
 
