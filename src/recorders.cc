@@ -70,7 +70,10 @@ JsonlRecorder::JsonlRecorder(std::string path, JsonlOptions options, RecorderErr
                 fmt::format("cannot open usage log '{}': {}", path_, std::strerror(errno)));
   std::setvbuf(file_, nullptr, _IOFBF, 1 << 16);
   struct stat st {};
-  if (::stat(path_.c_str(), &st) == 0) {
+  // Rotating renames the path: never a device or a FIFO (as root that
+  // would replace /dev/null with a regular file).
+  if (::fstat(::fileno(file_), &st) == 0 && !S_ISREG(st.st_mode)) rotates_ = false;
+  if (rotates_ && ::stat(path_.c_str(), &st) == 0) {
     size_ = static_cast<std::size_t>(st.st_size);
     // A file left from an earlier day rotates at the first record.
     day_ = utc_day(std::chrono::system_clock::from_time_t(st.st_mtime));
@@ -131,7 +134,8 @@ void JsonlRecorder::record(const RequestRecord& record) {
       day_start_ = std::chrono::system_clock::time_point(std::chrono::seconds(day_index * 86400));
     }
   }
-  if ((new_day && size_ > 0) || (opts_.max_bytes > 0 && size_ > 0 && size_ + line.size() > opts_.max_bytes))
+  if (rotates_ &&
+      ((new_day && size_ > 0) || (opts_.max_bytes > 0 && size_ > 0 && size_ + line.size() > opts_.max_bytes)))
     rotate_locked();
   if (!file_) {
     file_ = std::fopen(path_.c_str(), "ab");

@@ -66,7 +66,8 @@ struct JsonlOptions {
 };
 
 /// Appends one JSON object per line to a file, rotating by size and by day.
-/// Lines are buffered and handed to the OS at least every 200 ms, on
+/// Only a regular file rotates: a FIFO, a device (`/dev/stdout`) or any
+/// other non-regular path is written to and never renamed. Lines are buffered and handed to the OS at least every 200 ms, on
 /// `flush()` and on destruction (the client flushes its recorders when its
 /// last handle goes), so a clean shutdown loses nothing; a crash may lose
 /// the last 200 ms. Write failures go to the error hook; the request is
@@ -89,6 +90,7 @@ class JsonlRecorder final : public UsageRecorder {
   RecorderErrorHook on_error_;
   std::FILE* file_ = nullptr;
   std::size_t size_ = 0;
+  bool rotates_ = true;  // false for a path that is not a regular file
   std::string day_;  // the UTC day of the current file
   std::chrono::system_clock::time_point day_start_{std::chrono::system_clock::time_point::max()};
   std::chrono::steady_clock::time_point last_flush_{};

@@ -6,7 +6,11 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <iterator>
 
 #include "fixtures.h"
 #include "sim_fixture.h"
@@ -240,6 +244,36 @@ TEST_CASE("JSONL rotates by size and by day, keeping N files that parse back") {
     std::string line;
     while (std::getline(in, line)) CHECK(p.parse(line).error() == simdjson::SUCCESS);
   }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("JSONL to a FIFO never rotates (a path that is not a regular file is never renamed)") {
+  const auto dir = temp_dir("jsonl-fifo");
+  const std::string path = (dir / "u.fifo").string();
+  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+  std::string got;
+  std::thread reader([&] {
+    std::ifstream in(path, std::ios::binary);  // blocks until the recorder opens it
+    got.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  auto now = std::chrono::system_clock::from_time_t(1795000000);
+  {
+    JsonlOptions opts;
+    opts.max_bytes = 1000;  // far less than what is written
+    opts.now = [&] { return now; };
+    JsonlRecorder rec(path, opts);
+    RequestRecord r;
+    r.request_id = "req_fifo";
+    for (int i = 0; i < 10; ++i) rec.record(r);
+    now += std::chrono::hours(24);  // a new day would rotate a regular file
+    for (int i = 0; i < 10; ++i) rec.record(r);
+  }
+  reader.join();
+  CHECK(std::count(got.begin(), got.end(), '\n') == 20);
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK(S_ISFIFO(st.st_mode));
+  CHECK_FALSE(fs::exists(path + ".1"));
   fs::remove_all(dir);
 }
 
