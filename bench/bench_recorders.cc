@@ -22,13 +22,14 @@
 // on the benchmark's own (its cost is charged too). Needs the right to
 // change another user's affinity (root / CAP_SYS_NICE).
 //
-// --worker-cpu N moves the database recorders' worker threads (found as the
-// threads their constructors start) to CPU N, so their writing no longer
+// --worker-cpu N moves the writer threads of the JSONL, SQLite and
+// PostgreSQL recorders (found as the threads their constructors start) to
+// CPU N, so their writing no longer
 // competes with the request loop: the ratio then prices only what record()
 // costs the calling thread (enqueue and wake-up), not the writing itself.
-// With --same-cpu-too each database recorder is measured twice in the same
-// rounds: as `sqlite`/`postgres` with its worker on CPU N, and as
-// `sqlite_samecpu`/`postgres_samecpu` (the same client and recorder) with
+// With --same-cpu-too each of them is measured twice in the same rounds: as
+// `jsonl`/`sqlite`/`postgres` with its writer on CPU N, and as
+// `jsonl_samecpu`/`sqlite_samecpu`/`postgres_samecpu` (the same client and recorder) with
 // its worker moved onto the benchmark's own CPU for that loop, so the
 // writing competes with the request loop (the recorder's whole CPU cost).
 //
@@ -300,11 +301,11 @@ int main(int argc, char** argv) {
     c.name = name;
     const std::string_view n = name;
     if (n == "memory") c.recorder = std::make_shared<taotoken::MemoryRecorder>();
-    else if (n == "jsonl")
-      c.recorder = std::make_shared<taotoken::JsonlRecorder>(jsonl_path, taotoken::JsonlOptions{}, on_error);
-    else if (n == "sqlite" || n == "postgres") {
+    else if (n == "jsonl" || n == "sqlite" || n == "postgres") {
       const auto before = threads();
-      if (n == "sqlite") c.recorder = std::make_shared<taotoken::SqliteRecorder>(sqlite_path, db_opts);
+      if (n == "jsonl")
+        c.recorder = std::make_shared<taotoken::JsonlRecorder>(jsonl_path, taotoken::JsonlOptions{}, on_error);
+      else if (n == "sqlite") c.recorder = std::make_shared<taotoken::SqliteRecorder>(sqlite_path, db_opts);
       else c.recorder = std::make_shared<taotoken::PostgresRecorder>(pg, db_opts);
       if (worker_cpu >= 0) {
         std::vector<pid_t> started;
@@ -412,6 +413,8 @@ int main(int argc, char** argv) {
       std::printf("INFO memory recorder counted %ld records\n", n);
       if (n != expected) fail("memory: " + std::to_string(n) + " records, expected " + std::to_string(expected));
     } else if (c.name == "jsonl") {
+      auto& rec = static_cast<taotoken::JsonlRecorder&>(*c.recorder);
+      if (rec.dropped() != 0) fail("jsonl: " + std::to_string(rec.dropped()) + " records dropped");
       long bytes = 0;
       const long n = count_lines(jsonl_path, bytes);
       std::printf("INFO %s holds %ld lines (%ld bytes, %.0f bytes per record)\n", jsonl_path.c_str(), n, bytes,

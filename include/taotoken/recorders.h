@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -63,15 +64,30 @@ struct JsonlOptions {
   int keep = 7;
   /// The clock used for daily rotation (tests inject one).
   std::function<std::chrono::system_clock::time_point()> now = [] { return std::chrono::system_clock::now(); };
+  /// Lines waiting for the writer thread, in bytes, beyond which `record()`
+  /// waits up to `full_queue_wait`, then drops the record, counts it
+  /// (`dropped()`) and reports it (a disk that stopped taking writes).
+  std::size_t max_pending_bytes = std::size_t{16} << 20;
+  std::chrono::milliseconds full_queue_wait{50};
+  /// How long `flush()` (and so destruction) waits for a writer stuck in
+  /// a write.
+  std::chrono::milliseconds drain_timeout{std::chrono::seconds(30)};
 };
 
 /// Appends one JSON object per line to a file, rotating by size and by day.
 /// Only a regular file rotates: a FIFO, a device (`/dev/stdout`) or any
-/// other non-regular path is written to and never renamed. Lines are buffered and handed to the OS at least every 200 ms, on
-/// `flush()` and on destruction (the client flushes its recorders when its
-/// last handle goes), so a clean shutdown loses nothing; a crash may lose
-/// the last 200 ms. Write failures go to the error hook; the request is
-/// never affected.
+/// other non-regular path is written to and never renamed.
+///
+/// `record()` formats the line on the calling thread and appends it to a
+/// buffer; a writer thread hands the buffer to the OS (`write(2)`) once it
+/// holds 64 KiB or at least every 200 ms, and does the rotations, so a slow
+/// or full disk never blocks or fails a request. `flush()` waits until
+/// everything recorded so far is written (bounded by `drain_timeout`); the
+/// client flushes its recorders when its last handle goes, so a clean
+/// shutdown loses nothing; a crash may lose the last 200 ms. After
+/// `record()` returns, the line (and a rotation it caused) reaches the file
+/// within 200 ms, or at `flush()`. Write failures go to the error hook and
+/// count the lost lines in `dropped()`.
 /// Thread-safe.
 class JsonlRecorder final : public UsageRecorder {
  public:
@@ -81,19 +97,12 @@ class JsonlRecorder final : public UsageRecorder {
   ~JsonlRecorder() override;
   void record(const RequestRecord& record) override;
   void flush() override;
+  /// Records lost: the pending buffer was full, or their write failed.
+  std::size_t dropped() const;
 
  private:
-  void rotate_locked();
-  std::mutex mu_;
-  std::string path_;
-  JsonlOptions opts_;
-  RecorderErrorHook on_error_;
-  std::FILE* file_ = nullptr;
-  std::size_t size_ = 0;
-  bool rotates_ = true;  // false for a path that is not a regular file
-  std::string day_;  // the UTC day of the current file
-  std::chrono::system_clock::time_point day_start_{std::chrono::system_clock::time_point::max()};
-  std::chrono::steady_clock::time_point last_flush_{};
+  class Impl;
+  std::shared_ptr<Impl> impl_;  // shared with its writer thread
 };
 
 TAOTOKEN_END_NAMESPACE

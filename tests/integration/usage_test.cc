@@ -10,7 +10,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <future>
 #include <iterator>
+#include <mutex>
 
 #include "fixtures.h"
 #include "sim_fixture.h"
@@ -229,6 +232,7 @@ TEST_CASE("JSONL rotates by size and by day, keeping N files that parse back") {
   r.request_id = "req_1";
   r.model = "m";
   for (int i = 0; i < 20; ++i) rec.record(r);  // ~600 bytes each: rotates by size
+  rec.flush();  // the writer thread does the rotations, in order with the lines
   CHECK(fs::exists(path + ".1"));
   CHECK(fs::exists(path + ".2"));
   CHECK_FALSE(fs::exists(path + ".3"));  // keep = 2
@@ -237,6 +241,7 @@ TEST_CASE("JSONL rotates by size and by day, keeping N files that parse back") {
   fs::remove(path + ".2");
   now += std::chrono::hours(24);  // a new day rotates even a small file
   rec.record(r);
+  rec.flush();
   CHECK(fs::exists(path + ".1"));
   simdjson::dom::parser p;
   for (const auto& f : {path, path + ".1"}) {
@@ -274,6 +279,92 @@ TEST_CASE("JSONL to a FIFO never rotates (a path that is not a regular file is n
   REQUIRE(::stat(path.c_str(), &st) == 0);
   CHECK(S_ISFIFO(st.st_mode));
   CHECK_FALSE(fs::exists(path + ".1"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("JSONL on a full disk: the hook hears of it, the lines are counted as dropped, requests succeed") {
+  SimFixture f;
+  std::mutex mu;
+  std::vector<std::string> errors;
+  auto hook = [&](std::string_view who, std::string_view m) {
+    std::lock_guard<std::mutex> lock(mu);
+    errors.push_back(std::string(who) + ": " + std::string(m));
+  };
+  auto jsonl = std::make_shared<JsonlRecorder>("/dev/full", JsonlOptions{}, hook);  // every write: ENOSPC
+  auto o = f.options();
+  o.recorders = {jsonl};
+  TaotokenClient client(o);
+  for (int i = 0; i < 5; ++i) CHECK(client.chat(SimFixture::ask("x")).ok());
+  jsonl->flush();
+  CHECK(jsonl->dropped() == 5);
+  std::lock_guard<std::mutex> lock(mu);
+  REQUIRE_FALSE(errors.empty());
+  CHECK_THAT(errors[0], Catch::Contains("jsonl: write to '/dev/full' failed") && Catch::Contains("space"));
+}
+
+TEST_CASE("JSONL on a stuck file: record() does not block; past the pending limit records are dropped and reported") {
+  const auto dir = temp_dir("jsonl-stuck");
+  const std::string path = (dir / "u.fifo").string();
+  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+  // A reader that opens the FIFO and reads nothing until told: the pipe
+  // fills and the writer thread's write(2) blocks, like a hung disk.
+  std::promise<void> go;
+  std::string got;
+  std::thread reader([&, ready = go.get_future()]() mutable {
+    std::ifstream in(path, std::ios::binary);
+    ready.wait();
+    got.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  std::atomic<int> reported{0};
+  std::size_t dropped = 0;
+  {
+    JsonlOptions opts;
+    opts.max_pending_bytes = 256 << 10;  // the pipe holds 64 KiB, then this
+    opts.full_queue_wait = std::chrono::milliseconds(1);
+    JsonlRecorder rec(path, opts, [&](std::string_view, std::string_view m) {
+      if (std::string_view(m).find("too far behind") != std::string_view::npos) ++reported;
+    });
+    RequestRecord r;
+    r.request_id = "req_stuck";
+    r.error_message = std::string(1000, 'e');  // ~1.6 KB a line
+    // ~1.6 MB: far more than the pipe and the pending limit hold. The loop
+    // can only end if record() never waits for the stuck write, which
+    // cannot return before the reader is told to read, after the loop.
+    for (int i = 0; i < 1000; ++i) rec.record(r);
+    dropped = rec.dropped();
+    CHECK(dropped > 0);
+    CHECK(dropped < 1000);
+    CHECK(reported == static_cast<int>(dropped));
+    go.set_value();  // the disk comes back: everything accepted is written
+  }
+  reader.join();
+  CHECK(static_cast<std::size_t>(std::count(got.begin(), got.end(), '\n')) == 1000 - dropped);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("JSONL destroyed while its writer is stuck: destruction returns after drain_timeout; the writer finishes later") {
+  const auto dir = temp_dir("jsonl-stuck-exit");
+  const std::string path = (dir / "u.fifo").string();
+  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+  std::promise<void> go;
+  std::string got;
+  std::thread reader([&, ready = go.get_future()]() mutable {
+    std::ifstream in(path, std::ios::binary);
+    ready.wait();
+    got.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  {
+    JsonlOptions opts;
+    opts.drain_timeout = std::chrono::milliseconds(100);
+    JsonlRecorder rec(path, opts);
+    RequestRecord r;
+    r.request_id = "req_late";
+    r.error_message = std::string(1000, 'e');
+    for (int i = 0; i < 100; ++i) rec.record(r);  // ~160 KB: more than the pipe holds
+  }  // returns although the write cannot finish yet (the test would hang otherwise)
+  go.set_value();
+  reader.join();  // EOF: the left-behind writer wrote everything and closed the file
+  CHECK(std::count(got.begin(), got.end(), '\n') == 100);
   fs::remove_all(dir);
 }
 
@@ -341,12 +432,14 @@ TEST_CASE("the API key never reaches a record or a usage file") {
   Recorded rec;
   const auto dir = temp_dir("jsonl-key");
   auto o = rec.options(f, true);
-  o.recorders.push_back(std::make_shared<JsonlRecorder>((dir / "u.jsonl").string()));
+  auto jsonl = std::make_shared<JsonlRecorder>((dir / "u.jsonl").string());
+  o.recorders.push_back(jsonl);
   o.record_request_summary = true;
   o.record_message_text = true;
   TaotokenClient client(o);
   f.calls_with_key_echo(client);
   for (const auto& r : rec.memory->recent(10)) CHECK(r.to_json().find("sk-test-secret-key-123") == std::string::npos);
+  jsonl->flush();  // the writer thread has written every line
   std::ifstream in(dir / "u.jsonl");
   std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK(all.find("sk-test-secret-key-123") == std::string::npos);
