@@ -186,38 +186,42 @@ class PostgresRecorder::Impl {
   // One row of COPY's text format: values separated by tabs, NULL as \N,
   // backslash, tab, newline and carriage return escaped. Text stops at a
   // NUL byte (PostgreSQL text cannot hold one; a parameter would stop there
-  // too).
+  // too). Doubles in their shortest round-trip form (nan and inf as
+  // PostgreSQL reads them).
   static void append_copy_row(std::string& out, const detail::RecordColumns& cols) {
+    // The row's worst case (every text byte escaped, numbers at their
+    // widest) is made room for once, then written through a pointer.
+    std::size_t room = cols.size() * 32 + 1;
+    for (const detail::SqlValue& v : cols)
+      if (v.type == detail::SqlValue::text) room += 2 * v.s.size();
+    const std::size_t old = out.size();
+    out.resize(old + room);
+    char* p = &out[old];
     bool first = true;
     for (const detail::SqlValue& v : cols) {
-      if (!first) out.push_back('\t');
+      if (!first) *p++ = '\t';
       first = false;
       switch (v.type) {
-        case detail::SqlValue::null: out.append("\\N", 2); break;
-        case detail::SqlValue::integer: {
-          char buf[24];
-          auto r = std::to_chars(buf, buf + sizeof buf, v.i);
-          out.append(buf, r.ptr);
-          break;
-        }
-        case detail::SqlValue::real: fmt::format_to(std::back_inserter(out), "{}", v.d); break;
+        case detail::SqlValue::null: *p++ = '\\'; *p++ = 'N'; break;
+        case detail::SqlValue::integer: p = std::to_chars(p, p + 24, v.i).ptr; break;
+        case detail::SqlValue::real: p = std::to_chars(p, p + 32, v.d).ptr; break;
         case detail::SqlValue::text: {
-          std::string_view t = v.s.substr(0, v.s.find('\0'));
-          while (!t.empty()) {
-            std::size_t run = 0;
-            while (run < t.size() && t[run] != '\\' && t[run] != '\t' && t[run] != '\n' && t[run] != '\r') ++run;
-            out.append(t.data(), run);
-            if (run == t.size()) break;
-            const char c = t[run];
-            out.push_back('\\');
-            out.push_back(c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : 'r');
-            t.remove_prefix(run + 1);
+          const std::string_view t = v.s.substr(0, v.s.find('\0'));
+          for (char c : t) {
+            switch (c) {
+              case '\\': *p++ = '\\'; *p++ = '\\'; break;
+              case '\t': *p++ = '\\'; *p++ = 't'; break;
+              case '\n': *p++ = '\\'; *p++ = 'n'; break;
+              case '\r': *p++ = '\\'; *p++ = 'r'; break;
+              default: *p++ = c;
+            }
           }
           break;
         }
       }
     }
-    out.push_back('\n');
+    *p++ = '\n';
+    out.resize(static_cast<std::size_t>(p - out.data()));
   }
 
   // COPY the rows in `data`; true when the server took them all.

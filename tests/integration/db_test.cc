@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
@@ -269,12 +271,22 @@ TEST_CASE("PostgreSQL: text with tabs, newlines, backslashes and COPY's markers 
       r.prompt_tokens = static_cast<std::int64_t>(i);
       rec.record(r);
     }
+    RequestRecord odd;  // doubles PostgreSQL must read back as they were
+    odd.request_id = "odd";
+    odd.estimated_cost = std::numeric_limits<double>::infinity();
+    odd.upstream_cost = std::numeric_limits<double>::quiet_NaN();
+    rec.record(odd);
   }
   CHECK(errors.seen.empty());
   auto back = PostgresRecorder::recent(pg_conninfo(), 100);
   REQUIRE(back.ok());
-  REQUIRE(back->size() == texts.size());
+  REQUIRE(back->size() == texts.size() + 1);
   for (const auto& x : *back) {
+    if (x.request_id == "odd") {
+      CHECK((x.estimated_cost && std::isinf(*x.estimated_cost) && *x.estimated_cost > 0));
+      CHECK((x.upstream_cost && std::isnan(*x.upstream_cost)));
+      continue;
+    }
     const std::size_t i = std::stoul(x.request_id.substr(4));
     REQUIRE(i < texts.size());
     CHECK(x.error_message == texts[i]);
