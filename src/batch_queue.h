@@ -6,14 +6,16 @@
 // written (the database went away) stays queued and is retried with
 // backoff, so nothing is lost while the queue has room. A full queue makes
 // record() wait briefly, then drop the record, count it and report it.
-// Destruction drains the queue (bounded by drain_timeout).
+// Destruction writes everything queued (a slow database is waited for);
+// with the database unreachable it stops after drain_timeout or two failed
+// attempts and reports what was lost.
 //
 // No allocation per record: records are copied into recycled slots (a
 // slot's strings and vectors keep their capacity), and the writer takes
 // everything queued at once by swapping the producers' slot vector with
-// its own. Memory is only ever allocated and freed by the thread that owns
-// it, so the request path never frees what the worker allocated or the
-// other way round.
+// its own. So in the steady state no memory is allocated on one thread and
+// freed on the other; only an oversized buffer (shed) or a slot vector
+// grown by a backlog (trim) is freed by the writer.
 
 #include <algorithm>
 #include <chrono>
@@ -86,6 +88,7 @@ class BatchQueue {
     if (incoming_n_ < incoming_.size()) incoming_[incoming_n_] = r;
     else incoming_.push_back(r);
     ++incoming_n_;
+    ++accepted_;
     // Wake the writer when there is something to start on or a full batch;
     // in between it is lingering for the batch to fill anyway.
     if (incoming_n_ == 1 || incoming_n_ == opts_.batch_size) cv_.notify_all();
@@ -96,7 +99,9 @@ class BatchQueue {
   // hold a shutdown for the whole timeout); true when the queue was drained.
   bool flush(std::chrono::milliseconds timeout) {
     std::unique_lock<std::mutex> lock(mu_);
-    const std::uint64_t target = written_ + dropped_ + queued_locked();
+    // Everything accepted so far must be written (or lost at a stop);
+    // records refused by a full queue were never accepted.
+    const std::uint64_t target = accepted_;
     const std::uint64_t failures_before = failures_;
     ++flushing_;
     cv_.notify_all();
@@ -105,8 +110,8 @@ class BatchQueue {
       ~Done() { --q->flushing_; }
     } done{this};
     return done_cv_.wait_for(lock, timeout, [&] {
-      return written_ + dropped_ >= target || failures_ >= failures_before + 2;
-    }) && written_ + dropped_ >= target;
+      return finished_locked() >= target || failures_ >= failures_before + 2;
+    }) && finished_locked() >= target;
   }
 
   std::size_t dropped() const {
@@ -121,6 +126,8 @@ class BatchQueue {
  private:
   // Records accepted and not yet written or dropped.
   std::size_t queued_locked() const { return incoming_n_ + (work_n_ - work_pos_); }
+  // Accepted records that are done with: written, or lost at a stop.
+  std::uint64_t finished_locked() const { return written_ + lost_; }
 
   void report(const std::string& message) {
     if (!on_error_) return;
@@ -174,6 +181,9 @@ class BatchQueue {
         err = writer_(batch);
       } catch (const std::exception& e) {
         err = e.what();
+        if (err.empty()) err = "the writer failed";
+      } catch (...) {
+        err = "the writer failed";
       }
       if (err.empty())
         for (std::size_t i = 0; i < n; ++i) shed(work_[work_pos_ + i]);
@@ -196,6 +206,7 @@ class BatchQueue {
       if (stopping_) {
         const std::size_t lost = queued_locked();
         dropped_ += lost;
+        lost_ += lost;
         work_pos_ = work_n_;
         incoming_n_ = 0;
         if (lost > 0) {
@@ -222,8 +233,10 @@ class BatchQueue {
   // owns them).
   std::vector<RequestRecord> incoming_, work_;
   std::size_t incoming_n_ = 0, work_n_ = 0, work_pos_ = 0;
+  std::uint64_t accepted_ = 0;  // records taken by push()
   std::uint64_t written_ = 0;
-  std::size_t dropped_ = 0;
+  std::uint64_t lost_ = 0;      // accepted, then lost at a stop with the database away
+  std::size_t dropped_ = 0;     // lost_ plus the records a full queue refused
   std::uint64_t failures_ = 0;
   int flushing_ = 0;  // flush() callers waiting: the writer does not linger
   bool stopping_ = false;

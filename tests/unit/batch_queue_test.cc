@@ -5,7 +5,9 @@
 #include <catch2/catch.hpp>
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -162,4 +164,60 @@ TEST_CASE("batch queue: slots do not keep a large request summary or error messa
   REQUIRE(caps.size() == 5);
   CHECK(caps[0] >= (2u << 20));
   for (std::size_t i = 1; i < caps.size(); ++i) CHECK(caps[i] < 4096);
+}
+
+TEST_CASE("batch queue: flush() is not satisfied by records a full queue refused") {
+  // The writer is held until released, so nothing can be written.
+  std::mutex gate;
+  gate.lock();
+  std::atomic<int> written{0};
+  detail::BatchQueue q(
+      "t", fast(4, 4),
+      [&](detail::RecordSpan b) {
+        std::lock_guard<std::mutex> hold(gate);
+        written += static_cast<int>(b.size());
+        return std::string();
+      },
+      [](std::string_view, std::string_view) {});
+  for (int i = 0; i < 4; ++i) q.push(numbered(i));  // accepted; the writer is stuck on them
+  // A flush waits for those 4; meanwhile 4 more are refused (the queue is
+  // full). The refusals must not count as progress.
+  auto flushed = std::async(std::launch::async, [&] { return q.flush(300ms); });
+  for (int i = 4; i < 8; ++i) q.push(numbered(i));
+  CHECK(q.dropped() == 4);
+  CHECK_FALSE(flushed.get());  // nothing was written
+  gate.unlock();
+  CHECK(q.flush(10s));
+  CHECK(written == 4);
+}
+
+TEST_CASE("batch queue: a writer that throws (anything, or an empty message) has its batch retried, not counted") {
+  std::atomic<int> calls{0};
+  std::vector<std::string> ids;
+  std::vector<std::string> errors;
+  std::mutex mu;
+  {
+    detail::BatchQueue q(
+        "t", fast(100, 10),
+        [&](detail::RecordSpan b) -> std::string {
+          const int c = calls++;
+          if (c == 0) throw std::runtime_error("");
+          if (c == 1) throw 42;
+          std::lock_guard<std::mutex> lock(mu);
+          for (const auto& r : b) ids.push_back(r.request_id);
+          return {};
+        },
+        [&](std::string_view, std::string_view m) {
+          std::lock_guard<std::mutex> lock(mu);
+          errors.emplace_back(m);
+        });
+    for (int i = 0; i < 3; ++i) q.push(numbered(i));
+    while (!q.flush(10s)) {
+    }
+  }
+  REQUIRE(ids.size() == 3);
+  CHECK(ids[0] == "req_0");
+  REQUIRE(errors.size() == 2);
+  CHECK(errors[0] == "the writer failed");
+  CHECK(errors[1] == "the writer failed");
 }
