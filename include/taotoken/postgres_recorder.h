@@ -14,8 +14,11 @@
 
 TAOTOKEN_BEGIN_NAMESPACE
 
-/// Writes records to PostgreSQL (libpq) from a worker thread, one
-/// multi-row INSERT per batch. The schema (same columns as SQLite) is
+/// Writes records to PostgreSQL (libpq) from a worker thread, one `COPY`
+/// per batch. A record the server refuses as data (SQLSTATE class 22 or 23)
+/// is dropped, counted in `dropped()` and reported; the rest of its batch
+/// lands; any other failure keeps the whole batch queued for a retry, so no
+/// row is lost or written twice. The schema (same columns as SQLite) is
 /// created and migrated under an advisory lock, so many processes may start
 /// against one database at once. When the server goes away, records stay
 /// in the bounded queue and the recorder reconnects with backoff (100 ms

@@ -4,6 +4,11 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <utility>
+#include <vector>
 #include <charconv>
 #include <cstdio>
 #include <iterator>
@@ -62,11 +67,12 @@ ALTER TABLE taotoken_requests ADD COLUMN IF NOT EXISTS request_summary TEXT;
 
 std::string connect(const std::string& conninfo, Conn& conn) {
   // Defaults first, the caller's conninfo after (it overrides them): a
-  // server that silently drops packets must not hang the worker.
-  // Records are UTF-8 whatever the server's default client encoding.
-  const char* keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "tcp_user_timeout", "client_encoding",
-                        "dbname", nullptr};
-  const char* values[] = {"5", "1", "30", "30000", "UTF8", conninfo.c_str(), nullptr};
+  // server that silently drops packets must not hang the worker. Then
+  // client_encoding, which the conninfo cannot override: records are UTF-8
+  // and the COPY text is escaped byte by byte, right only for UTF-8.
+  const char* keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "tcp_user_timeout", "dbname",
+                        "client_encoding", nullptr};
+  const char* values[] = {"5", "1", "30", "30000", conninfo.c_str(), "UTF8", nullptr};
   conn.reset(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
   if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
     auto e = fmt::format("cannot connect to PostgreSQL: {}", conn_error(conn.get()));
@@ -144,43 +150,82 @@ class PostgresRecorder::Impl {
                [this](detail::RecordSpan batch) { return write(batch); }, on_error_) {}
 
   detail::BatchQueue& queue() { return queue_; }
+  // Records the server refused as data (dropped and reported).
+  std::size_t refused() const { return refused_.load(); }
   std::chrono::milliseconds drain_timeout() const { return drain_timeout_; }
 
  private:
-  // A batch goes in with one COPY (text format): one buffer, no statement
-  // to parse, and far less server work a row than a many-row INSERT. If
-  // the server refuses the data (one bad record: invalid UTF-8, say), the
-  // rows are inserted one by one instead, and only the bad ones are
-  // dropped and reported.
+  // A batch goes in with one COPY (text format, sent in slices): no
+  // statement to parse, and far less server work a row than a many-row
+  // INSERT. If the server refuses the data (a bad record: invalid UTF-8,
+  // say), the rows go in one by one inside one transaction, a savepoint
+  // each: the rows it refuses as data are dropped, counted and reported,
+  // the rest commit together. Any other failure (the connection, a lock
+  // timeout, a missing table, a read-only server) rolls back and the whole
+  // batch is retried later, so nothing is lost or written twice.
   std::string write(detail::RecordSpan batch) {
     if (!conn_ || PQstatus(conn_.get()) != CONNECTION_OK) {
       if (auto e = connect(conninfo_, conn_); !e.empty()) return e;
     }
-    copy_.clear();
-    for (const auto& rec : batch) {
-      detail::record_columns(rec, scratch_, columns_);
-      append_copy_row(copy_, columns_);
-    }
-    if (copy_in(copy_)) return {};
+    std::string state;
+    if (copy_in(batch, state)) return {};
     const std::string err = "insert failed: " + conn_error(conn_.get());
     if (PQstatus(conn_.get()) != CONNECTION_OK) {
       conn_.reset();
       return err;  // the server went away: keep the batch, retry later
     }
-    std::size_t refused = 0;
-    for (const auto& rec : batch) {
-      if (insert_one(rec)) continue;
-      if (PQstatus(conn_.get()) != CONNECTION_OK) {
-        conn_.reset();
-        return err;
+    if (!is_data_error(state)) return err;  // not the records' fault: retry later
+    return insert_one_by_one(batch, err);
+  }
+
+  // SQLSTATE classes 22 (data exception) and 23 (integrity constraint):
+  // the server refuses the data itself, which retrying will not change.
+  static bool is_data_error(const std::string& sqlstate) {
+    return sqlstate.size() == 5 && sqlstate[0] == '2' && (sqlstate[1] == '2' || sqlstate[1] == '3');
+  }
+
+  static std::string sqlstate_of(const PGresult* r) {
+    const char* s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+    return s ? s : "";
+  }
+
+  std::string insert_one_by_one(detail::RecordSpan batch, const std::string& copy_err) {
+    auto fail = [&](std::string e) {
+      if (PQstatus(conn_.get()) != CONNECTION_OK) conn_.reset();
+      else exec(conn_.get(), "ROLLBACK");
+      return e;
+    };
+    if (auto e = exec(conn_.get(), "BEGIN"); !e.empty()) return fail("insert failed: " + e);
+    refused_rows_.clear();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (auto e = exec(conn_.get(), "SAVEPOINT taotoken_row"); !e.empty()) return fail("insert failed: " + e);
+      std::string state;
+      if (insert_one(batch[i], state)) {
+        if (auto e = exec(conn_.get(), "RELEASE SAVEPOINT taotoken_row"); !e.empty())
+          return fail("insert failed: " + e);
+        continue;
       }
-      ++refused;
-      on_error_("postgres", fmt::format("record {} dropped: {}", rec.request_id, conn_error(conn_.get())));
+      const std::string why = conn_error(conn_.get());
+      if (PQstatus(conn_.get()) != CONNECTION_OK || !is_data_error(state)) return fail("insert failed: " + why);
+      if (auto e = exec(conn_.get(), "ROLLBACK TO SAVEPOINT taotoken_row"); !e.empty())
+        return fail("insert failed: " + e);
+      refused_rows_.emplace_back(i, why);
     }
+    if (auto e = exec(conn_.get(), "COMMIT"); !e.empty()) return fail("insert failed: " + e);
+    // Committed: only now are the refused rows really dropped.
+    refused_ += refused_rows_.size();
+    for (const auto& [i, why] : refused_rows_) report(fmt::format("record {} dropped: {}", batch[i].request_id, why));
     // Every row went in on its own: the COPY text itself was wrong (a bug
     // here, not bad data). Nothing is lost, but say so.
-    if (refused == 0) on_error_("postgres", "COPY refused a batch that inserted row by row: " + err);
+    if (refused_rows_.empty()) report("COPY refused a batch that inserted row by row: " + copy_err);
     return {};
+  }
+
+  void report(const std::string& message) {
+    try {
+      on_error_("postgres", message);
+    } catch (...) {
+    }
   }
 
   // One row of COPY's text format: values separated by tabs, NULL as \N,
@@ -224,24 +269,49 @@ class PostgresRecorder::Impl {
     out.resize(static_cast<std::size_t>(p - out.data()));
   }
 
-  // COPY the rows in `data`; true when the server took them all.
-  bool copy_in(const std::string& data) {
+  // COPY the batch's rows, sent in slices of about 1 MiB (one CopyData
+  // message must stay well under the server's 1 GB limit, and the buffer
+  // stays small); true when the server took them all. `sqlstate` tells why
+  // not.
+  bool copy_in(detail::RecordSpan batch, std::string& sqlstate) {
+    constexpr std::size_t kSlice = std::size_t{1} << 20;
     if (copy_sql_.empty()) copy_sql_ = "COPY taotoken_requests (" + detail::insert_column_list() + ") FROM STDIN";
     PgResult start(PQexec(conn_.get(), copy_sql_.c_str()));
-    if (!start || PQresultStatus(start.get()) != PGRES_COPY_IN) return false;
-    const bool sent = PQputCopyData(conn_.get(), data.data(), static_cast<int>(data.size())) == 1;
+    if (!start || PQresultStatus(start.get()) != PGRES_COPY_IN) {
+      sqlstate = sqlstate_of(start.get());
+      return false;
+    }
+    bool sent = true;
+    auto send = [&] {
+      // A single row over INT_MAX bytes cannot be sent as one message.
+      if (copy_.size() > static_cast<std::size_t>(INT32_MAX)) sent = false;
+      else if (!copy_.empty()) sent = PQputCopyData(conn_.get(), copy_.data(), static_cast<int>(copy_.size())) == 1;
+      copy_.clear();
+    };
+    copy_.clear();
+    for (std::size_t i = 0; sent && i < batch.size(); ++i) {
+      detail::record_columns(batch[i], scratch_, columns_);
+      append_copy_row(copy_, columns_);
+      if (copy_.size() >= kSlice) send();
+    }
+    if (sent) send();
+    if (copy_.capacity() > 4 * kSlice) std::string().swap(copy_);
     // Ending the COPY with an error message makes the server discard it.
     if (PQputCopyEnd(conn_.get(), sent ? nullptr : "taotoken: sending the rows failed") != 1) return false;
     bool ok = sent;
     while (PGresult* raw = PQgetResult(conn_.get())) {
       PgResult r(raw);
-      if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) ok = false;
+      if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
+        ok = false;
+        if (sqlstate.empty()) sqlstate = sqlstate_of(r.get());
+      }
     }
     return ok;
   }
 
-  // One record with a one-row INSERT; true when the server took it.
-  bool insert_one(const RequestRecord& rec) {
+  // One record with a one-row INSERT; true when the server took it, else
+  // `sqlstate` says why.
+  bool insert_one(const RequestRecord& rec, std::string& sqlstate) {
     detail::record_columns(rec, scratch_, columns_);
     // Every value as text into one buffer (NUL-terminated), then pointers
     // into it.
@@ -269,7 +339,9 @@ class PostgresRecorder::Impl {
     // Column types are inferred from the table; text parameters convert.
     PgResult r(PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(columns_.size()), nullptr, params, nullptr,
                             nullptr, 0));
-    return r && PQresultStatus(r.get()) == PGRES_COMMAND_OK;
+    if (r && PQresultStatus(r.get()) == PGRES_COMMAND_OK) return true;
+    sqlstate = sqlstate_of(r.get());
+    return false;
   }
 
   // The INSERT of `rows` rows ($1..$n) in `sql`, rebuilt only when the
@@ -302,10 +374,12 @@ class PostgresRecorder::Impl {
   std::string conninfo_;
   RecorderErrorHook on_error_;
   std::chrono::milliseconds drain_timeout_;
+  std::atomic<std::size_t> refused_{0};
   Conn conn_;
   // Worker only:
   Sql one_sql_;
   std::string copy_sql_, copy_;
+  std::vector<std::pair<std::size_t, std::string>> refused_rows_;  // of the batch being written
   detail::RecordScratch scratch_;
   detail::RecordColumns columns_;
   std::string arena_;
@@ -317,7 +391,7 @@ PostgresRecorder::PostgresRecorder(std::string conninfo, DatabaseRecorderOptions
 PostgresRecorder::~PostgresRecorder() = default;
 void PostgresRecorder::record(const RequestRecord& record) { impl_->queue().push(record); }
 void PostgresRecorder::flush() { impl_->queue().flush(impl_->drain_timeout()); }
-std::size_t PostgresRecorder::dropped() const { return impl_->queue().dropped(); }
+std::size_t PostgresRecorder::dropped() const { return impl_->queue().dropped() + impl_->refused(); }
 
 Result<std::vector<RequestRecord>> PostgresRecorder::recent(const std::string& conninfo, std::size_t limit) {
   return select_records(conninfo, "", {std::to_string(limit)}, "ORDER BY id DESC LIMIT $1");

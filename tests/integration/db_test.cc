@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <libpq-fe.h>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "sim_fixture.h"
@@ -319,6 +320,91 @@ TEST_CASE("PostgreSQL: a record the server refuses is dropped and reported; the 
   CHECK(pg("SELECT count(*) FROM taotoken_requests WHERE request_id = 'req_4'") == "0");
   REQUIRE(errors.seen.size() == 1);
   CHECK_THAT(errors.seen[0], Catch::Contains("record req_4 dropped"));
+}
+
+TEST_CASE("PostgreSQL: a lock timeout is not the records' fault: the batch waits and lands whole, nothing dropped") {
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  PostgresRecorder rec(pg_conninfo() + " options='-c lock_timeout=50'", dbo);
+  RequestRecord r;
+  r.request_id = "first";
+  rec.record(r);
+  rec.flush();  // the table exists now
+  // Another session holds the table; the recorder's COPY times out.
+  PGconn* holder = PQconnectdb(pg_conninfo().c_str());
+  REQUIRE(PQstatus(holder) == CONNECTION_OK);
+  PQclear(PQexec(holder, "BEGIN"));
+  PGresult* locked = PQexec(holder, "LOCK TABLE taotoken_requests IN ACCESS EXCLUSIVE MODE");
+  REQUIRE(PQresultStatus(locked) == PGRES_COMMAND_OK);
+  PQclear(locked);
+  for (int i = 0; i < 10; ++i) {
+    r.request_id = "req_" + std::to_string(i);
+    rec.record(r);
+  }
+  // Wait (bounded) until the recorder has hit the lock at least once.
+  for (int i = 0; i < 200; ++i) {
+    {
+      std::lock_guard<std::mutex> g(errors.mu);
+      if (!errors.seen.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  PQclear(PQexec(holder, "COMMIT"));
+  PQfinish(holder);
+  rec.flush();
+  CHECK(rec.dropped() == 0);
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "11");
+  CHECK(pg("SELECT count(DISTINCT request_id) FROM taotoken_requests") == "11");
+  std::lock_guard<std::mutex> g(errors.mu);
+  REQUIRE_FALSE(errors.seen.empty());
+  for (const auto& e : errors.seen) {
+    CHECK_THAT(e, Catch::Contains("lock timeout"));
+    CHECK_THAT(e, !Catch::Contains("dropped"));
+  }
+}
+
+TEST_CASE("PostgreSQL: the connection lost while bad rows are sorted out: the batch is retried whole, no row twice") {
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  PostgresRecorder rec(pg_conninfo(), dbo);
+  RequestRecord r;
+  r.request_id = "first";
+  rec.record(r);
+  rec.flush();  // the table exists now
+  // Every row insert takes a while, so the row-by-row pass can be caught
+  // in the middle.
+  pg("CREATE OR REPLACE FUNCTION taotoken_test_slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.02); "
+     "RETURN NEW; END $$ LANGUAGE plpgsql; "
+     "CREATE TRIGGER taotoken_test_slow BEFORE INSERT ON taotoken_requests FOR EACH ROW EXECUTE FUNCTION "
+     "taotoken_test_slow();");
+  for (int i = 0; i < 20; ++i) {
+    r.request_id = "req_" + std::to_string(i);
+    r.error_message = i == 10 ? "bad \xff byte" : "";  // refused: the batch goes row by row
+    rec.record(r);
+  }
+  // Cut the recorder's connection once it is inserting row by row, a few
+  // rows in (each takes 20 ms: after 100 ms about five are in).
+  const std::string inserting =
+      "FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'INSERT INTO taotoken_requests%' AND pid <> "
+      "pg_backend_pid()";
+  bool seen = false;
+  for (int i = 0; i < 1000 && !seen; ++i) {
+    seen = !pg("SELECT pid " + inserting).empty();
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  REQUIRE(seen);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(pg("SELECT pg_terminate_backend(pid) " + inserting).empty());
+  rec.flush();
+  rec.flush();  // a flush gives up after two failures; the retry after a reconnect may need a second
+  pg("DROP TRIGGER taotoken_test_slow ON taotoken_requests; DROP FUNCTION taotoken_test_slow();");
+  CHECK(pg("SELECT count(*) FROM taotoken_requests") == "20");  // "first" + 19 good rows
+  CHECK(pg("SELECT count(DISTINCT request_id) FROM taotoken_requests") == "20");
+  CHECK(rec.dropped() == 1);
 }
 
 TEST_CASE("a record with invalid UTF-8 cannot poison the PostgreSQL queue") {
