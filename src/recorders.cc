@@ -80,9 +80,11 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("cannot open usage log '{}': {}", path_, std::strerror(errno)));
     struct stat st {};
-    // Rotating renames the path: never a device or a FIFO (as root that
-    // would replace /dev/null with a regular file).
+    // Rotating renames the path: only a regular file's. Never a device, a
+    // FIFO (as root that would replace /dev/null with a regular file) or a
+    // symbolic link (/dev/stdout is one; the link itself would be renamed).
     if (::fstat(fd_, &st) == 0 && !S_ISREG(st.st_mode)) rotates_ = false;
+    if (::lstat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) rotates_ = false;
     if (rotates_ && ::stat(path_.c_str(), &st) == 0) {
       size_ = static_cast<std::size_t>(st.st_size);
       // A file left from an earlier day rotates at the first record.

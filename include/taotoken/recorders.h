@@ -75,8 +75,9 @@ struct JsonlOptions {
 };
 
 /// Appends one JSON object per line to a file, rotating by size and by day.
-/// Only a regular file rotates: a FIFO, a device (`/dev/stdout`) or any
-/// other non-regular path is written to and never renamed.
+/// Only a regular file rotates: a FIFO, a device, a symbolic link
+/// (`/dev/stdout` is one) or any other non-regular path is written to and
+/// never renamed.
 ///
 /// `record()` formats the line on the calling thread and appends it to a
 /// buffer; a writer thread hands the buffer to the OS (`write(2)`) once it

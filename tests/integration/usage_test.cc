@@ -368,6 +368,27 @@ TEST_CASE("JSONL destroyed while its writer is stuck: destruction returns after 
   fs::remove_all(dir);
 }
 
+TEST_CASE("JSONL through a symbolic link never rotates (the link is not renamed)") {
+  const auto dir = temp_dir("jsonl-link");
+  const std::string target = (dir / "real.jsonl").string();
+  const std::string link = (dir / "u.jsonl").string();
+  REQUIRE(::symlink(target.c_str(), link.c_str()) == 0);
+  {
+    JsonlOptions opts;
+    opts.max_bytes = 1000;  // far less than what is written
+    JsonlRecorder rec(link, opts);
+    RequestRecord r;
+    r.request_id = "req_link";
+    for (int i = 0; i < 10; ++i) rec.record(r);
+  }
+  CHECK(fs::is_symlink(link));
+  CHECK_FALSE(fs::exists(link + ".1"));
+  std::ifstream in(target);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(std::count(all.begin(), all.end(), '\n') == 10);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("an unwritable JSONL path is a clear error at construction") {
   CHECK_THROWS_AS(JsonlRecorder("/nonexistent-dir/x/usage.jsonl"), Error);
 }
