@@ -46,6 +46,42 @@ fs::path temp_dir(const std::string& name) {
   return d;
 }
 
+// A FIFO whose reader opens it and reads nothing until release(): the pipe
+// fills and the recorder's write(2) blocks, like a hung disk. Everything
+// read (up to EOF, after release()) is in lines_read().
+class StuckFifo {
+ public:
+  explicit StuckFifo(const fs::path& dir) : path_((dir / "u.fifo").string()) {
+    REQUIRE(::mkfifo(path_.c_str(), 0600) == 0);
+    reader_ = std::thread([this, ready = go_.get_future()]() mutable {
+      std::ifstream in(path_, std::ios::binary);
+      ready.wait();
+      got_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    });
+  }
+  ~StuckFifo() {
+    if (!released_) go_.set_value();
+    if (reader_.joinable()) reader_.join();
+  }
+  const std::string& path() const { return path_; }
+  void release() {
+    released_ = true;
+    go_.set_value();
+  }
+  // Waits for EOF (the writer closed the file): the lines read.
+  std::size_t lines_read() {
+    reader_.join();
+    return static_cast<std::size_t>(std::count(got_.begin(), got_.end(), '\n'));
+  }
+
+ private:
+  std::string path_;
+  std::promise<void> go_;
+  bool released_ = false;
+  std::string got_;
+  std::thread reader_;
+};
+
 }  // namespace
 
 TEST_CASE("a successful chat is recorded once with its usage, cost and tags") {
@@ -304,24 +340,14 @@ TEST_CASE("JSONL on a full disk: the hook hears of it, the lines are counted as 
 
 TEST_CASE("JSONL on a stuck file: record() does not block; past the pending limit records are dropped and reported") {
   const auto dir = temp_dir("jsonl-stuck");
-  const std::string path = (dir / "u.fifo").string();
-  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
-  // A reader that opens the FIFO and reads nothing until told: the pipe
-  // fills and the writer thread's write(2) blocks, like a hung disk.
-  std::promise<void> go;
-  std::string got;
-  std::thread reader([&, ready = go.get_future()]() mutable {
-    std::ifstream in(path, std::ios::binary);
-    ready.wait();
-    got.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  });
+  StuckFifo fifo(dir);
   std::atomic<int> reported{0};
   std::size_t dropped = 0;
   {
     JsonlOptions opts;
     opts.max_pending_bytes = 256 << 10;  // the pipe holds 64 KiB, then this
     opts.full_queue_wait = std::chrono::milliseconds(1);
-    JsonlRecorder rec(path, opts, [&](std::string_view, std::string_view m) {
+    JsonlRecorder rec(fifo.path(), opts, [&](std::string_view, std::string_view m) {
       if (std::string_view(m).find("too far behind") != std::string_view::npos) ++reported;
     });
     RequestRecord r;
@@ -329,42 +355,32 @@ TEST_CASE("JSONL on a stuck file: record() does not block; past the pending limi
     r.error_message = std::string(1000, 'e');  // ~1.6 KB a line
     // ~1.6 MB: far more than the pipe and the pending limit hold. The loop
     // can only end if record() never waits for the stuck write, which
-    // cannot return before the reader is told to read, after the loop.
+    // cannot return before the reader is released, after the loop.
     for (int i = 0; i < 1000; ++i) rec.record(r);
     dropped = rec.dropped();
     CHECK(dropped > 0);
     CHECK(dropped < 1000);
     CHECK(reported == static_cast<int>(dropped));
-    go.set_value();  // the disk comes back: everything accepted is written
+    fifo.release();  // the disk comes back: everything accepted is written
   }
-  reader.join();
-  CHECK(static_cast<std::size_t>(std::count(got.begin(), got.end(), '\n')) == 1000 - dropped);
+  CHECK(fifo.lines_read() == 1000 - dropped);
   fs::remove_all(dir);
 }
 
 TEST_CASE("JSONL destroyed while its writer is stuck: destruction returns after drain_timeout; the writer finishes later") {
   const auto dir = temp_dir("jsonl-stuck-exit");
-  const std::string path = (dir / "u.fifo").string();
-  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
-  std::promise<void> go;
-  std::string got;
-  std::thread reader([&, ready = go.get_future()]() mutable {
-    std::ifstream in(path, std::ios::binary);
-    ready.wait();
-    got.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  });
+  StuckFifo fifo(dir);
   {
     JsonlOptions opts;
     opts.drain_timeout = std::chrono::milliseconds(100);
-    JsonlRecorder rec(path, opts);
+    JsonlRecorder rec(fifo.path(), opts);
     RequestRecord r;
     r.request_id = "req_late";
     r.error_message = std::string(1000, 'e');
     for (int i = 0; i < 100; ++i) rec.record(r);  // ~160 KB: more than the pipe holds
   }  // returns although the write cannot finish yet (the test would hang otherwise)
-  go.set_value();
-  reader.join();  // EOF: the left-behind writer wrote everything and closed the file
-  CHECK(std::count(got.begin(), got.end(), '\n') == 100);
+  fifo.release();
+  CHECK(fifo.lines_read() == 100);  // EOF: the left-behind writer wrote everything and closed the file
   fs::remove_all(dir);
 }
 
