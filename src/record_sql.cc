@@ -58,12 +58,6 @@ WindowClause window_clause(const UsageQuery& query, std::string (*marker)(int)) 
   return w;
 }
 
-UsageSummary summarize_records(const std::vector<RequestRecord>& records) {
-  SummaryBuilder b;
-  for (const auto& r : records) b.add(r);
-  return b.build();
-}
-
 RecorderErrorHook error_hook_or_stderr(RecorderErrorHook hook) {
   if (hook) return hook;
   return [](std::string_view who, std::string_view msg) {
@@ -130,26 +124,34 @@ void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumn
          r.request_summary ? SqlValue(*r.request_summary) : SqlValue()};
 }
 
-RequestRecord record_from_row(const SqlValues& v) {
-  auto s = [&](std::size_t i) { return i < v.size() && v[i] ? *v[i] : std::string(); };
-  RequestRecord r;
-  r.request_id = s(0);
-  r.upstream_request_id = s(1);
+RowReader::RowReader() : parser_(std::make_unique<simdjson::dom::parser>()) {}
+RowReader::~RowReader() = default;
+
+void RowReader::read(const SqlValues& v, RequestRecord& r) {
+  auto set = [&](std::string& to, std::size_t i) {
+    if (i < v.size() && v[i]) to.assign(*v[i]);
+    else to.clear();
+  };
+  set(r.request_id, 0);
+  set(r.upstream_request_id, 1);
   r.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(to_int(v[3]).value_or(0)));
-  r.endpoint = s(4);
-  r.requested_model = s(5);
-  r.model = s(6);
+  set(r.endpoint, 4);
+  set(r.requested_model, 5);
+  set(r.model, 6);
   if (v[7]) r.provider = *v[7];
-  r.streamed = s(8) == "1" || s(8) == "t" || s(8) == "true";
-  const std::string status = s(9);
+  else r.provider.reset();
+  const std::string_view streamed = v[8] ? std::string_view(*v[8]) : std::string_view();
+  r.streamed = streamed == "1" || streamed == "t" || streamed == "true";
+  const std::string_view status = v[9] ? std::string_view(*v[9]) : std::string_view();
   r.status = status == "success" ? RequestStatus::success
              : status == "cancelled" ? RequestStatus::cancelled
                                      : RequestStatus::error;
   r.http_status = static_cast<int>(to_int(v[10]).value_or(0));
-  if (v[11]) r.error_kind = kind_from(*v[11]);
-  r.error_message = s(12);
-  simdjson::dom::parser parser;
+  r.error_kind = v[11] ? kind_from(*v[11]) : std::nullopt;
+  set(r.error_message, 12);
+  simdjson::dom::parser& parser = *parser_;
   simdjson::dom::element el;
+  r.attempts.clear();
   if (v[14] && parser.parse(*v[14]).get(el) == simdjson::SUCCESS && el.is_array()) {
     for (simdjson::dom::element a : el.get_array()) {
       AttemptRecord at;
@@ -164,6 +166,7 @@ RequestRecord record_from_row(const SqlValues& v) {
   }
   r.latency = std::chrono::milliseconds(to_int(v[15]).value_or(0));
   if (auto t = to_int(v[16])) r.time_to_first_token = std::chrono::milliseconds(*t);
+  else r.time_to_first_token.reset();
   r.prompt_tokens = to_int(v[17]);
   r.completion_tokens = to_int(v[18]);
   r.total_tokens = to_int(v[19]);
@@ -171,12 +174,13 @@ RequestRecord record_from_row(const SqlValues& v) {
   r.reasoning_tokens = to_int(v[21]);
   r.estimated_cost = to_double(v[22]);
   r.upstream_cost = to_double(v[23]);
+  r.tags.clear();
   if (v[24] && parser.parse(*v[24]).get(el) == simdjson::SUCCESS && el.is_object())
     for (auto [k, val] : el.get_object()) {
       std::string_view sv;
       if (val.get(sv) == simdjson::SUCCESS) r.tags.emplace_back(std::string(k), std::string(sv));
     }
-  return r;
+  r.request_summary.reset();  // not read back (see kRecordColumns)
 }
 
 }  // namespace detail

@@ -6,12 +6,19 @@
 // and the way back from a row to a RequestRecord.
 
 #include <array>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "taotoken/usage.h"
+
+namespace simdjson {
+namespace dom {
+class parser;
+}  // namespace dom
+}  // namespace simdjson
 
 TAOTOKEN_BEGIN_NAMESPACE
 namespace detail {
@@ -59,8 +66,28 @@ void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumn
 // A row as text (NULL as nullopt), as read back.
 using SqlValues = std::vector<std::optional<std::string>>;
 
-// A row read with kRecordColumns (in that order) back into a record.
-RequestRecord record_from_row(const SqlValues& row);
+// Sets `slot` to `text` (NULL: nullptr) reusing its buffer.
+inline void set_value(std::optional<std::string>& slot, const char* text) {
+  if (!text) slot.reset();
+  else if (slot) slot->assign(text);
+  else slot.emplace(text);
+}
+
+// Reads rows (kRecordColumns, in that order) back into records, keeping
+// its JSON parser between rows. Every field of `out` is set, so one record
+// can be reused for every row.
+class RowReader {
+ public:
+  RowReader();
+  ~RowReader();
+  RowReader(const RowReader&) = delete;
+  RowReader& operator=(const RowReader&) = delete;
+  void read(const SqlValues& row, RequestRecord& out);
+
+ private:
+  std::unique_ptr<simdjson::dom::parser> parser_;
+};
+
 
 // WHERE clause (possibly empty) for a time window over started_ms, and its
 // arguments; `marker(n)` spells the n-th parameter ("?" or "$n").
@@ -70,8 +97,6 @@ struct WindowClause {
 };
 WindowClause window_clause(const UsageQuery& query, std::string (*marker)(int));
 
-// The summary of records read back from a database.
-UsageSummary summarize_records(const std::vector<RequestRecord>& records);
 
 // `hook`, or one that prints "taotoken: <recorder> recorder: <message>" on stderr.
 RecorderErrorHook error_hook_or_stderr(RecorderErrorHook hook);

@@ -110,8 +110,12 @@ std::string connect(const std::string& conninfo, Conn& conn) {
   return {};
 }
 
-Result<std::vector<RequestRecord>> select_records(const std::string& conninfo, const std::string& where,
-                                                  const std::vector<std::string>& args, const std::string& tail) {
+// Runs the SELECT and hands each row to `fn`, one at a time: libpq's
+// single-row mode, so a window of millions of rows is never held in memory
+// at once (neither by libpq nor here).
+template <typename Fn>
+std::optional<Error> for_each_row(const std::string& conninfo, const std::string& where,
+                                  const std::vector<std::string>& args, const std::string& tail, Fn&& fn) {
   Conn conn;
   if (auto e = connect(conninfo, conn); !e.empty()) return Error(ErrorKind::connection, e);
   std::string cols;
@@ -119,19 +123,26 @@ Result<std::vector<RequestRecord>> select_records(const std::string& conninfo, c
   const std::string sql = fmt::format("SELECT {} FROM taotoken_requests {} {}", cols, where, tail);
   std::vector<const char*> params;
   for (const auto& a : args) params.push_back(a.c_str());
-  PgResult r(PQexecParams(conn.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, params.data(), nullptr,
-                          nullptr, 0));
-  if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK)
+  if (!PQsendQueryParams(conn.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, params.data(), nullptr,
+                         nullptr, 0) ||
+      !PQsetSingleRowMode(conn.get()))
     return Error(ErrorKind::connection, "query failed: " + conn_error(conn.get()));
-  std::vector<RequestRecord> out;
   detail::SqlValues row(detail::kRecordColumns.size());
-  for (int i = 0; i < PQntuples(r.get()); ++i) {
-    for (int j = 0; j < static_cast<int>(row.size()); ++j)
-      row[static_cast<std::size_t>(j)] =
-          PQgetisnull(r.get(), i, j) ? std::nullopt : std::optional<std::string>(PQgetvalue(r.get(), i, j));
-    out.push_back(detail::record_from_row(row));
+  std::optional<Error> failed;
+  // Every result is read, also after a failure, so the connection ends clean.
+  while (PGresult* raw = PQgetResult(conn.get())) {
+    PgResult r(raw);
+    const auto st = PQresultStatus(r.get());
+    if (st == PGRES_SINGLE_TUPLE && !failed) {
+      for (int j = 0; j < static_cast<int>(row.size()); ++j)
+        detail::set_value(row[static_cast<std::size_t>(j)],
+                          PQgetisnull(r.get(), 0, j) ? nullptr : PQgetvalue(r.get(), 0, j));
+      fn(row);
+    } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && !failed) {
+      failed = Error(ErrorKind::connection, "query failed: " + conn_error(conn.get()));
+    }
   }
-  return out;
+  return failed;
 }
 
 }  // namespace
@@ -394,16 +405,27 @@ void PostgresRecorder::flush() { impl_->queue().flush(impl_->drain_timeout()); }
 std::size_t PostgresRecorder::dropped() const { return impl_->queue().dropped() + impl_->refused(); }
 
 Result<std::vector<RequestRecord>> PostgresRecorder::recent(const std::string& conninfo, std::size_t limit) {
-  return select_records(conninfo, "", {std::to_string(limit)}, "ORDER BY id DESC LIMIT $1");
+  std::vector<RequestRecord> out;
+  detail::RowReader reader;
+  auto err = for_each_row(conninfo, "", {std::to_string(limit)}, "ORDER BY id DESC LIMIT $1",
+                          [&](const detail::SqlValues& row) { reader.read(row, out.emplace_back()); });
+  if (err) return std::move(*err);
+  return out;
 }
 
 Result<UsageSummary> PostgresRecorder::summarize(const std::string& conninfo, const UsageQuery& query) {
   const auto window = detail::window_clause(query, [](int n) { return "$" + std::to_string(n); });
   std::vector<std::string> args;
   for (auto a : window.args) args.push_back(std::to_string(a));
-  auto rows = select_records(conninfo, window.where, args, "ORDER BY id");
-  if (!rows) return std::move(rows.error());
-  return detail::summarize_records(*rows);
+  detail::RowReader reader;
+  RequestRecord record;  // one, reused for every row
+  SummaryBuilder summary;
+  auto err = for_each_row(conninfo, window.where, args, "ORDER BY id", [&](const detail::SqlValues& row) {
+    reader.read(row, record);
+    summary.add(record);
+  });
+  if (err) return std::move(*err);
+  return summary.build();
 }
 
 TAOTOKEN_END_NAMESPACE

@@ -99,8 +99,11 @@ std::string open_db(const std::string& path, Db& db, bool create) {
   return {};
 }
 
-Result<std::vector<RequestRecord>> select_records(const std::string& path, const std::string& where,
-                                                  const std::vector<std::int64_t>& args, const char* tail) {
+// Runs the SELECT and hands each row to `fn`, one at a time (a window of
+// millions of rows is never held in memory at once).
+template <typename Fn>
+std::optional<Error> for_each_row(const std::string& path, const std::string& where,
+                                  const std::vector<std::int64_t>& args, const char* tail, Fn&& fn) {
   Db db;
   if (auto e = open_db(path, db, false); !e.empty()) return Error(ErrorKind::invalid_argument, e);
   std::string cols;
@@ -111,18 +114,16 @@ Result<std::vector<RequestRecord>> select_records(const std::string& path, const
     return Error(ErrorKind::invalid_argument, errmsg(db.get(), "query failed"));
   Stmt st(raw);
   for (std::size_t i = 0; i < args.size(); ++i) sqlite3_bind_int64(st.get(), static_cast<int>(i + 1), args[i]);
-  std::vector<RequestRecord> out;
   detail::SqlValues row(detail::kRecordColumns.size());
   int rc;
   while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
-    for (int i = 0; i < static_cast<int>(row.size()); ++i) {
-      const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st.get(), i));
-      row[static_cast<std::size_t>(i)] = text ? std::optional<std::string>(text) : std::nullopt;
-    }
-    out.push_back(detail::record_from_row(row));
+    for (int i = 0; i < static_cast<int>(row.size()); ++i)
+      detail::set_value(row[static_cast<std::size_t>(i)],
+                        reinterpret_cast<const char*>(sqlite3_column_text(st.get(), i)));
+    fn(row);
   }
   if (rc != SQLITE_DONE) return Error(ErrorKind::invalid_argument, errmsg(db.get(), "query failed"));
-  return out;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -237,14 +238,25 @@ std::size_t SqliteRecorder::dropped() const { return impl_->queue().dropped(); }
 int SqliteRecorder::schema_version() noexcept { return detail::kSchemaVersion; }
 
 Result<std::vector<RequestRecord>> SqliteRecorder::recent(const std::string& path, std::size_t limit) {
-  return select_records(path, "", {static_cast<std::int64_t>(limit)}, "ORDER BY id DESC LIMIT ?");
+  std::vector<RequestRecord> out;
+  detail::RowReader reader;
+  auto err = for_each_row(path, "", {static_cast<std::int64_t>(limit)}, "ORDER BY id DESC LIMIT ?",
+                          [&](const detail::SqlValues& row) { reader.read(row, out.emplace_back()); });
+  if (err) return std::move(*err);
+  return out;
 }
 
 Result<UsageSummary> SqliteRecorder::summarize(const std::string& path, const UsageQuery& query) {
   const auto window = detail::window_clause(query, [](int) { return std::string("?"); });
-  auto rows = select_records(path, window.where, window.args, "ORDER BY id");
-  if (!rows) return std::move(rows.error());
-  return detail::summarize_records(*rows);
+  detail::RowReader reader;
+  RequestRecord record;  // one, reused for every row
+  SummaryBuilder summary;
+  auto err = for_each_row(path, window.where, window.args, "ORDER BY id", [&](const detail::SqlValues& row) {
+    reader.read(row, record);
+    summary.add(record);
+  });
+  if (err) return std::move(*err);
+  return summary.build();
 }
 
 TAOTOKEN_END_NAMESPACE

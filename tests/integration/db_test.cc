@@ -167,6 +167,83 @@ TEST_CASE("records read back from SQLite match what was recorded") {
   fs::remove_all(dir);
 }
 
+TEST_CASE("summaries over 60,000 rows of SQLite and PostgreSQL, whole and windowed, row by row") {
+  // Rows made by SQL (fast), after one record through each recorder made
+  // the schema. The summary reads them one at a time (never all at once).
+  const auto dir = temp_dir("db-many");
+  const std::string file = (dir / "u.db").string();
+  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  {
+    RequestRecord first;
+    first.request_id = "first";
+    first.model = "m0";
+    first.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(1795000000000));
+    first.latency = std::chrono::milliseconds(0);
+    SqliteRecorder s(file);
+    PostgresRecorder p(pg_conninfo());
+    s.record(first);
+    p.record(first);
+  }
+  // Row x (1..60000): model m<x%3>, latency x%100 ms, started 1795000000000 + x ms,
+  // tags {"t":"a"} for even x.
+  const std::string select =
+      "'r' || x, '2026-11-27T00:00:00.000Z', 1795000000000 + x, 'm' || (x % 3), 'success', x % 100, 1, 2, 3, "
+      "CASE WHEN x % 2 = 0 THEN '{\"t\":\"a\"}' ELSE '{}' END";
+  const std::string cols =
+      "INSERT INTO taotoken_requests (request_id, started_at, started_ms, model, status, latency_ms, prompt_tokens, "
+      "completion_tokens, total_tokens, tags_json) ";
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
+    const std::string sql = cols + "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 60000) "
+                                   "SELECT " + select + " FROM c";
+    char* err = nullptr;
+    CHECK(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) == SQLITE_OK);
+    if (err) FAIL(err);
+    sqlite3_close(db);
+  }
+  pg(cols + "SELECT " + select + " FROM generate_series(1, 60000) AS x");
+  auto check = [](const UsageSummary& s) {
+    CHECK(s.total.requests == 60001);
+    CHECK(s.total.successes == 60001);
+    CHECK(s.total.prompt_tokens == 60000);
+    CHECK(s.total.total_tokens == 180000);
+    REQUIRE(s.by_model.count("m1") == 1);
+    CHECK(s.by_model.at("m0").requests == 20001);
+    CHECK(s.by_model.at("m1").requests == 20000);
+    CHECK(s.by_tag.at("t=a").requests == 30000);
+    // Latencies 0..99 ms, 600 of each (and one more 0): nearest rank.
+    CHECK(s.total.latency_p50 == std::chrono::milliseconds(49));
+    CHECK(s.total.latency_p99 == std::chrono::milliseconds(98));
+  };
+  auto whole_sqlite = SqliteRecorder::summarize(file);
+  REQUIRE(whole_sqlite.ok());
+  check(*whole_sqlite);
+  auto whole_pg = PostgresRecorder::summarize(pg_conninfo());
+  REQUIRE(whole_pg.ok());
+  check(*whole_pg);
+  // A window: rows 1001..2000 (started_ms in [..001, ..2001)).
+  UsageQuery q;
+  q.since = std::chrono::system_clock::time_point(std::chrono::milliseconds(1795000001001));
+  q.until = std::chrono::system_clock::time_point(std::chrono::milliseconds(1795000002001));
+  auto part_sqlite = SqliteRecorder::summarize(file, q);
+  auto part_pg = PostgresRecorder::summarize(pg_conninfo(), q);
+  REQUIRE(part_sqlite.ok());
+  REQUIRE(part_pg.ok());
+  CHECK(part_sqlite->total.requests == 1000);
+  CHECK(part_pg->total.requests == 1000);
+  CHECK(part_pg->to_json() == part_sqlite->to_json());
+  // The newest rows, newest first.
+  auto recent = PostgresRecorder::recent(pg_conninfo(), 3);
+  REQUIRE(recent.ok());
+  REQUIRE(recent->size() == 3);
+  CHECK(recent->at(0).request_id == "r60000");
+  CHECK(recent->at(2).request_id == "r59998");
+  CHECK(recent->at(1).tags.empty());
+  REQUIRE(recent->at(0).tags.size() == 1);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a SQLite file from schema version 1 is migrated") {
   const auto dir = temp_dir("db-migrate");
   const std::string file = (dir / "old.db").string();
