@@ -96,6 +96,8 @@ class JsonlRecorder final : public UsageRecorder {
   /// cannot be opened.
   explicit JsonlRecorder(std::string path, JsonlOptions options = {}, RecorderErrorHook on_error = {});
   ~JsonlRecorder() override;
+  JsonlRecorder(const JsonlRecorder&) = delete;
+  JsonlRecorder& operator=(const JsonlRecorder&) = delete;
   void record(const RequestRecord& record) override;
   void flush() override;
   /// Records lost: the pending buffer was full, or their write failed.
