@@ -36,7 +36,9 @@ struct DatabaseRecorderOptions {
 /// open; indexes on time and model. `record()` only enqueues; when the file
 /// cannot be opened or written (missing or read-only directory, disk full),
 /// the error goes to `on_error`, records stay queued and are retried with
-/// backoff. Thread-safe.
+/// backoff. A record SQLite refuses as data (a constraint, a value too big)
+/// is dropped, counted in `dropped()` and reported; the rest of its batch
+/// lands. Thread-safe.
 class SqliteRecorder final : public UsageRecorder {
  public:
   explicit SqliteRecorder(std::string path, DatabaseRecorderOptions options = {});

@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
+#include <atomic>
 #include <cstdio>
+#include <utility>
+#include <vector>
 #include <memory>
 
 #include "batch_queue.h"
@@ -140,6 +143,8 @@ class SqliteRecorder::Impl {
                [this](detail::RecordSpan batch) { return write(batch); }, on_error_) {}
 
   detail::BatchQueue& queue() { return queue_; }
+  // Records SQLite refused as data (dropped and reported).
+  std::size_t refused() const { return refused_.load(); }
   std::chrono::milliseconds drain_timeout() const { return drain_timeout_; }
 
  private:
@@ -149,6 +154,10 @@ class SqliteRecorder::Impl {
   static constexpr std::size_t kRowsPerInsert = 16;
 
   // Runs on the queue's worker thread only.
+  // A batch is one transaction of 16-row INSERTs. If SQLite refuses a row
+  // as data (a constraint, a value too big), the rows go in one at a time
+  // in one transaction: the refused ones are dropped, counted and reported,
+  // the rest commit. Any other failure keeps the batch for a retry.
   std::string write(detail::RecordSpan batch) {
     if (!db_) {
       if (auto e = open_db(path_, db_, true); !e.empty()) {
@@ -160,24 +169,64 @@ class SqliteRecorder::Impl {
     }
     if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
     std::size_t i = 0;
-    std::string err;
-    while (err.empty() && i < batch.size()) {
+    int rc = SQLITE_OK;
+    while (rc == SQLITE_OK && i < batch.size()) {
       const bool many = batch.size() - i >= kRowsPerInsert;
       sqlite3_stmt* st = many ? insert_many_.get() : insert_one_.get();
       const std::size_t rows = many ? kRowsPerInsert : 1;
       sqlite3_reset(st);
-      for (std::size_t row = 0; row < rows; ++row) bind_row(st, row, batch[i + row]);
-      if (sqlite3_step(st) != SQLITE_DONE) err = errmsg(db_.get(), "insert");
+      for (std::size_t row = 0; rc == SQLITE_OK && row < rows; ++row) rc = bind_row(st, row, batch[i + row]);
+      if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
       // The bindings point into this batch and the scratch buffers.
       sqlite3_clear_bindings(st);
       i += rows;
     }
-    if (err.empty()) err = exec(db_.get(), "COMMIT");
-    if (!err.empty()) {
-      exec(db_.get(), "ROLLBACK");
-      return reset_with(err);
+    std::string err = rc == SQLITE_OK ? exec(db_.get(), "COMMIT") : errmsg(db_.get(), "insert");
+    if (err.empty()) return {};
+    exec(db_.get(), "ROLLBACK");
+    if (!is_data_error(rc)) return reset_with(err);
+    return insert_one_by_one(batch, err);
+  }
+
+  // What a retry will not change: the row itself is refused.
+  static bool is_data_error(int rc) {
+    const int primary = rc & 0xff;
+    return primary == SQLITE_CONSTRAINT || primary == SQLITE_TOOBIG || primary == SQLITE_MISMATCH;
+  }
+
+  std::string insert_one_by_one(detail::RecordSpan batch, const std::string& batch_err) {
+    if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
+    std::vector<std::pair<std::size_t, std::string>> refused;
+    sqlite3_stmt* st = insert_one_.get();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      sqlite3_reset(st);
+      int rc = bind_row(st, 0, batch[i]);
+      if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
+      sqlite3_clear_bindings(st);
+      if (rc == SQLITE_OK) continue;
+      const std::string why = sqlite3_errmsg(db_.get());
+      if (!is_data_error(rc)) {
+        exec(db_.get(), "ROLLBACK");
+        return reset_with("insert: " + why);
+      }
+      // SQLite backs out only the failed statement; the transaction goes on.
+      refused.emplace_back(i, why);
     }
+    if (auto e = exec(db_.get(), "COMMIT"); !e.empty()) {
+      exec(db_.get(), "ROLLBACK");
+      return reset_with(e);
+    }
+    refused_ += refused.size();
+    for (const auto& [i, why] : refused) report(fmt::format("record {} dropped: {}", batch[i].request_id, why));
+    if (refused.empty()) report("a batch failed that inserted row by row: " + batch_err);
     return {};
+  }
+
+  void report(const std::string& message) {
+    try {
+      on_error_("sqlite", message);
+    } catch (...) {
+    }
   }
 
   std::string prepare_insert(std::size_t rows, Stmt& out) {
@@ -196,18 +245,25 @@ class SqliteRecorder::Impl {
 
   // Typed values, text bound in place (SQLITE_STATIC: the record and the
   // row's scratch buffers outlive the step): no copies, no conversions.
-  void bind_row(sqlite3_stmt* st, std::size_t row, const RequestRecord& r) {
+  // The first failing bind's code (SQLITE_TOOBIG for a value over
+  // SQLite's length limit), else SQLITE_OK.
+  int bind_row(sqlite3_stmt* st, std::size_t row, const RequestRecord& r) {
     detail::record_columns(r, scratch_[row], columns_);
     for (std::size_t c = 0; c < kColumns; ++c) {
       const int idx = static_cast<int>(row * kColumns + c + 1);
       const detail::SqlValue& v = columns_[c];
+      int rc = SQLITE_OK;
       switch (v.type) {
-        case detail::SqlValue::null: sqlite3_bind_null(st, idx); break;
-        case detail::SqlValue::integer: sqlite3_bind_int64(st, idx, v.i); break;
-        case detail::SqlValue::real: sqlite3_bind_double(st, idx, v.d); break;
-        case detail::SqlValue::text: sqlite3_bind_text64(st, idx, v.s.data(), v.s.size(), SQLITE_STATIC, SQLITE_UTF8); break;
+        case detail::SqlValue::null: rc = sqlite3_bind_null(st, idx); break;
+        case detail::SqlValue::integer: rc = sqlite3_bind_int64(st, idx, v.i); break;
+        case detail::SqlValue::real: rc = sqlite3_bind_double(st, idx, v.d); break;
+        case detail::SqlValue::text:
+          rc = sqlite3_bind_text64(st, idx, v.s.data(), v.s.size(), SQLITE_STATIC, SQLITE_UTF8);
+          break;
       }
+      if (rc != SQLITE_OK) return rc;
     }
+    return SQLITE_OK;
   }
 
   std::string reset_with(std::string e) {
@@ -220,6 +276,7 @@ class SqliteRecorder::Impl {
   std::string path_;
   RecorderErrorHook on_error_;
   std::chrono::milliseconds drain_timeout_;
+  std::atomic<std::size_t> refused_{0};
   Db db_;
   static constexpr std::size_t kColumns = detail::kRecordColumns.size() + 1;
   // Worker only:
@@ -234,7 +291,7 @@ SqliteRecorder::SqliteRecorder(std::string path, DatabaseRecorderOptions options
 SqliteRecorder::~SqliteRecorder() = default;
 void SqliteRecorder::record(const RequestRecord& record) { impl_->queue().push(record); }
 void SqliteRecorder::flush() { impl_->queue().flush(impl_->drain_timeout()); }
-std::size_t SqliteRecorder::dropped() const { return impl_->queue().dropped(); }
+std::size_t SqliteRecorder::dropped() const { return impl_->queue().dropped() + impl_->refused(); }
 int SqliteRecorder::schema_version() noexcept { return detail::kSchemaVersion; }
 
 Result<std::vector<RequestRecord>> SqliteRecorder::recent(const std::string& path, std::size_t limit) {

@@ -279,6 +279,40 @@ TEST_CASE("a SQLite file from schema version 1 is migrated") {
   fs::remove_all(dir);
 }
 
+TEST_CASE("SQLite: a record SQLite refuses is dropped and reported; the rest of its batch lands") {
+  const auto dir = temp_dir("db-refused");
+  const std::string file = (dir / "u.db").string();
+  Errors errors;
+  DatabaseRecorderOptions dbo;
+  dbo.on_error = errors.hook();
+  {
+    SqliteRecorder rec(file, dbo);
+    RequestRecord r;
+    r.request_id = "first";
+    rec.record(r);
+    rec.flush();  // the schema exists now
+    // A constraint of the deployment's own that one record breaks.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db,
+                         "CREATE TRIGGER refuse BEFORE INSERT ON taotoken_requests WHEN NEW.request_id = 'req_20' "
+                         "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    for (int i = 0; i < 40; ++i) {  // 16-row statements and single rows both
+      r.request_id = "req_" + std::to_string(i);
+      rec.record(r);
+    }
+    rec.flush();
+    CHECK(rec.dropped() == 1);
+  }
+  CHECK(sqlite_count(file) == 40);  // "first" + 39
+  CHECK(sqlite_count(file, "SELECT count(*) FROM taotoken_requests WHERE request_id = 'req_20'") == 0);
+  REQUIRE(errors.seen.size() == 1);
+  CHECK_THAT(errors.seen[0], Catch::Contains("record req_20 dropped") && Catch::Contains("refused by the test"));
+  fs::remove_all(dir);
+}
+
 TEST_CASE("an unusable SQLite path is reported through the hook; requests still succeed") {
   SimFixture f;
   Errors errors;
