@@ -7,6 +7,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 #include <charconv>
@@ -244,15 +245,50 @@ class PostgresRecorder::Impl {
   // NUL byte (PostgreSQL text cannot hold one; a parameter would stop there
   // too). Doubles in their shortest round-trip form (nan and inf as
   // PostgreSQL reads them).
-  static void append_copy_row(std::string& out, const detail::RecordColumns& cols) {
+  // The COPY text of a batch: `bytes` only grows (no zero-filling per row);
+  // the first `used` bytes are the rows not yet sent.
+  struct CopyBuffer {
+    std::string bytes;
+    std::size_t used = 0;
+    char* room(std::size_t n) {
+      if (bytes.size() < used + n) bytes.resize(std::max(used + n, 2 * bytes.size()));
+      return &bytes[used];
+    }
+  };
+
+  // Whether `t` holds a byte COPY's text format escapes (backslash, tab,
+  // newline, carriage return): eight bytes at a time, exact (the zero-byte
+  // test on w ^ c for each of the four; a borrow only marks bytes above
+  // one that matched).
+  static bool needs_copy_escape(std::string_view t) {
+    constexpr std::uint64_t kOnes = 0x0101010101010101, kHigh = 0x8080808080808080;
+    auto zero_byte = [](std::uint64_t x) { return (x - kOnes) & ~x & kHigh; };
+    std::size_t i = 0;
+    for (; i + 8 <= t.size(); i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, t.data() + i, 8);
+      if (zero_byte(w ^ (kOnes * '\\')) | zero_byte(w ^ (kOnes * '\t')) | zero_byte(w ^ (kOnes * '\n')) |
+          zero_byte(w ^ (kOnes * '\r')))
+        return true;
+    }
+    for (; i < t.size(); ++i)
+      if (t[i] == '\\' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r') return true;
+    return false;
+  }
+
+  // One row of COPY's text format: values separated by tabs, NULL as \N,
+  // backslash, tab, newline and carriage return escaped. Text stops at a
+  // NUL byte (PostgreSQL text cannot hold one; a parameter would stop there
+  // too). Doubles in their shortest round-trip form (nan and inf as
+  // PostgreSQL reads them).
+  static void append_copy_row(CopyBuffer& out, const detail::RecordColumns& cols) {
     // The row's worst case (every text byte escaped, numbers at their
     // widest) is made room for once, then written through a pointer.
     std::size_t room = cols.size() * 32 + 1;
     for (const detail::SqlValue& v : cols)
       if (v.type == detail::SqlValue::text) room += 2 * v.s.size();
-    const std::size_t old = out.size();
-    out.resize(old + room);
-    char* p = &out[old];
+    char* const begin = out.room(room);
+    char* p = begin;
     bool first = true;
     for (const detail::SqlValue& v : cols) {
       if (!first) *p++ = '\t';
@@ -263,6 +299,11 @@ class PostgresRecorder::Impl {
         case detail::SqlValue::real: p = std::to_chars(p, p + 32, v.d).ptr; break;
         case detail::SqlValue::text: {
           const std::string_view t = v.s.substr(0, v.s.find('\0'));
+          if (!needs_copy_escape(t)) {  // the usual case: copied at once
+            std::memcpy(p, t.data(), t.size());
+            p += t.size();
+            break;
+          }
           for (char c : t) {
             switch (c) {
               case '\\': *p++ = '\\'; *p++ = '\\'; break;
@@ -277,7 +318,7 @@ class PostgresRecorder::Impl {
       }
     }
     *p++ = '\n';
-    out.resize(static_cast<std::size_t>(p - out.data()));
+    out.used += static_cast<std::size_t>(p - begin);
   }
 
   // COPY the batch's rows, sent in slices of about 1 MiB (one CopyData
@@ -295,18 +336,18 @@ class PostgresRecorder::Impl {
     bool sent = true;
     auto send = [&] {
       // A single row over INT_MAX bytes cannot be sent as one message.
-      if (copy_.size() > static_cast<std::size_t>(INT32_MAX)) sent = false;
-      else if (!copy_.empty()) sent = PQputCopyData(conn_.get(), copy_.data(), static_cast<int>(copy_.size())) == 1;
-      copy_.clear();
+      if (copy_.used > static_cast<std::size_t>(INT32_MAX)) sent = false;
+      else if (copy_.used > 0) sent = PQputCopyData(conn_.get(), copy_.bytes.data(), static_cast<int>(copy_.used)) == 1;
+      copy_.used = 0;
     };
-    copy_.clear();
+    copy_.used = 0;
     for (std::size_t i = 0; sent && i < batch.size(); ++i) {
       detail::record_columns(batch[i], scratch_, columns_);
       append_copy_row(copy_, columns_);
-      if (copy_.size() >= kSlice) send();
+      if (copy_.used >= kSlice) send();
     }
     if (sent) send();
-    if (copy_.capacity() > 4 * kSlice) std::string().swap(copy_);
+    if (copy_.bytes.size() > 4 * kSlice) copy_ = CopyBuffer{};
     // Ending the COPY with an error message makes the server discard it.
     if (PQputCopyEnd(conn_.get(), sent ? nullptr : "taotoken: sending the rows failed") != 1) return false;
     bool ok = sent;
@@ -389,7 +430,8 @@ class PostgresRecorder::Impl {
   Conn conn_;
   // Worker only:
   Sql one_sql_;
-  std::string copy_sql_, copy_;
+  std::string copy_sql_;
+  CopyBuffer copy_;
   std::vector<std::pair<std::size_t, std::string>> refused_rows_;  // of the batch being written
   detail::RecordScratch scratch_;
   detail::RecordColumns columns_;
