@@ -6,7 +6,7 @@
 #include <charconv>
 #include <cstdio>
 
-#include "json_writer.h"
+#include "record_json.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
 namespace detail {
@@ -78,22 +78,12 @@ std::string insert_column_list() {
 void record_columns(const RequestRecord& r, RecordScratch& scratch, RecordColumns& out) {
   std::string& attempts = scratch.attempts_json;
   attempts.clear();
-  JsonWriter a(attempts);
-  a.begin_array();
-  for (const auto& at : r.attempts) {
-    a.begin_object().key_lit("http_status").number(static_cast<std::int64_t>(at.http_status)).key_lit("error");
-    if (at.error) a.string(to_string(*at.error)); else a.null();
-    a.key_lit("latency_ms").number(static_cast<std::int64_t>(at.latency.count()));
-    a.key_lit("delay_before_ms").number(static_cast<std::int64_t>(at.delay_before.count())).end_object();
-  }
-  a.end_array();
+  append_attempts_json(attempts, r.attempts);
   std::string& tags = scratch.tags_json;
   tags.clear();
-  JsonWriter t(tags);
-  t.begin_object();
-  for (const auto& [k, v] : r.tags) t.key(k).string(v);
-  t.end_object();
-  scratch.started_at = r.started_at_iso();
+  append_tags_json(tags, r.tags);
+  scratch.started_at.resize(24);
+  format_iso8601(r.started_at, &scratch.started_at[0]);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.started_at.time_since_epoch()).count();
   auto opt = [](const auto& v) { return v ? SqlValue(*v) : SqlValue(); };
   out = {SqlValue(r.request_id),

@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "json_writer.h"
+#include "record_json.h"
 
 TAOTOKEN_BEGIN_NAMESPACE
 
@@ -212,6 +213,67 @@ char* put_opt(char* p, const std::optional<double>& v) {
 constexpr std::size_t kRecordRoom = 416 + 64 + 8 * kIntRoom + 2 * kDoubleRoom;
 constexpr std::size_t kAttemptRoom = 64 + 3 * kIntRoom;
 
+// The attempts array `[{"http_status":…,"error":…,"latency_ms":…,
+// "delay_before_ms":…},…]` and the room it can take.
+std::size_t attempts_room(const std::vector<AttemptRecord>& attempts) {
+  std::size_t room = 2;
+  for (const auto& a : attempts) {
+    room += kAttemptRoom;
+    if (a.error) room += quoted_room(taotoken::to_string(*a.error));
+  }
+  return room;
+}
+char* put_attempts(char* p, const std::vector<AttemptRecord>& attempts) {
+  *p++ = '[';
+  for (std::size_t i = 0; i < attempts.size(); ++i) {
+    const AttemptRecord& a = attempts[i];
+    p = i ? put(p, ",{\"http_status\":") : put(p, "{\"http_status\":");
+    p = put_int(p, a.http_status);
+    p = put(p, ",\"error\":");
+    p = a.error ? put_quoted(p, taotoken::to_string(*a.error)) : put(p, "null");
+    p = put(p, ",\"latency_ms\":");
+    p = put_int(p, a.latency.count());
+    p = put(p, ",\"delay_before_ms\":");
+    p = put_int(p, a.delay_before.count());
+    *p++ = '}';
+  }
+  *p++ = ']';
+  return p;
+}
+
+// The tags object `{"key":"value",…}` and the room it can take.
+using Tags = std::vector<std::pair<std::string, std::string>>;
+std::size_t tags_room(const Tags& tags) {
+  std::size_t room = 2;
+  for (const auto& [k, v] : tags) room += quoted_room(k) + quoted_room(v) + 2;  // ':' and ','
+  return room;
+}
+char* put_tags(char* p, const Tags& tags) {
+  *p++ = '{';
+  for (std::size_t i = 0; i < tags.size(); ++i) {
+    if (i) *p++ = ',';
+    p = put_quoted(p, tags[i].first);
+    *p++ = ':';
+    p = put_quoted(p, tags[i].second);
+  }
+  *p++ = '}';
+  return p;
+}
+
+// Appends what `put` writes, in `room` bytes made for it.
+template <typename Put>
+void append_with(std::string& out, std::size_t room, Put&& put_fn) {
+  const std::size_t old = out.size();
+  out.resize(old + room);
+  char* const begin = &out[old];
+  char* const end = put_fn(begin);
+  if (static_cast<std::size_t>(end - begin) > room) {
+    std::fputs("taotoken: internal error: a record's JSON ran past its room\n", stderr);
+    std::abort();
+  }
+  out.resize(old + static_cast<std::size_t>(end - begin));
+}
+
 }  // namespace
 
 std::string RequestRecord::started_at_iso() const { return iso8601(started_at); }
@@ -232,11 +294,7 @@ void RequestRecord::append_json(std::string& out) const {
                      quoted_room(error_message) + quoted_room(taotoken::to_string(status));
   if (provider) room += quoted_room(*provider);
   if (error_kind) room += quoted_room(taotoken::to_string(*error_kind));
-  for (const auto& a : attempts) {
-    room += kAttemptRoom;
-    if (a.error) room += quoted_room(taotoken::to_string(*a.error));
-  }
-  for (const auto& [k, v] : tags) room += quoted_room(k) + quoted_room(v) + 2;  // ':' and ','
+  room += attempts_room(attempts) + tags_room(tags);
   if (request_summary) room += request_summary->size();
 
   const std::size_t old_size = out.size();
@@ -266,20 +324,9 @@ void RequestRecord::append_json(std::string& out) const {
   p = error_kind ? put_quoted(p, taotoken::to_string(*error_kind)) : put(p, "null");
   p = put(p, ",\"error_message\":");
   p = put_quoted(p, error_message);
-  p = put(p, ",\"attempts\":[");
-  for (std::size_t i = 0; i < attempts.size(); ++i) {
-    const AttemptRecord& a = attempts[i];
-    p = i ? put(p, ",{\"http_status\":") : put(p, "{\"http_status\":");
-    p = put_int(p, a.http_status);
-    p = put(p, ",\"error\":");
-    p = a.error ? put_quoted(p, taotoken::to_string(*a.error)) : put(p, "null");
-    p = put(p, ",\"latency_ms\":");
-    p = put_int(p, a.latency.count());
-    p = put(p, ",\"delay_before_ms\":");
-    p = put_int(p, a.delay_before.count());
-    *p++ = '}';
-  }
-  p = put(p, "],\"latency_ms\":");
+  p = put(p, ",\"attempts\":");
+  p = put_attempts(p, attempts);
+  p = put(p, ",\"latency_ms\":");
   p = put_int(p, latency.count());
   p = put(p, ",\"ttft_ms\":");
   p = time_to_first_token ? put_int(p, time_to_first_token->count()) : put(p, "null");
@@ -297,14 +344,9 @@ void RequestRecord::append_json(std::string& out) const {
   p = put_opt(p, estimated_cost);
   p = put(p, ",\"upstream_cost\":");
   p = put_opt(p, upstream_cost);
-  p = put(p, ",\"tags\":{");
-  for (std::size_t i = 0; i < tags.size(); ++i) {
-    if (i) *p++ = ',';
-    p = put_quoted(p, tags[i].first);
-    *p++ = ':';
-    p = put_quoted(p, tags[i].second);
-  }
-  p = put(p, "},\"request_summary\":");
+  p = put(p, ",\"tags\":");
+  p = put_tags(p, tags);
+  p = put(p, ",\"request_summary\":");
   if (request_summary) {
     std::memcpy(p, request_summary->data(), request_summary->size());
     p += request_summary->size();
@@ -320,6 +362,20 @@ void RequestRecord::append_json(std::string& out) const {
   }
   out.resize(old_size + static_cast<std::size_t>(p - begin));
 }
+
+namespace detail {
+
+void append_attempts_json(std::string& out, const std::vector<AttemptRecord>& attempts) {
+  append_with(out, attempts_room(attempts), [&](char* p) { return put_attempts(p, attempts); });
+}
+
+void append_tags_json(std::string& out, const std::vector<std::pair<std::string, std::string>>& tags) {
+  append_with(out, tags_room(tags), [&](char* p) { return put_tags(p, tags); });
+}
+
+void format_iso8601(std::chrono::system_clock::time_point t, char* buf) { iso8601(t, buf); }
+
+}  // namespace detail
 
 // ---- prices
 

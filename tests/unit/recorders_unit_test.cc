@@ -98,6 +98,53 @@ TEST_CASE("SQL columns are typed") {
   CHECK(cols.back().type == detail::SqlValue::null);  // request_summary
 }
 
+TEST_CASE("SQL attempts and tags columns are what the JSON writer wrote for them") {
+  // The columns' JSON used to come from JsonWriter; it now shares the JSONL
+  // line's writer. Compared with JsonWriter over awkward values.
+  auto reference_attempts = [](const std::vector<AttemptRecord>& attempts) {
+    std::string out;
+    detail::JsonWriter a(out);
+    a.begin_array();
+    for (const auto& at : attempts) {
+      a.begin_object().key_lit("http_status").number(static_cast<std::int64_t>(at.http_status)).key_lit("error");
+      if (at.error) a.string(to_string(*at.error)); else a.null();
+      a.key_lit("latency_ms").number(static_cast<std::int64_t>(at.latency.count()));
+      a.key_lit("delay_before_ms").number(static_cast<std::int64_t>(at.delay_before.count())).end_object();
+    }
+    a.end_array();
+    return out;
+  };
+  auto reference_tags = [](const std::vector<std::pair<std::string, std::string>>& tags) {
+    std::string out;
+    detail::JsonWriter t(out);
+    t.begin_object();
+    for (const auto& [k, v] : tags) t.key(k).string(v);
+    t.end_object();
+    return out;
+  };
+  std::vector<std::vector<AttemptRecord>> attempt_sets = {
+      {},
+      {{200, std::nullopt, 0ms, 0ms}},
+      {{503, ErrorKind::server_error, 12ms, 0ms}, {429, ErrorKind::rate_limited, 1ms, 500ms},
+       {0, ErrorKind::timeout, -5ms, 9223372036854775807ms}, {-1, ErrorKind::overloaded, 0ms, 0ms}}};
+  std::string awkward;
+  for (int c = 0; c < 0x80; ++c) awkward.push_back(static_cast<char>(c));
+  awkward += "\xff\xc3\xa9 end";
+  std::vector<std::vector<std::pair<std::string, std::string>>> tag_sets = {
+      {}, {{"k", "v"}}, {{awkward, awkward}, {"", ""}, {"tenant", std::string(300, 'x') + "\"\\"}}};
+  detail::RecordScratch scratch;
+  detail::RecordColumns cols;
+  for (const auto& attempts : attempt_sets)
+    for (const auto& tags : tag_sets) {
+      RequestRecord r;
+      r.attempts = attempts;
+      r.tags = tags;
+      detail::record_columns(r, scratch, cols);
+      CHECK(scratch.attempts_json == reference_attempts(attempts));
+      CHECK(scratch.tags_json == reference_tags(tags));
+    }
+}
+
 TEST_CASE("JSON writer: plain and escaped keys and strings, short and long") {
   const std::string long_plain(300, 'x');                        // past the stack buffer
   const std::string long_escaped = std::string(200, 'y') + "\n";  // escaping starts late
