@@ -195,22 +195,35 @@ class SqliteRecorder::Impl {
   }
 
   std::string insert_one_by_one(detail::RecordSpan batch, const std::string& batch_err) {
-    if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
     std::vector<std::pair<std::size_t, std::string>> refused;
+    std::vector<bool> skip(batch.size(), false);
     sqlite3_stmt* st = insert_one_.get();
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      sqlite3_reset(st);
-      int rc = bind_row(st, 0, batch[i]);
-      if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
-      sqlite3_clear_bindings(st);
-      if (rc == SQLITE_OK) continue;
-      const std::string why = sqlite3_errmsg(db_.get());
-      if (!is_data_error(rc)) {
-        exec(db_.get(), "ROLLBACK");
-        return reset_with("insert: " + why);
+    // A refusal usually backs out only its statement (ABORT, FAIL), but a
+    // trigger's RAISE(ROLLBACK) or an ON CONFLICT ROLLBACK constraint ends
+    // the whole transaction: then the pass starts over without the rows
+    // refused so far (each pass refuses one more, so this ends).
+    for (bool again = true; again;) {
+      again = false;
+      if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (skip[i]) continue;
+        sqlite3_reset(st);
+        int rc = bind_row(st, 0, batch[i]);
+        if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
+        sqlite3_clear_bindings(st);
+        if (rc == SQLITE_OK) continue;
+        const std::string why = sqlite3_errmsg(db_.get());
+        if (!is_data_error(rc)) {
+          exec(db_.get(), "ROLLBACK");
+          return reset_with("insert: " + why);
+        }
+        skip[i] = true;
+        refused.emplace_back(i, why);
+        if (sqlite3_get_autocommit(db_.get())) {  // the transaction is gone
+          again = true;
+          break;
+        }
       }
-      // SQLite backs out only the failed statement; the transaction goes on.
-      refused.emplace_back(i, why);
     }
     if (auto e = exec(db_.get(), "COMMIT"); !e.empty()) {
       exec(db_.get(), "ROLLBACK");

@@ -280,6 +280,9 @@ TEST_CASE("a SQLite file from schema version 1 is migrated") {
 }
 
 TEST_CASE("SQLite: a record SQLite refuses is dropped and reported; the rest of its batch lands") {
+  // ABORT backs out the statement; ROLLBACK ends the whole transaction.
+  const std::string how = GENERATE(std::string("ABORT"), std::string("ROLLBACK"));
+  INFO("RAISE(" << how << ")");
   const auto dir = temp_dir("db-refused");
   const std::string file = (dir / "u.db").string();
   Errors errors;
@@ -295,8 +298,8 @@ TEST_CASE("SQLite: a record SQLite refuses is dropped and reported; the rest of 
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
     REQUIRE(sqlite3_exec(db,
-                         "CREATE TRIGGER refuse BEFORE INSERT ON taotoken_requests WHEN NEW.request_id = 'req_20' "
-                         "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                         ("CREATE TRIGGER refuse BEFORE INSERT ON taotoken_requests WHEN NEW.request_id = 'req_20' "
+                          "BEGIN SELECT RAISE(" + how + ", 'refused by the test'); END;").c_str(),
                          nullptr, nullptr, nullptr) == SQLITE_OK);
     sqlite3_close(db);
     for (int i = 0; i < 40; ++i) {  // 16-row statements and single rows both
@@ -307,6 +310,7 @@ TEST_CASE("SQLite: a record SQLite refuses is dropped and reported; the rest of 
     CHECK(rec.dropped() == 1);
   }
   CHECK(sqlite_count(file) == 40);  // "first" + 39
+  CHECK(sqlite_count(file, "SELECT count(DISTINCT request_id) FROM taotoken_requests") == 40);
   CHECK(sqlite_count(file, "SELECT count(*) FROM taotoken_requests WHERE request_id = 'req_20'") == 0);
   REQUIRE(errors.seen.size() == 1);
   CHECK_THAT(errors.seen[0], Catch::Contains("record req_20 dropped") && Catch::Contains("refused by the test"));
