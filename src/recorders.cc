@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdint>
@@ -91,6 +92,9 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
       day_ = utc_day(std::chrono::system_clock::from_time_t(st.st_mtime));
     }
     if (size_ == 0) day_ = utc_day(opts_.now());
+    // A write's worth: 64 KiB, or less when the pending limit is small (the
+    // writer must not wait for more than may be pending).
+    write_bytes_ = std::max<std::size_t>(1, std::min(kWriteBytes, opts_.max_pending_bytes / 2));
   }
 
   void start() {
@@ -107,8 +111,18 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
       drained = done_ >= appended_;
     }
     cv_.notify_all();
-    if (drained) writer_.join();
-    else writer_.detach();  // stuck in a write: it exits when that returns
+    if (drained) {
+      writer_.join();
+      return;
+    }
+    // Stuck in a write: it exits when that returns, but the hook (and what
+    // it captured) may be gone by then, so it is not called again. Waits
+    // for a hook call in progress.
+    {
+      std::lock_guard<std::mutex> lock(hook_mu_);
+      hook_off_ = true;
+    }
+    writer_.detach();
   }
 
   ~Impl() {
@@ -134,6 +148,7 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
     line.push_back('\n');
 
     std::unique_lock<std::mutex> lock(mu_);
+    if (pending_bytes_ + line.size() > opts_.max_pending_bytes && pending_bytes_ > 0) cv_.notify_one();
     if (pending_bytes_ + line.size() > opts_.max_pending_bytes && pending_bytes_ > 0 &&
         !space_cv_.wait_for(lock, opts_.full_queue_wait, [&] {
           return pending_bytes_ == 0 || pending_bytes_ + line.size() <= opts_.max_pending_bytes;
@@ -178,12 +193,15 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
     appended_ += line.size();
     // Wake the writer to start its 200 ms clock, and when a write's worth
     // is there; in between it is waiting for one of the two anyway.
-    if (was_empty || (pending_bytes_ >= kWriteBytes && pending_bytes_ - line.size() < kWriteBytes))
+    if (was_empty || (pending_bytes_ >= write_bytes_ && pending_bytes_ - line.size() < write_bytes_))
       cv_.notify_one();
   }
 
   void flush() {
     std::unique_lock<std::mutex> lock(mu_);
+    // From the error hook on the writer thread: waiting for the writer
+    // would wait for itself.
+    if (std::this_thread::get_id() == writer_id_) return;
     const std::uint64_t target = appended_;
     ++flushing_;
     cv_.notify_one();
@@ -206,24 +224,34 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
 
   int open_file() const { return ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644); }
 
+  // The hook, unless it is off (after a destruction that left a stuck
+  // writer behind) or this thread is already inside it (a hook that
+  // records or flushes must not recurse).
   void report(const std::string& message) {
     if (!on_error_) return;
+    thread_local bool in_hook = false;
+    if (in_hook) return;
+    std::lock_guard<std::mutex> lock(hook_mu_);
+    if (hook_off_) return;
+    in_hook = true;
     try {
       on_error_("jsonl", message);
     } catch (...) {
     }
+    in_hook = false;
   }
 
   // The writer thread: takes every pending segment at once and writes it.
   void run() {
     std::unique_lock<std::mutex> lock(mu_);
+    writer_id_ = std::this_thread::get_id();
     for (;;) {
       cv_.wait(lock, [&] { return stopping_ || pending_bytes_ > 0; });
       if (pending_bytes_ == 0) return;  // stopping, and everything is written
       // Lines are handed to the OS at least every 200 ms, or as soon as a
       // write's worth is there, or for flush() and shutdown.
       cv_.wait_for(lock, std::chrono::milliseconds(200),
-                   [&] { return stopping_ || flushing_ > 0 || pending_bytes_ >= kWriteBytes; });
+                   [&] { return stopping_ || flushing_ > 0 || pending_bytes_ >= write_bytes_; });
       std::swap(pend_, work_);
       const std::size_t n = pend_n_;
       const std::uint64_t taken = pending_bytes_;
@@ -235,7 +263,8 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
       for (std::size_t i = 0; i < n; ++i) {
         Segment& seg = work_[i];
         if (seg.rotate_before) rotate();
-        if (!write_all(seg.bytes)) lost += seg.lines;
+        const std::size_t written = write_all(seg.bytes);
+        if (written < seg.bytes.size()) lost += seg.lines - complete_lines(seg.bytes, written);
         // Keep the buffer for the next round, but not a huge one.
         if (seg.bytes.capacity() > (std::size_t{1} << 20)) std::string().swap(seg.bytes);
       }
@@ -246,28 +275,47 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
     }
   }
 
-  // Writes everything (retrying short writes); false and reported on error.
-  bool write_all(const std::string& bytes) {
+  // Lines wholly in the first `n` bytes of `bytes`.
+  static std::size_t complete_lines(const std::string& bytes, std::size_t n) {
+    return static_cast<std::size_t>(std::count(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n), '\n'));
+  }
+
+  // Writes everything (retrying short writes); on an error, reports it and
+  // returns how much was written. A line cut by the error does not stay
+  // cut: a regular file is truncated back to its last whole line, anything
+  // else gets the line ended before the next write.
+  std::size_t write_all(const std::string& bytes) {
     if (fd_ < 0) {
       fd_ = open_file();
       if (fd_ < 0) {
         report(fmt::format("cannot open '{}': {}", path_, std::strerror(errno)));
-        return false;
+        return 0;
       }
     }
-    const char* p = bytes.data();
-    std::size_t left = bytes.size();
-    while (left > 0) {
-      const ssize_t w = ::write(fd_, p, left);
+    if (cut_line_) {
+      if (::write(fd_, "\n", 1) != 1) {
+        report(fmt::format("write to '{}' failed: {}", path_, std::strerror(errno)));
+        return 0;
+      }
+      cut_line_ = false;
+    }
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t w = ::write(fd_, bytes.data() + done, bytes.size() - done);
       if (w < 0 && errno == EINTR) continue;
       if (w <= 0) {
-        report(fmt::format("write to '{}' failed: {}", path_, w < 0 ? std::strerror(errno) : "no progress"));
-        return false;
+        const int err = w < 0 ? errno : 0;
+        const std::size_t cut = done - (done == 0 ? 0 : bytes.rfind('\n', done - 1) + 1);
+        if (cut > 0) {
+          const off_t end = rotates_ ? ::lseek(fd_, 0, SEEK_END) : -1;
+          if (end < 0 || ::ftruncate(fd_, end - static_cast<off_t>(cut)) != 0) cut_line_ = true;
+        }
+        report(fmt::format("write to '{}' failed: {}", path_, err ? std::strerror(err) : "no progress"));
+        return done;
       }
-      p += w;
-      left -= static_cast<std::size_t>(w);
+      done += static_cast<std::size_t>(w);
     }
-    return true;
+    return done;
   }
 
   // Writer thread only.
@@ -280,7 +328,9 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
       std::remove(fmt::format("{}.{}", path_, opts_.keep).c_str());
       for (int i = opts_.keep - 1; i >= 1; --i)
         std::rename(fmt::format("{}.{}", path_, i).c_str(), fmt::format("{}.{}", path_, i + 1).c_str());
-      std::rename(path_.c_str(), (path_ + ".1").c_str());
+      // The older files may not exist; this one does: its failure is news.
+      if (std::rename(path_.c_str(), (path_ + ".1").c_str()) != 0)
+        report(fmt::format("cannot rotate '{}': {} (it keeps growing)", path_, std::strerror(errno)));
     }
     fd_ = open_file();
     if (fd_ < 0) report(fmt::format("cannot reopen '{}': {}", path_, std::strerror(errno)));
@@ -291,6 +341,10 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
   const RecorderErrorHook on_error_;
   bool rotates_ = true;  // false for a path that is not a regular file
   int fd_ = -1;          // the writer's (the constructor opens it before the writer starts)
+  bool cut_line_ = false;  // the writer's: a failed write left a line without its end
+  std::size_t write_bytes_ = kWriteBytes;
+  std::mutex hook_mu_;
+  bool hook_off_ = false;  // guarded by hook_mu_
 
   mutable std::mutex mu_;
   std::condition_variable cv_, space_cv_, done_cv_;
@@ -305,6 +359,7 @@ class JsonlRecorder::Impl : public std::enable_shared_from_this<JsonlRecorder::I
   std::size_t dropped_ = 0;
   int flushing_ = 0;
   bool stopping_ = false;
+  std::thread::id writer_id_;
   std::vector<Segment> work_;  // the writer's (swapped with pend_ under mu_)
   std::thread writer_;
 };

@@ -88,7 +88,13 @@ struct JsonlOptions {
 /// shutdown loses nothing; a crash may lose the last 200 ms. After
 /// `record()` returns, the line (and a rotation it caused) reaches the file
 /// within 200 ms, or at `flush()`. Write failures go to the error hook and
-/// count the lost lines in `dropped()`.
+/// count the lost lines in `dropped()`; a line cut by a failed write is
+/// truncated away (regular files) or ended before the next one, so every
+/// line in the file parses. The hook runs on the writer thread or the
+/// recording thread, one call at a time, and is never called once the
+/// destructor has returned; a hook that records or flushes on the same
+/// recorder is not called again from inside itself, and `flush()` from the
+/// writer thread returns at once.
 /// Thread-safe.
 class JsonlRecorder final : public UsageRecorder {
  public:

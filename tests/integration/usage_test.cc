@@ -367,6 +367,28 @@ TEST_CASE("JSONL on a stuck file: record() does not block; past the pending limi
   fs::remove_all(dir);
 }
 
+TEST_CASE("JSONL with a pending limit under a write's worth: a healthy disk drops nothing") {
+  const auto dir = temp_dir("jsonl-small");
+  const std::string path = (dir / "u.jsonl").string();
+  std::size_t dropped = 0;
+  {
+    JsonlOptions opts;
+    opts.max_pending_bytes = 8 << 10;  // ~13 lines; the writer must not wait for 64 KiB
+    opts.full_queue_wait = std::chrono::milliseconds(100);  // less than the writer's 200 ms
+    JsonlRecorder rec(path, opts);
+    RequestRecord r;
+    r.request_id = "req_small";
+    for (int i = 0; i < 100; ++i) rec.record(r);
+    rec.flush();
+    dropped = rec.dropped();
+  }
+  CHECK(dropped == 0);
+  std::ifstream in(path);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(std::count(all.begin(), all.end(), '\n') == 100);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("JSONL destroyed while its writer is stuck: destruction returns after drain_timeout; the writer finishes later") {
   const auto dir = temp_dir("jsonl-stuck-exit");
   StuckFifo fifo(dir);
