@@ -24,6 +24,8 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -52,6 +54,31 @@ struct RecordSpan {
   const RequestRecord* begin() const noexcept { return first; }
   const RequestRecord* end() const noexcept { return first + count; }
 };
+
+// Calls a recorder's error hook, if any; what it throws is swallowed (a
+// hook must not take a writer down).
+inline void call_error_hook(const RecorderErrorHook& hook, std::string_view who,
+                            std::string_view message) noexcept {
+  if (!hook) return;
+  try {
+    hook(who, message);
+  } catch (...) {
+  }
+}
+
+// After a batch went in row by row because the database refused it:
+// reports each row it refused as data (index into `batch`, the reason) and
+// returns how many. A pass that refused none means the batch's failure is
+// not explained by its rows, which is reported too.
+inline std::size_t report_refused(const RecorderErrorHook& hook, std::string_view who, RecordSpan batch,
+                                  const std::vector<std::pair<std::size_t, std::string>>& refused,
+                                  const std::string& batch_error) {
+  for (const auto& [i, why] : refused)
+    call_error_hook(hook, who, "record " + batch[i].request_id + " dropped: " + why);
+  if (refused.empty())
+    call_error_hook(hook, who, "the batch was refused, but each of its rows went in on its own: " + batch_error);
+  return refused.size();
+}
 
 class BatchQueue {
  public:
@@ -129,13 +156,7 @@ class BatchQueue {
   // Accepted records that are done with: written, or lost at a stop.
   std::uint64_t finished_locked() const { return written_ + lost_; }
 
-  void report(const std::string& message) {
-    if (!on_error_) return;
-    try {
-      on_error_(name_, message);
-    } catch (...) {
-    }
-  }
+  void report(const std::string& message) { call_error_hook(on_error_, name_, message); }
 
   // After a drain, a slot vector that grew far beyond a batch (a backlog
   // while the database was away) gives its memory back.

@@ -11,10 +11,7 @@
 #include <utility>
 #include <vector>
 #include <charconv>
-#include <cstdio>
-#include <iterator>
 #include <memory>
-#include <tuple>
 
 #include "batch_queue.h"
 #include "record_sql.h"
@@ -201,6 +198,8 @@ class PostgresRecorder::Impl {
     return s ? s : "";
   }
 
+  // The rows one at a time (each a one-row COPY) in one transaction, a
+  // savepoint each.
   std::string insert_one_by_one(detail::RecordSpan batch, const std::string& copy_err) {
     auto fail = [&](std::string e) {
       if (PQstatus(conn_.get()) != CONNECTION_OK) conn_.reset();
@@ -208,11 +207,11 @@ class PostgresRecorder::Impl {
       return e;
     };
     if (auto e = exec(conn_.get(), "BEGIN"); !e.empty()) return fail("insert failed: " + e);
-    refused_rows_.clear();
+    std::vector<std::pair<std::size_t, std::string>> refused;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       if (auto e = exec(conn_.get(), "SAVEPOINT taotoken_row"); !e.empty()) return fail("insert failed: " + e);
       std::string state;
-      if (insert_one(batch[i], state)) {
+      if (copy_in(detail::RecordSpan{&batch[i], 1}, state)) {
         if (auto e = exec(conn_.get(), "RELEASE SAVEPOINT taotoken_row"); !e.empty())
           return fail("insert failed: " + e);
         continue;
@@ -221,30 +220,14 @@ class PostgresRecorder::Impl {
       if (PQstatus(conn_.get()) != CONNECTION_OK || !is_data_error(state)) return fail("insert failed: " + why);
       if (auto e = exec(conn_.get(), "ROLLBACK TO SAVEPOINT taotoken_row"); !e.empty())
         return fail("insert failed: " + e);
-      refused_rows_.emplace_back(i, why);
+      refused.emplace_back(i, why);
     }
     if (auto e = exec(conn_.get(), "COMMIT"); !e.empty()) return fail("insert failed: " + e);
     // Committed: only now are the refused rows really dropped.
-    refused_ += refused_rows_.size();
-    for (const auto& [i, why] : refused_rows_) report(fmt::format("record {} dropped: {}", batch[i].request_id, why));
-    // Every row went in on its own: the COPY text itself was wrong (a bug
-    // here, not bad data). Nothing is lost, but say so.
-    if (refused_rows_.empty()) report("COPY refused a batch that inserted row by row: " + copy_err);
+    refused_ += detail::report_refused(on_error_, "postgres", batch, refused, copy_err);
     return {};
   }
 
-  void report(const std::string& message) {
-    try {
-      on_error_("postgres", message);
-    } catch (...) {
-    }
-  }
-
-  // One row of COPY's text format: values separated by tabs, NULL as \N,
-  // backslash, tab, newline and carriage return escaped. Text stops at a
-  // NUL byte (PostgreSQL text cannot hold one; a parameter would stop there
-  // too). Doubles in their shortest round-trip form (nan and inf as
-  // PostgreSQL reads them).
   // The COPY text of a batch: `bytes` only grows (no zero-filling per row);
   // the first `used` bytes are the rows not yet sent.
   struct CopyBuffer {
@@ -361,81 +344,16 @@ class PostgresRecorder::Impl {
     return ok;
   }
 
-  // One record with a one-row INSERT; true when the server took it, else
-  // `sqlstate` says why.
-  bool insert_one(const RequestRecord& rec, std::string& sqlstate) {
-    detail::record_columns(rec, scratch_, columns_);
-    // Every value as text into one buffer (NUL-terminated), then pointers
-    // into it.
-    arena_.clear();
-    std::size_t offsets[std::tuple_size<detail::RecordColumns>::value];
-    for (std::size_t i = 0; i < columns_.size(); ++i) {
-      const detail::SqlValue& v = columns_[i];
-      offsets[i] = kNull;
-      if (v.type == detail::SqlValue::null) continue;
-      offsets[i] = arena_.size();
-      if (v.type == detail::SqlValue::integer) {
-        char buf[24];
-        auto r = std::to_chars(buf, buf + sizeof buf, v.i);
-        arena_.append(buf, r.ptr);
-      } else if (v.type == detail::SqlValue::real) {
-        fmt::format_to(std::back_inserter(arena_), "{}", v.d);
-      } else {
-        arena_.append(v.s.data(), v.s.size());
-      }
-      arena_.push_back('\0');
-    }
-    const char* params[std::tuple_size<detail::RecordColumns>::value];
-    for (std::size_t i = 0; i < columns_.size(); ++i) params[i] = offsets[i] == kNull ? nullptr : arena_.data() + offsets[i];
-    const std::string& sql = insert_sql(1, one_sql_);
-    // Column types are inferred from the table; text parameters convert.
-    PgResult r(PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(columns_.size()), nullptr, params, nullptr,
-                            nullptr, 0));
-    if (r && PQresultStatus(r.get()) == PGRES_COMMAND_OK) return true;
-    sqlstate = sqlstate_of(r.get());
-    return false;
-  }
-
-  // The INSERT of `rows` rows ($1..$n) in `sql`, rebuilt only when the
-  // number of rows differs from the last time (full batches repeat it).
-  struct Sql {
-    std::size_t rows = 0;
-    std::string text;
-  };
-  static const std::string& insert_sql(std::size_t rows, Sql& cached) {
-    if (cached.rows == rows && !cached.text.empty()) return cached.text;
-    cached.rows = rows;
-    std::string& sql = cached.text;
-    const std::size_t ncols = detail::kRecordColumns.size() + 1;
-    sql = "INSERT INTO taotoken_requests (" + detail::insert_column_list() + ") VALUES ";
-    std::size_t n = 0;
-    for (std::size_t i = 0; i < rows; ++i) {
-      sql += i ? ",(" : "(";
-      for (std::size_t c = 0; c < ncols; ++c) {
-        if (c) sql += ',';
-        sql += '$';
-        sql += std::to_string(++n);
-      }
-      sql += ')';
-    }
-    return sql;
-  }
-
-  static constexpr std::size_t kNull = static_cast<std::size_t>(-1);
-
   std::string conninfo_;
   RecorderErrorHook on_error_;
   std::chrono::milliseconds drain_timeout_;
   std::atomic<std::size_t> refused_{0};
   Conn conn_;
   // Worker only:
-  Sql one_sql_;
   std::string copy_sql_;
   CopyBuffer copy_;
-  std::vector<std::pair<std::size_t, std::string>> refused_rows_;  // of the batch being written
   detail::RecordScratch scratch_;
   detail::RecordColumns columns_;
-  std::string arena_;
   detail::BatchQueue queue_;  // last: its worker uses the members above
 };
 

@@ -171,14 +171,8 @@ class SqliteRecorder::Impl {
     std::size_t i = 0;
     int rc = SQLITE_OK;
     while (rc == SQLITE_OK && i < batch.size()) {
-      const bool many = batch.size() - i >= kRowsPerInsert;
-      sqlite3_stmt* st = many ? insert_many_.get() : insert_one_.get();
-      const std::size_t rows = many ? kRowsPerInsert : 1;
-      sqlite3_reset(st);
-      for (std::size_t row = 0; rc == SQLITE_OK && row < rows; ++row) rc = bind_row(st, row, batch[i + row]);
-      if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
-      // The bindings point into this batch and the scratch buffers.
-      sqlite3_clear_bindings(st);
+      const std::size_t rows = batch.size() - i >= kRowsPerInsert ? kRowsPerInsert : 1;
+      rc = insert(detail::RecordSpan{&batch[i], rows});
       i += rows;
     }
     std::string err = rc == SQLITE_OK ? exec(db_.get(), "COMMIT") : errmsg(db_.get(), "insert");
@@ -197,7 +191,6 @@ class SqliteRecorder::Impl {
   std::string insert_one_by_one(detail::RecordSpan batch, const std::string& batch_err) {
     std::vector<std::pair<std::size_t, std::string>> refused;
     std::vector<bool> skip(batch.size(), false);
-    sqlite3_stmt* st = insert_one_.get();
     // A refusal usually backs out only its statement (ABORT, FAIL), but a
     // trigger's RAISE(ROLLBACK) or an ON CONFLICT ROLLBACK constraint ends
     // the whole transaction: then the pass starts over without the rows
@@ -207,10 +200,7 @@ class SqliteRecorder::Impl {
       if (auto e = exec(db_.get(), "BEGIN IMMEDIATE"); !e.empty()) return reset_with(e);
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (skip[i]) continue;
-        sqlite3_reset(st);
-        int rc = bind_row(st, 0, batch[i]);
-        if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
-        sqlite3_clear_bindings(st);
+        const int rc = insert(detail::RecordSpan{&batch[i], 1});
         if (rc == SQLITE_OK) continue;
         const std::string why = sqlite3_errmsg(db_.get());
         if (!is_data_error(rc)) {
@@ -229,17 +219,20 @@ class SqliteRecorder::Impl {
       exec(db_.get(), "ROLLBACK");
       return reset_with(e);
     }
-    refused_ += refused.size();
-    for (const auto& [i, why] : refused) report(fmt::format("record {} dropped: {}", batch[i].request_id, why));
-    if (refused.empty()) report("a batch failed that inserted row by row: " + batch_err);
+    refused_ += detail::report_refused(on_error_, "sqlite", batch, refused, batch_err);
     return {};
   }
 
-  void report(const std::string& message) {
-    try {
-      on_error_("sqlite", message);
-    } catch (...) {
-    }
+  // One INSERT of `rows` (16 or 1 of them): SQLITE_OK, or the error code.
+  int insert(detail::RecordSpan rows) {
+    sqlite3_stmt* st = rows.size() == kRowsPerInsert ? insert_many_.get() : insert_one_.get();
+    sqlite3_reset(st);
+    int rc = SQLITE_OK;
+    for (std::size_t row = 0; rc == SQLITE_OK && row < rows.size(); ++row) rc = bind_row(st, row, rows[row]);
+    if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_DONE) rc = sqlite3_extended_errcode(db_.get());
+    // The bindings point into the records and the scratch buffers.
+    sqlite3_clear_bindings(st);
+    return rc;
   }
 
   std::string prepare_insert(std::size_t rows, Stmt& out) {
