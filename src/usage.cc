@@ -297,70 +297,62 @@ void RequestRecord::append_json(std::string& out) const {
   room += attempts_room(attempts) + tags_room(tags);
   if (request_summary) room += request_summary->size();
 
-  const std::size_t old_size = out.size();
-  out.resize(old_size + room);
-  char* const begin = &out[old_size];
-  char* p = begin;
-  p = put(p, "{\"request_id\":");
-  p = put_quoted(p, request_id);
-  p = put(p, ",\"upstream_request_id\":");
-  p = put_quoted(p, upstream_request_id);
-  p = put(p, ",\"started_at\":\"");
-  iso8601(started_at, p);  // digits and -T:.Z (odd punctuation for years before 0): no escapes
-  p += 24;
-  p = put(p, "\",\"endpoint\":");
-  p = put_quoted(p, endpoint);
-  p = put(p, ",\"requested_model\":");
-  p = put_quoted(p, requested_model);
-  p = put(p, ",\"model\":");
-  p = put_quoted(p, model);
-  p = put(p, ",\"provider\":");
-  p = provider ? put_quoted(p, *provider) : put(p, "null");
-  p = streamed ? put(p, ",\"streamed\":true,\"status\":") : put(p, ",\"streamed\":false,\"status\":");
-  p = put_quoted(p, taotoken::to_string(status));
-  p = put(p, ",\"http_status\":");
-  p = put_int(p, http_status);
-  p = put(p, ",\"error_kind\":");
-  p = error_kind ? put_quoted(p, taotoken::to_string(*error_kind)) : put(p, "null");
-  p = put(p, ",\"error_message\":");
-  p = put_quoted(p, error_message);
-  p = put(p, ",\"attempts\":");
-  p = put_attempts(p, attempts);
-  p = put(p, ",\"latency_ms\":");
-  p = put_int(p, latency.count());
-  p = put(p, ",\"ttft_ms\":");
-  p = time_to_first_token ? put_int(p, time_to_first_token->count()) : put(p, "null");
-  p = put(p, ",\"prompt_tokens\":");
-  p = put_opt(p, prompt_tokens);
-  p = put(p, ",\"completion_tokens\":");
-  p = put_opt(p, completion_tokens);
-  p = put(p, ",\"total_tokens\":");
-  p = put_opt(p, total_tokens);
-  p = put(p, ",\"cached_tokens\":");
-  p = put_opt(p, cached_tokens);
-  p = put(p, ",\"reasoning_tokens\":");
-  p = put_opt(p, reasoning_tokens);
-  p = put(p, ",\"estimated_cost\":");
-  p = put_opt(p, estimated_cost);
-  p = put(p, ",\"upstream_cost\":");
-  p = put_opt(p, upstream_cost);
-  p = put(p, ",\"tags\":");
-  p = put_tags(p, tags);
-  p = put(p, ",\"request_summary\":");
-  if (request_summary) {
-    std::memcpy(p, request_summary->data(), request_summary->size());
-    p += request_summary->size();
-  } else {
-    p = put(p, "null");
-  }
-  *p++ = '}';
-  if (static_cast<std::size_t>(p - begin) > room) {
-    // Cannot happen unless the room above was miscounted: never go on with
-    // memory written past the string.
-    std::fputs("taotoken: internal error: RequestRecord::append_json wrote past its room\n", stderr);
-    std::abort();
-  }
-  out.resize(old_size + static_cast<std::size_t>(p - begin));
+  append_with(out, room, [&](char* p) {
+    p = put(p, "{\"request_id\":");
+    p = put_quoted(p, request_id);
+    p = put(p, ",\"upstream_request_id\":");
+    p = put_quoted(p, upstream_request_id);
+    p = put(p, ",\"started_at\":\"");
+    iso8601(started_at, p);  // digits and -T:.Z (odd punctuation for years before 0): no escapes
+    p += 24;
+    p = put(p, "\",\"endpoint\":");
+    p = put_quoted(p, endpoint);
+    p = put(p, ",\"requested_model\":");
+    p = put_quoted(p, requested_model);
+    p = put(p, ",\"model\":");
+    p = put_quoted(p, model);
+    p = put(p, ",\"provider\":");
+    p = provider ? put_quoted(p, *provider) : put(p, "null");
+    p = streamed ? put(p, ",\"streamed\":true,\"status\":") : put(p, ",\"streamed\":false,\"status\":");
+    p = put_quoted(p, taotoken::to_string(status));
+    p = put(p, ",\"http_status\":");
+    p = put_int(p, http_status);
+    p = put(p, ",\"error_kind\":");
+    p = error_kind ? put_quoted(p, taotoken::to_string(*error_kind)) : put(p, "null");
+    p = put(p, ",\"error_message\":");
+    p = put_quoted(p, error_message);
+    p = put(p, ",\"attempts\":");
+    p = put_attempts(p, attempts);
+    p = put(p, ",\"latency_ms\":");
+    p = put_int(p, latency.count());
+    p = put(p, ",\"ttft_ms\":");
+    p = time_to_first_token ? put_int(p, time_to_first_token->count()) : put(p, "null");
+    p = put(p, ",\"prompt_tokens\":");
+    p = put_opt(p, prompt_tokens);
+    p = put(p, ",\"completion_tokens\":");
+    p = put_opt(p, completion_tokens);
+    p = put(p, ",\"total_tokens\":");
+    p = put_opt(p, total_tokens);
+    p = put(p, ",\"cached_tokens\":");
+    p = put_opt(p, cached_tokens);
+    p = put(p, ",\"reasoning_tokens\":");
+    p = put_opt(p, reasoning_tokens);
+    p = put(p, ",\"estimated_cost\":");
+    p = put_opt(p, estimated_cost);
+    p = put(p, ",\"upstream_cost\":");
+    p = put_opt(p, upstream_cost);
+    p = put(p, ",\"tags\":");
+    p = put_tags(p, tags);
+    p = put(p, ",\"request_summary\":");
+    if (request_summary) {
+      std::memcpy(p, request_summary->data(), request_summary->size());
+      p += request_summary->size();
+    } else {
+      p = put(p, "null");
+    }
+    *p++ = '}';
+    return p;
+  });
 }
 
 namespace detail {
