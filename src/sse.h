@@ -119,6 +119,30 @@ bool SseDecoder::feed(std::string_view in, Handler&& on_event) {
       line_.append(p, static_cast<std::size_t>(end - p));
       break;
     }
+    // The common event, one `data:` line and a blank line, whole in this
+    // input and followed by kPadding more bytes of it: dispatched from the
+    // input itself, without copying the data or a second line search.
+    // Exactly what the two line() calls would do.
+    if (line_.empty() && !has_data_ && event_type_.empty() && eol - p >= 5 && std::memcmp(p, "data:", 5) == 0) {
+      const char* blank_end = nullptr;  // just past the blank line
+      if (*eol == '\n') {
+        if (end - eol > 1 && eol[1] == '\n') blank_end = eol + 2;
+      } else if (end - eol > 3 && eol[1] == '\n' && eol[2] == '\r' && eol[3] == '\n') {
+        blank_end = eol + 4;
+      }
+      if (blank_end && end - blank_end >= static_cast<std::ptrdiff_t>(kPadding)) {
+        const char* v = p + 5;
+        if (v < eol && *v == ' ') ++v;
+        if (v == eol) {
+          ++empty_events_;
+        } else if (!on_event(SseEvent{"message", std::string_view(v, static_cast<std::size_t>(eol - v)), last_id_})) {
+          stopped_ = true;
+          return false;
+        }
+        p = blank_end;
+        continue;
+      }
+    }
     bool ok;
     if (line_.empty()) {
       ok = line(std::string_view(p, static_cast<std::size_t>(eol - p)), on_event);
