@@ -1126,9 +1126,14 @@ void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t&
 
 }  // namespace
 
-std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& c,
-                                  std::optional<Error>& in_stream_error, ChunkPrefix* prefix) {
-  if (prefix && !prefix->slots.empty() && decode_from_template(padded, c, *prefix)) return std::nullopt;
+namespace {
+
+// decode_chunk_into past the template path. Kept out of line: inlined, its
+// frame (over 1 KiB, five saved registers, arguments spilled and reloaded)
+// was set up for every event, most of which the template decodes.
+[[gnu::noinline]] bool decode_chunk_full(std::string_view padded, ChatCompletionChunk& c,
+                                         std::optional<Error>& in_stream_error, ChunkPrefix* prefix,
+                                         std::optional<Error>& error) {
   thread_local dom::parser parser;
   dom::element root;
   const bool had_in_stream_error = in_stream_error.has_value();
@@ -1154,8 +1159,10 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
     ensure_padding(rest);
     text = rest;
   }
-  if (auto err = parser.parse(text.data(), text.size(), false).get(root))
-    return bad_json("JSON in a stream event", err);
+  if (auto err = parser.parse(text.data(), text.size(), false).get(root)) {
+    error = bad_json("JSON in a stream event", err);
+    return false;
+  }
   if (reuse) {
     c.id.assign(prefix->id);
     c.object.assign(prefix->object);
@@ -1203,7 +1210,8 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
   } catch (const simdjson::simdjson_error& e) {
     c.choices.resize(n_choices);
     if (prefix && !reuse) prefix->bytes.clear();
-    return bad_json("stream chunk", e.error());
+    error = bad_json("stream chunk", e.error());
+    return false;
   }
   c.choices.resize(n_choices);
   c.raw_json.assign(padded);
@@ -1234,7 +1242,22 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
       if (!slots.empty()) prefix->chunk = c;
     }
   }
-  return std::nullopt;
+  return true;
+}
+
+}  // namespace
+
+bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& c, std::optional<Error>& in_stream_error,
+                       ChunkPrefix* prefix, std::optional<Error>& error) {
+  if (prefix && !prefix->slots.empty() && decode_from_template(padded, c, *prefix)) return true;
+  return decode_chunk_full(padded, c, in_stream_error, prefix, error);
+}
+
+std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& c,
+                                  std::optional<Error>& in_stream_error, ChunkPrefix* prefix) {
+  std::optional<Error> error;
+  decode_chunk_into(padded, c, in_stream_error, prefix, error);
+  return error;
 }
 
 Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>& in_stream_error) {

@@ -81,6 +81,7 @@ class StreamAssembler {
   std::optional<std::string> fingerprint_, provider_;
   std::optional<Usage> usage_;
   std::optional<Error> error_;
+  std::optional<Error> in_stream_, chunk_error_;  // decode_chunk_into's outputs, kept empty between events
   bool done_ = false;
   bool has_token_ = false;
   std::size_t ignored_ = 0;
