@@ -1000,7 +1000,7 @@ void find_slots(std::string_view event, std::vector<StringSlot>& slots) {
 // Whether the n bytes at a and b are equal: inline 8-byte compares for the
 // short strings of a chunk's envelope (a memcmp call costs more than the
 // compare itself there).
-inline bool same_bytes(const char* a, const char* b, std::size_t n) {
+[[gnu::always_inline]] inline bool same_bytes(const char* a, const char* b, std::size_t n) {
   if (n > 64) return std::memcmp(a, b, n) == 0;
   auto load8 = [](const char* p) {
     std::uint64_t v;
@@ -1017,14 +1017,18 @@ inline bool same_bytes(const char* a, const char* b, std::size_t n) {
   return true;
 }
 
-void copy_text(std::string& to, const std::string& from) {
+[[gnu::always_inline]] inline void copy_text(std::string& to, const std::string& from) {
   if (to.size() != from.size() || !same_bytes(to.data(), from.data(), from.size())) to.assign(from);
 }
 
-void copy_text(std::optional<std::string>& to, const std::optional<std::string>& from) {
-  if (!from) to.reset();
-  else if (to) copy_text(*to, *from);
-  else to.emplace(*from);
+[[gnu::always_inline]] inline void copy_text(std::optional<std::string>& to, const std::optional<std::string>& from) {
+  if (!from) {
+    if (to) to.reset();
+  } else if (to) {
+    copy_text(*to, *from);
+  } else {
+    to.emplace(*from);
+  }
 }
 
 void copy_chunk(const ChatCompletionChunk& from, ChatCompletionChunk& to) {
