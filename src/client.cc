@@ -301,8 +301,9 @@ class Mailbox {
   using Item = std::function<bool()>;  // false: the caller's callback wants to stop
   static constexpr std::size_t kHigh = 256;
 
-  Mailbox(std::string stop_reason, std::shared_ptr<ChunkPool> pool)
-      : pool_(std::move(pool)), q_(pool_->take_queues()), stop_reason_(std::move(stop_reason)) {}
+  // `stop_reason` (a literal) is what a callback returning false means.
+  Mailbox(const char* stop_reason, std::shared_ptr<ChunkPool> pool)
+      : pool_(std::move(pool)), q_(pool_->take_queues()), stop_reason_(stop_reason) {}
   ~Mailbox() {
     // Chunks never run (the caller stopped) and unused spares go back.
     for (auto* v : {&pending_, &items_})
@@ -512,7 +513,7 @@ class Mailbox {
   bool closed_ = false;
   bool waiting_ = false;  // the caller sleeps on cv_
   std::atomic<bool> stopped_{false};
-  std::string stop_reason_;
+  const char* stop_reason_;
   std::vector<Entry>& pending_ = q_.pending;             // loop side only
   std::vector<ChunkPool::Ptr>& spares_ = q_.spares;     // loop side only
   std::vector<Entry>& batch_ = q_.batch;                // caller side only
@@ -1223,7 +1224,7 @@ class TaotokenClient::Impl {
         return ok;
       }
       if (user_stopped || e.kind() == ErrorKind::cancelled) {
-        Error out(ErrorKind::cancelled, user_stopped ? stop_reason : e.message());
+        Error out(ErrorKind::cancelled, user_stopped ? stop_text() : e.message());
         return with_partial(std::move(out));
       }
       if (e.kind() == ErrorKind::timeout) return with_partial(std::move(e));
@@ -1310,7 +1311,8 @@ class TaotokenClient::Impl {
     std::string& json_body;
     bool delivered_ = false;
     bool user_stopped = false;
-    std::string stop_reason = "the chunk callback cancelled the stream";
+    std::string stop_reason;  // set when a callback threw (empty: it returned false)
+    std::string stop_text() const { return stop_reason.empty() ? "the chunk callback cancelled the stream" : stop_reason; }
     std::exception_ptr user_exception;
     std::optional<std::chrono::milliseconds> ttft;
   };
@@ -1426,7 +1428,7 @@ class TaotokenClient::Impl {
         ok.headers = headers;
         return ok;
       }
-      Error out = user_stopped ? Error(ErrorKind::cancelled, stop_reason)
+      Error out = user_stopped ? Error(ErrorKind::cancelled, stop_text())
                   : e.kind() == ErrorKind::cancelled || e.kind() == ErrorKind::timeout
                       ? e
                       : Error(ErrorKind::stream_truncated, "the stream was cut: " + e.message());
@@ -1463,7 +1465,8 @@ class TaotokenClient::Impl {
     detail::SseDecoder& decoder;
     detail::StreamAssembler& assembler;
     bool event_stream = false, started = false, delivered_ = false, user_stopped = false;
-    std::string stop_reason = "the sink stopped the stream";
+    std::string stop_reason;  // set when a callback threw (empty: the sink returned false)
+    std::string stop_text() const { return stop_reason.empty() ? "the sink stopped the stream" : stop_reason; }
     std::exception_ptr user_exception;
   };
 
@@ -1481,7 +1484,7 @@ class TaotokenClient::Impl {
     ex->interpret = [h](HttpResponse& r) -> Result<RawResponse> {
       auto pass = [h](HttpResponse& x) { return h->pass_through(x); };
       auto out = retry_or_pass(r, pass);
-      if (out && h->user_stopped) return Error(ErrorKind::cancelled, h->stop_reason);
+      if (out && h->user_stopped) return Error(ErrorKind::cancelled, h->stop_text());
       return out;
     };
     ex->give_up = [h](HttpResponse& r) -> std::optional<RawResponse> { return h->pass_through(r); };
@@ -1557,8 +1560,8 @@ class TaotokenClient::Impl {
   // callbacks run here, fed through a mailbox. The record is written here
   // too, once the callbacks have run, so it says what the caller saw.
   template <typename T, typename Make, typename Stopped>
-  Result<T> run_sync_stream(std::string stop_reason_text, Make make, Stopped when_stopped) const {
-    auto mb = std::make_shared<Mailbox>(std::move(stop_reason_text), chunk_pool_);
+  Result<T> run_sync_stream(const char* stop_reason_text, Make make, Stopped when_stopped) const {
+    auto mb = std::make_shared<Mailbox>(stop_reason_text, chunk_pool_);
     auto ex = make(mb);
     typename Exchange<T>::Record record = std::move(ex->record);
     std::optional<Result<T>> out;

@@ -21,20 +21,24 @@ void collect_logprobs(const std::string& logprobs_json, const char* field, std::
   for (auto el : arr) out.push_back(simdjson::minify(el));
 }
 
-void append(std::optional<std::string>& to, const std::optional<std::string>& piece) {
-  if (!piece) return;
-  if (to) *to += *piece;
-  else to = piece;
-}
-
 }  // namespace
 
 StreamAssembler::ChoiceAcc& StreamAssembler::choice(int index) {
-  for (auto& c : choices_)
-    if (c.index == index) return c;
-  choices_.emplace_back();
-  choices_.back().index = index;
-  return choices_.back();
+  for (std::size_t i = 0; i < n_choices_; ++i)
+    if (choices_[i].index == index) return choices_[i];
+  if (n_choices_ == choices_.size()) choices_.emplace_back();
+  ChoiceAcc& c = choices_[n_choices_++];
+  c.index = index;
+  c.role.reset();
+  c.finish_reason.reset();
+  c.content.clear();
+  c.refusal.clear();
+  c.reasoning.clear();
+  c.tools.clear();
+  c.logprobs_content.clear();
+  c.logprobs_refusal.clear();
+  c.has_logprobs = false;
+  return c;
 }
 
 StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
@@ -72,7 +76,8 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
 void StreamAssembler::reset() {
   prefix_.bytes.clear();
   prefix_.slots.clear();
-  choices_.clear();
+  n_choices_ = 0;
+  if (choices_.size() > 4) choices_.resize(4);  // an unusual n keeps nothing beyond that
   id_.clear();
   object_ = "chat.completion";
   model_.clear();
@@ -92,8 +97,10 @@ std::size_t StreamAssembler::retained_bytes() const noexcept {
     for (const auto& d : c.choices) n += d.content ? d.content->capacity() : 0;
     return n;
   };
+  std::size_t texts = 0;
+  for (const auto& c : choices_) texts += c.content.s.capacity() + c.refusal.s.capacity() + c.reasoning.s.capacity();
   return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + prefix_.bytes.capacity() + prefix_.scratch.capacity() +
-         prefix_.unescaped.capacity() + scratch_.capacity();
+         prefix_.unescaped.capacity() + scratch_.capacity() + texts;
 }
 
 void StreamAssembler::on_end(const SseDecoder& decoder) {
@@ -114,9 +121,9 @@ void StreamAssembler::apply(const ChatCompletionChunk& c) {
     if ((d.content && !d.content->empty()) || (d.refusal && !d.refusal->empty()) ||
         (d.reasoning && !d.reasoning->empty()) || !d.tool_calls.empty())
       has_token_ = true;
-    append(acc.content, d.content);
-    append(acc.refusal, d.refusal);
-    append(acc.reasoning, d.reasoning);
+    acc.content.add(d.content);
+    acc.refusal.add(d.refusal);
+    acc.reasoning.add(d.reasoning);
     if (d.finish_reason) acc.finish_reason = d.finish_reason;
     for (const auto& t : d.tool_calls) {
       auto it = std::find_if(acc.tools.begin(), acc.tools.end(), [&](const ToolAcc& x) { return x.index == t.index; });
@@ -148,21 +155,28 @@ ChatCompletion StreamAssembler::assemble() const {
   out.provider = provider_;
   out.usage = usage_;
   out.streamed = true;
+  // In index order (one choice, the usual case, needs no sorting).
+  const ChoiceAcc* one = n_choices_ == 1 ? &choices_[0] : nullptr;
   std::vector<const ChoiceAcc*> sorted;
-  for (const auto& c : choices_) sorted.push_back(&c);
-  std::sort(sorted.begin(), sorted.end(), [](const ChoiceAcc* a, const ChoiceAcc* b) { return a->index < b->index; });
-  for (const ChoiceAcc* c : sorted) {
+  if (!one) {
+    for (std::size_t i = 0; i < n_choices_; ++i) sorted.push_back(&choices_[i]);
+    std::sort(sorted.begin(), sorted.end(), [](const ChoiceAcc* a, const ChoiceAcc* b) { return a->index < b->index; });
+  }
+  out.choices.reserve(n_choices_);
+  auto add = [&out](const ChoiceAcc* c) {
     Choice ch;
     ch.index = c->index;
     ch.message.role = c->role.value_or("assistant");
     // An empty first delta ("content": "") followed by tool calls means no text.
-    ch.message.content = c->content && !(c->content->empty() && !c->tools.empty()) ? c->content : std::nullopt;
-    ch.message.refusal = c->refusal;
-    ch.message.reasoning = c->reasoning;
-    std::vector<const ToolAcc*> tools;
-    for (const auto& t : c->tools) tools.push_back(&t);
-    std::sort(tools.begin(), tools.end(), [](const ToolAcc* a, const ToolAcc* b) { return a->index < b->index; });
-    for (const ToolAcc* t : tools) ch.message.tool_calls.push_back(t->call);
+    if (c->content.set && !(c->content.s.empty() && !c->tools.empty())) ch.message.content = c->content.s;
+    ch.message.refusal = c->refusal.get();
+    ch.message.reasoning = c->reasoning.get();
+    if (!c->tools.empty()) {
+      std::vector<const ToolAcc*> tools;
+      for (const auto& t : c->tools) tools.push_back(&t);
+      std::sort(tools.begin(), tools.end(), [](const ToolAcc* a, const ToolAcc* b) { return a->index < b->index; });
+      for (const ToolAcc* t : tools) ch.message.tool_calls.push_back(t->call);
+    }
     ch.finish_reason = c->finish_reason;
     if (c->has_logprobs) {
       std::string lp = "{\"content\":[";
@@ -173,7 +187,9 @@ ChatCompletion StreamAssembler::assemble() const {
       ch.logprobs_json = std::move(lp);
     }
     out.choices.push_back(std::move(ch));
-  }
+  };
+  if (one) add(one);
+  for (const ChoiceAcc* c : sorted) add(c);
   return out;
 }
 

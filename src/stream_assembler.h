@@ -62,9 +62,26 @@ class StreamAssembler {
     int index = 0;
     ToolCall call;
   };
+  // Text assembled from deltas; keeps its buffer when the assembler is
+  // recycled (a recycled one does not grow the answer from nothing again).
+  struct Text {
+    std::string s;
+    bool set = false;
+    void add(const std::optional<std::string>& piece) {
+      if (!piece) return;
+      s += *piece;
+      set = true;
+    }
+    std::optional<std::string> get() const { return set ? std::optional<std::string>(s) : std::nullopt; }
+    void clear() noexcept {
+      s.clear();
+      set = false;
+    }
+  };
   struct ChoiceAcc {
     int index = 0;
-    std::optional<std::string> role, content, refusal, reasoning, finish_reason;
+    std::optional<std::string> role, finish_reason;
+    Text content, refusal, reasoning;
     std::vector<ToolAcc> tools;
     std::vector<std::string> logprobs_content, logprobs_refusal;
     bool has_logprobs = false;
@@ -75,7 +92,8 @@ class StreamAssembler {
   std::unique_ptr<ChatCompletionChunk> chunk_ = std::make_unique<ChatCompletionChunk>();
   ChunkPrefix prefix_;  // the last chunk's leading members, for the next
   std::string scratch_;
-  std::vector<ChoiceAcc> choices_;
+  std::vector<ChoiceAcc> choices_;  // the first n_choices_ are this stream's (the rest are kept for reuse)
+  std::size_t n_choices_ = 0;
   std::string id_, object_ = "chat.completion", model_;
   std::int64_t created_ = 0;
   std::optional<std::string> fingerprint_, provider_;
