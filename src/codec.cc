@@ -1096,6 +1096,7 @@ bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkP
       case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
     }
     c.raw_json.assign(event);
+    t.last_full = false;
     return true;
   }
   return false;
@@ -1230,8 +1231,15 @@ namespace {
   if (prefix) {
     // The template is the last event decoded here, if it has slots and
     // set no in-stream error (one set before cannot be told apart).
+    // Only when the event before was decoded the full way too: the first
+    // event of a new shape (a stream's role chunk, the first tool-call
+    // delta) is rarely the shape of the next one, and scanning it for slots
+    // and keeping a copy cost as much as a third of its decoding.
     prefix->slots.clear();
-    if (!had_in_stream_error && !in_stream_error && padded.size() <= kMaxTemplateEvent && may_have_slots(c)) {
+    const bool after_full = prefix->last_full;
+    prefix->last_full = true;
+    if (after_full && !had_in_stream_error && !in_stream_error && padded.size() <= kMaxTemplateEvent &&
+        may_have_slots(c)) {
       find_slots(padded, prefix->slots);
       // (Never true: the scan and the decoder agree on the indexes. Kept
       // so that a disagreement costs the template, not memory safety.)

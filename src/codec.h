@@ -52,7 +52,8 @@ Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>
 // chunk, one that failed, one that starts with choices).
 //
 // It also keeps the template of the "same shape, new string" path: the
-// last event decoded the full way (chunk.raw_json) with what it decoded to,
+// last event decoded the full way (chunk.raw_json) right after another one
+// decoded the full way, with what it decoded to,
 // and the string values in it that each set exactly one chunk field (a
 // delta's content, refusal or reasoning, a tool call's arguments). An
 // event that differs from it only inside one of those strings, and whose
@@ -75,6 +76,7 @@ struct ChunkPrefix {
   };
   ChatCompletionChunk chunk;  // the template event (raw_json) and its decoding
   std::vector<StringSlot> slots;  // empty: no template
+  bool last_full = false;         // the last event was decoded the full way (a template is made only then)
   std::string unescaped;  // the new string, when it has escapes
 };
 

@@ -76,6 +76,7 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
 void StreamAssembler::reset() {
   prefix_.bytes.clear();
   prefix_.slots.clear();
+  prefix_.last_full = false;
   n_choices_ = 0;
   if (choices_.size() > 4) choices_.resize(4);  // an unusual n keeps nothing beyond that
   id_.clear();

@@ -61,6 +61,7 @@ using taotoken::detail::ChunkPrefix;
 void decode_first(std::string first, ChatCompletionChunk& chunk, ChunkPrefix& prefix) {
   taotoken::detail::ensure_padding(first);
   std::optional<Error> in_stream;
+  prefix.last_full = true;  // as after an event decoded the full way: a template is made
   (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
 }
 

@@ -540,6 +540,7 @@ std::vector<std::string> body_pieces() {
 TEST_CASE("decode_chunk's template: only strings that decide one field are slots") {
   auto slots_of = [](const std::string& doc) {
     detail::ChunkPrefix prefix;
+    prefix.last_full = true;  // as after an event decoded the full way: a template is made
     ChatCompletionChunk c;
     std::optional<Error> in_stream;
     const std::string ev = padded(doc);
@@ -589,6 +590,7 @@ TEST_CASE("decode_chunk's template: a new string in a slot gives the reference's
   ChatCompletionChunk reused;  // decoded into across everything, as a stream's
   for (const auto& doc : corpus) {
     detail::ChunkPrefix prefix;
+    prefix.last_full = true;  // as after an event decoded the full way: a template is made
     const std::string first = padded(doc);
     const Decoded want_first = reference(first);
     const Decoded got_first = tuned(first, reused, &prefix);
@@ -650,10 +652,43 @@ TEST_CASE("decode_chunk's template: a new string in a slot gives the reference's
   CHECK(streamed > taken / 2);
 }
 
+TEST_CASE("decode_chunk's template: made from an event decoded the full way right after another") {
+  // A stream: role chunk, content chunks, a tool-call chunk, tool-call
+  // chunks. The first event of each shape is decoded the full way and
+  // makes no template; the second one does, and the rest of that shape
+  // come from it. Every result equals the reference's.
+  const std::string env = R"({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":)";
+  const std::vector<std::string> docs = {
+      env + R"({"role":"assistant","content":""}}]})",
+      env + R"({"content":"Hel"}}]})",
+      env + R"({"content":"lo"}}]})",
+      env + R"({"content":" there"}}]})",
+      env + R"({"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":""}}]}}]})",
+      env + R"({"tool_calls":[{"index":0,"function":{"arguments":"{\"a\""}}]}}]})",
+      env + R"({"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]})",
+  };
+  const std::vector<bool> template_after = {false, true, true, true, false, true, true};
+  const std::vector<bool> from_template = {false, false, true, true, false, false, true};
+  detail::ChunkPrefix prefix;
+  ChatCompletionChunk c;
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    INFO("event " << i << ": " << docs[i]);
+    CHECK(templated(prefix, docs[i]) == from_template[i]);
+    const std::string ev = padded(docs[i]);
+    const Decoded got = tuned(ev, c, &prefix);
+    const Decoded want = reference(ev);
+    REQUIRE_FALSE(want.failure);
+    REQUIRE_FALSE(got.failure);
+    CHECK(got.chunk == want.chunk);
+    CHECK(prefix.slots.empty() == !template_after[i]);
+  }
+}
+
 TEST_CASE("decode_chunk's template: every \\u escape and surrogate pair like simdjson") {
   const std::string head = R"({"id":"c","choices":[{"index":0,"delta":{"content":")";
   const std::string tail = R"("},"finish_reason":null}]})";
   detail::ChunkPrefix prefix;
+  prefix.last_full = true;  // as after an event decoded the full way: a template is made
   ChatCompletionChunk c;
   const Decoded first = tuned(padded(head + "x" + tail), c, &prefix);
   REQUIRE(prefix.slots.size() == 1);
