@@ -5,8 +5,12 @@
 #include <catch2/catch.hpp>
 #include <thread>
 
+#include "chunk_describe.h"
+#include "codec.h"
+#include "fixtures.h"
 #include "sim_fixture.h"
 #include "sse.h"
+#include "stream_assembler.h"
 
 using namespace taotoken;
 using namespace std::chrono_literals;
@@ -47,6 +51,99 @@ TEST_CASE("a plain stream: chunks as they arrive, the assembled message, usage a
   CHECK_THAT(r->id, Catch::StartsWith("chatcmpl-sim"));
   const auto seen = f.sim.requests();
   CHECK_THAT(seen.at(0).body, Catch::Contains(R"("stream":true,"stream_options":{"include_usage":true})"));
+}
+
+// What chat_stream()'s callback sees is built on the caller's thread from
+// the template's chunk and the event's bytes for most chunks (the mailbox's
+// lazy chunks), and decoded on the loop for the others. Either way each
+// chunk must be exactly the one its event decodes to alone.
+TEST_CASE("every chunk the callback sees equals its event decoded alone") {
+  auto check_chunks = [](const std::vector<ChatCompletionChunk>& chunks) {
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      std::string data = chunks[i].raw_json;
+      std::optional<Error> in_stream;
+      auto alone = detail::decode_chunk(data, in_stream);
+      INFO("chunk " << i << ": " << chunks[i].raw_json);
+      REQUIRE(alone.ok());
+      CHECK(test_support::describe(chunks[i]) == test_support::describe(*alone));
+    }
+  };
+
+  SECTION("every recorded stream, replayed whole, against the same bytes decoded in process") {
+    SimFixture f;
+    auto client = f.client();
+    // Besides the recordings: a template with two slots whose strings change
+    // in turn (each built chunk must have the other slot's string back).
+    std::vector<std::pair<std::string, std::string>> bodies;
+    {
+      const std::string env = R"(data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":)";
+      std::string b = env + R"({"role":"assistant"}}]})" "\n\n";
+      const char* pieces[][2] = {{"r0", "c0"}, {"r1", "c0"}, {"r0", "c1"}, {"r2", "c0"}, {"r0", "c2"}, {"r0", "c0"}};
+      for (const auto& p : pieces)
+        b += env + R"({"reasoning_content":")" + p[0] + R"(","content":")" + p[1] + R"("}}]})" "\n\n";
+      b += "data: [DONE]\n\n";
+      bodies.emplace_back("two slots in turn", b);
+    }
+    for (const auto& sc : fixtures::scenarios())
+      if (sc.kind == "sse") bodies.emplace_back(sc.name, fixtures::read_file(fixtures::dir() + "/" + sc.file));
+    int played = 0;
+    for (const auto& [name, body] : bodies) {
+      // In process: every event decoded into its own chunk.
+      std::vector<std::string> want;
+      std::string want_text;
+      {
+        detail::SseDecoder decoder;
+        detail::StreamAssembler assembler;
+        decoder.feed(body, [&](const detail::SseEvent& ev) {
+          if (assembler.on_event(ev) == detail::StreamAssembler::Step::chunk)
+            want.push_back(test_support::describe(*assembler.chunk_slot()));
+          return !assembler.finished();
+        });
+        want_text = assembler.assemble().text();
+      }
+      DYNAMIC_SECTION(name) {
+        sim::Fault replay;
+        replay.replace_body = true;
+        replay.body = body;
+        replay.content_type = "text/event-stream";
+        f.sim.push_fault(replay);
+        Collected got;
+        auto r = client.chat_stream(SimFixture::ask("replay"), got.callback());
+        std::vector<std::string> seen;
+        for (const auto& c : got.chunks) seen.push_back(test_support::describe(c));
+        CHECK(seen == want);
+        check_chunks(got.chunks);
+        INFO("result: " << (r.ok() ? std::string("ok") : r.error().describe()));
+        const std::string text = r.ok() ? r->text() : r.error().partial ? r.error().partial->text() : "";
+        CHECK(text == want_text);
+      }
+      ++played;
+    }
+    CHECK(played >= 31);
+  }
+
+  SECTION("the simulator's streams, in small fragments, with comments, CRLF and tool calls") {
+    SimFixture f;
+    for (int variant = 0; variant < 3; ++variant) {
+      sim::Fault odd;
+      odd.stream_comments = variant == 1;
+      odd.stream_crlf = variant == 1;
+      f.sim.push_fault(odd);
+      ChatRequest req = SimFixture::ask("a b c d e f g h i j k l m n o p q r s t u v w x y z \"quoted\" \u00e9 done");
+      if (variant == 2) {
+        Tool t;
+        t.name = "get_weather";
+        t.parameters_json = R"({"type":"object","properties":{"text":{"type":"string"}}})";
+        req.tools.push_back(t);
+      }
+      Collected got;
+      auto r = f.client().chat_stream(req, got.callback());
+      REQUIRE(r.ok());
+      CHECK(got.chunks.size() >= 6);
+      check_chunks(got.chunks);
+      if (variant < 2) CHECK(got.text == r->text());
+    }
+  }
 }
 
 TEST_CASE("include_usage can be turned off") {

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <random>
 
+#include "chunk_describe.h"
 #include "chunk_reference.h"
 #include "codec.h"
 #include "fixtures.h"
@@ -22,33 +23,8 @@ using namespace taotoken;
 
 namespace {
 
-std::string show(const std::optional<std::string>& s) { return s ? "\"" + *s + "\"" : "(unset)"; }
-std::string show(const std::optional<std::int64_t>& v) { return v ? std::to_string(*v) : "(unset)"; }
-std::string show(const std::optional<double>& v) { return v ? fmt::format("{}", *v) : "(unset)"; }
-
-// Every field, so two chunks are equal exactly when their descriptions are.
-std::string describe(const ChatCompletionChunk& c) {
-  std::string out = fmt::format("id={} object={} created={} model={} fp={} provider={} raw={}\n", show(c.id),
-                                show(c.object), c.created, show(c.model), show(c.system_fingerprint),
-                                show(c.provider), show(c.raw_json));
-  if (c.usage) {
-    const Usage& u = *c.usage;
-    out += fmt::format("usage prompt={} completion={} total={} cached={} reasoning={} cost={}\n",
-                       show(u.prompt_tokens), show(u.completion_tokens), show(u.total_tokens),
-                       show(u.cached_tokens), show(u.reasoning_tokens), show(u.cost));
-  } else {
-    out += "usage (unset)\n";
-  }
-  for (const auto& d : c.choices) {
-    out += fmt::format("choice index={} role={} content={} refusal={} reasoning={} finish={} logprobs={}\n",
-                       d.index, show(d.role), show(d.content), show(d.refusal), show(d.reasoning),
-                       show(d.finish_reason), show(d.logprobs_json));
-    for (const auto& t : d.tool_calls)
-      out += fmt::format("  tool index={} id={} type={} name={} arguments={}\n", t.index, show(t.id),
-                         show(t.type), show(t.name), show(t.arguments));
-  }
-  return out;
-}
+using test_support::describe;
+using test_support::show;
 
 std::string describe(const std::optional<Error>& e) {
   if (!e) return "(none)";
