@@ -238,46 +238,12 @@ struct StreamHooks {
 };
 
 // An item a synchronous stream hands to its caller: a chunk for its
-// callback (built, or to be built from a LazyStage), or any other call.
+// callback, or any other call.
 struct MailboxEntry {
-  static constexpr std::size_t kBuilt = static_cast<std::size_t>(-1);
   std::unique_ptr<ChatCompletionChunk> chunk;
   const ChunkCallback* cb;
   std::function<bool()> fn;  // false: the caller's callback wants to stop
-  std::size_t lazy = kBuilt;  // else: its LazyStage::refs index
-};
-
-// The chunks of a batch the template decoded (StreamAssembler::LazyChunk),
-// to be built on the caller's side: each is its event's bytes plus a copy
-// of the template's chunk (one per template and batch).
-struct LazyStage {
-  struct Ref {
-    std::size_t base;  // index into bases
-    detail::ChunkPrefix::StringSlot slot;
-    std::size_t off, len;  // the event in arena
-  };
-  std::vector<Ref> refs;
-  std::string arena;
-  std::vector<std::unique_ptr<ChatCompletionChunk>> bases;
-  std::vector<std::uint64_t> generations;  // of bases (ChunkPrefix::generation)
-  // Appends `from` (whose entries' indexes are rebased by the caller).
-  void append(LazyStage& from) {
-    for (Ref r : from.refs) {
-      r.base += bases.size();
-      r.off += arena.size();
-      refs.push_back(r);
-    }
-    arena.append(from.arena);
-    for (auto& b : from.bases) bases.push_back(std::move(b));
-    generations.insert(generations.end(), from.generations.begin(), from.generations.end());
-    from.clear();
-  }
-  void clear() noexcept {
-    refs.clear();
-    arena.clear();
-    bases.clear();
-    generations.clear();
-  }
+  bool run() { return chunk ? (*cb)(*chunk) : fn(); }
 };
 
 // What the synchronous streams of one client recycle, so that a stream
@@ -292,10 +258,8 @@ class ChunkPool {
   using Ptr = std::unique_ptr<ChatCompletionChunk>;
   static constexpr std::size_t kMaxKept = 256;
   static constexpr std::size_t kMaxKeptBytes = 8 * 1024;  // an object that held a bigger chunk is freed
-  static constexpr std::size_t kMaxKeptArena = 256 * 1024;  // a lazy batch's event bytes kept beyond that are freed
   struct Queues {
     std::vector<MailboxEntry> items, pending, batch;
-    LazyStage lazy_items, lazy_pending, lazy_batch;
     std::vector<Ptr> spares, spent;
   };
 
@@ -319,10 +283,6 @@ class ChunkPool {
   // `q` must hold no chunk any more.
   void give_back(Queues q) {
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->clear();
-    for (auto* l : {&q.lazy_items, &q.lazy_pending, &q.lazy_batch}) {
-      l->clear();
-      if (l->arena.capacity() > kMaxKeptArena) std::string().swap(l->arena);
-    }
     q.spares.clear();
     q.spent.clear();
     queues_.give(std::move(q));
@@ -349,9 +309,6 @@ class Mailbox {
     for (auto* v : {&pending_, &items_})
       for (Entry& e : *v)
         if (e.chunk) spares_.push_back(std::move(e.chunk));
-    for (auto* l : {&lazy_pending_, &lazy_items_, &lazy_batch_})
-      for (auto& b : l->bases) spares_.push_back(std::move(b));
-    if (current_) spares_.push_back(std::move(current_));
     pool_->put(spares_);
     for (Entry& e : batch_) e.chunk.reset();  // (only a pull stream left early leaves any)
     pool_->give_back(std::move(q_));
@@ -379,25 +336,6 @@ class Mailbox {
     spares_.pop_back();
     p.swap(slot);
     pending_.push_back(Entry{std::move(p), cb, nullptr});
-  }
-
-  // Queues a chunk the template decoded, to be built on the caller's side:
-  // the event's bytes are copied, and `tmpl` (the template's chunk) once
-  // per template and batch, into a pooled object.
-  void push_lazy(const ChatCompletionChunk& tmpl, const detail::StreamAssembler::LazyChunk& c,
-                 const ChunkCallback* cb) {
-    LazyStage& l = lazy_pending_;
-    if (l.bases.empty() || l.generations.back() != c.generation) {
-      if (spares_.empty()) pool_->get(spares_, kSpareBatch);
-      ChunkPool::Ptr base = std::move(spares_.back());
-      spares_.pop_back();
-      *base = tmpl;  // (the pooled object's buffers are reused)
-      l.bases.push_back(std::move(base));
-      l.generations.push_back(c.generation);
-    }
-    l.refs.push_back(LazyStage::Ref{l.bases.size() - 1, c.slot, l.arena.size(), c.event.size()});
-    l.arena.append(c.event);
-    pending_.push_back(Entry{nullptr, cb, nullptr, l.refs.size() - 1});
   }
 
   // Queues an item; kick() hands it to the caller.
@@ -487,41 +425,10 @@ class Mailbox {
     if (pending_.empty()) return;
     if (items_.empty()) {
       items_.swap(pending_);
-      std::swap(lazy_items_, lazy_pending_);  // (lazy_items_ is empty with items_)
     } else {
-      const std::size_t refs = lazy_items_.refs.size();
-      for (Entry& e : pending_) {
-        if (e.lazy != Entry::kBuilt) e.lazy += refs;
-        items_.push_back(std::move(e));
-      }
+      for (Entry& e : pending_) items_.push_back(std::move(e));
       pending_.clear();
-      lazy_items_.append(lazy_pending_);
     }
-  }
-
-  // Caller side: runs an entry's callback; a lazy chunk is built first, into
-  // one object reused for the call (only the slot's field and raw_json
-  // change while the template stays the same).
-  bool run(Entry& e) {
-    if (e.chunk) return (*e.cb)(*e.chunk);
-    if (e.lazy == Entry::kBuilt) return e.fn();
-    const LazyStage::Ref& r = lazy_batch_.refs[e.lazy];
-    const std::uint64_t generation = lazy_batch_.generations[r.base];
-    if (!current_) {
-      std::vector<ChunkPool::Ptr> one;
-      pool_->get(one, 1);
-      current_ = std::move(one.back());
-    }
-    const bool only_slot = current_valid_ && current_generation_ == generation && current_slot_.open == r.slot.open &&
-                           current_slot_.close == r.slot.close;
-    current_valid_ = false;  // until it is whole again
-    detail::materialize_template_chunk(*lazy_batch_.bases[r.base], r.slot,
-                                       std::string_view(lazy_batch_.arena).substr(r.off, r.len), only_slot, scratch_,
-                                       *current_);
-    current_valid_ = true;
-    current_generation_ = generation;
-    current_slot_ = r.slot;
-    return (*e.cb)(*current_);
   }
 
   // Caller side: moves what the loop handed over into batch_ (first
@@ -535,7 +442,6 @@ class Mailbox {
       waiting_ = false;
     }
     batch_.swap(items_);  // both keep their capacity: no allocation per batch
-    std::swap(lazy_batch_, lazy_items_);
     const bool was_paused = paused_;
     paused_ = false;
     return was_paused;
@@ -567,19 +473,17 @@ class Mailbox {
         try {
           for (Entry& e : m.batch_)
             if (e.chunk) m.spent_.push_back(std::move(e.chunk));
-          for (auto& b : m.lazy_batch_.bases) m.spent_.push_back(std::move(b));
           m.pool_->put(m.spent_);
         } catch (...) {
           m.spent_.clear();
         }
         m.batch_.clear();
-        m.lazy_batch_.clear();
       }
     } spend{*this};
     for (auto& item : batch_) {
       if (stopped_.load()) break;
       try {
-        if (!run(item)) {
+        if (!item.run()) {
           stopped_.store(true);
           last_reason_ = stop_reason_;
           stop(last_reason_);
@@ -614,15 +518,6 @@ class Mailbox {
   std::vector<ChunkPool::Ptr>& spares_ = q_.spares;     // loop side only
   std::vector<Entry>& batch_ = q_.batch;                // caller side only
   std::vector<ChunkPool::Ptr>& spent_ = q_.spent;       // caller side only
-  LazyStage& lazy_items_ = q_.lazy_items;               // under mu_, with items_
-  LazyStage& lazy_pending_ = q_.lazy_pending;           // loop side only, with pending_
-  LazyStage& lazy_batch_ = q_.lazy_batch;               // caller side only, with batch_
-  // Caller side: the object lazy chunks are built into, and what it holds.
-  ChunkPool::Ptr current_;
-  bool current_valid_ = false;
-  std::uint64_t current_generation_ = 0;
-  detail::ChunkPrefix::StringSlot current_slot_{};
-  std::string scratch_;
   std::size_t pull_pos_ = 0;                             // caller side only (pull mode)
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
@@ -1300,11 +1195,6 @@ class TaotokenClient::Impl {
     // slot): the assembler has merged it already and decodes the next one
     // over whatever is there.
     using ChunkSink = std::function<bool(std::unique_ptr<ChatCompletionChunk>&)>;
-    // Set, it gets the chunks the template decodes instead, unbuilt (see
-    // StreamAssembler::LazyChunk): a consumer that builds them on another
-    // thread into one reused object skips an object per chunk.
-    using LazySink =
-        std::function<bool(const detail::StreamAssembler&, const detail::StreamAssembler::LazyChunk&)>;
     ChatStreamHooks(ChunkSink cb, Clock::time_point started, std::size_t max_json_bytes,
                     std::shared_ptr<StreamStatePool> states)
         : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes), pool(std::move(states)),
@@ -1312,7 +1202,6 @@ class TaotokenClient::Impl {
     ~ChatStreamHooks() override { pool->put(std::move(state)); }
     void begin_attempt(HttpRequest& req) override {
       state->reset();
-      assembler.set_lazy(static_cast<bool>(on_lazy));
       json_mode = false;
       req.on_start = [this](int, const std::vector<Header>& headers) {
         const std::string* ct = detail::find_header(headers, "content-type");
@@ -1358,8 +1247,7 @@ class TaotokenClient::Impl {
           ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
         delivered_ = true;
         try {
-          const auto* lazy = assembler.lazy_chunk();
-          if (lazy ? !on_lazy(assembler, *lazy) : on_chunk && !on_chunk(assembler.chunk_slot())) {
+          if (on_chunk && !on_chunk(assembler.chunk_slot())) {
             user_stopped = true;
             return false;
           }
@@ -1410,7 +1298,6 @@ class TaotokenClient::Impl {
     }
 
     ChunkSink on_chunk;
-    LazySink on_lazy;
     std::function<bool()> should_pause;
     std::function<void()> after_data;  // after each piece of body bytes was handled
     std::atomic<bool> complete{false};
@@ -1432,11 +1319,10 @@ class TaotokenClient::Impl {
 
   std::shared_ptr<ChatExchange> make_chat_stream(const ChatRequest& request, ChatStreamHooks::ChunkSink on_chunk,
                                                  std::function<bool()> should_pause, std::function<void()> after_data,
-                                                 RequestOptions ro, ChatStreamHooks::LazySink on_lazy = nullptr) const {
+                                                 RequestOptions ro) const {
     auto ex = new_chat_exchange(request, std::move(ro), /*stream=*/true);
     auto hooks = std::make_shared<ChatStreamHooks>(std::move(on_chunk), ex->call.start, opts_.max_response_bytes,
                                                    stream_states_);
-    hooks->on_lazy = std::move(on_lazy);
     hooks->should_pause = std::move(should_pause);
     hooks->after_data = std::move(after_data);
     ex->hooks = hooks.get();
@@ -1775,23 +1661,14 @@ class TaotokenClient::Impl {
     return run_sync_stream<ChatCompletion>(
         "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
           ChatStreamHooks::ChunkSink relay;
-          ChatStreamHooks::LazySink lazy_relay;
-          if (on_chunk) {
+          if (on_chunk)
             relay = [mb, &on_chunk](std::unique_ptr<ChatCompletionChunk>& c) {
               if (mb->stopped()) return false;
               mb->push_chunk(c, &on_chunk);
               return true;
             };
-            lazy_relay = [mb, &on_chunk](const detail::StreamAssembler& a,
-                                         const detail::StreamAssembler::LazyChunk& c) {
-              if (mb->stopped()) return false;
-              mb->push_lazy(a.template_chunk(), c, &on_chunk);
-              return true;
-            };
-          }
           return make_chat_stream(
-              request, std::move(relay), [mb] { return mb->should_pause(); }, [mb] { mb->kick(); }, ro,
-              std::move(lazy_relay));
+              request, std::move(relay), [mb] { return mb->should_pause(); }, [mb] { mb->kick(); }, ro);
         },
         [](ChatCompletion c, const std::string& reason) -> Result<ChatCompletion> {
           Error e = stopped_error(reason, c.request_id, c.upstream_request_id, c.attempts, c.attempt_log,

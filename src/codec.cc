@@ -1073,27 +1073,33 @@ bool may_have_slots(const ChatCompletionChunk& c) {
 
 // The "same shape, new string" path: true when `event` was decoded into
 // `c` from the template.
-// Sets the slot's field of `c` (a copy of the template's chunk) to `value`.
-void set_slot_field(ChatCompletionChunk& c, const StringSlot& slot, std::string_view value) {
-  ChoiceDelta& d = c.choices[slot.choice];
-  switch (slot.field) {
-    case StringSlot::content: assign_text(d.content, value); break;
-    case StringSlot::refusal: assign_text(d.refusal, value); break;
-    case StringSlot::reasoning: assign_text(d.reasoning, value); break;
-    case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
-  }
-}
-
-// The "same shape, new string" path: true when `event` was decoded into
-// `c` from the template.
 bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t) {
-  std::string_view value;
-  const StringSlot* slot = match_template(event, t, value);
-  if (!slot) return false;
-  copy_chunk(t.chunk, c);
-  set_slot_field(c, *slot, value);
-  c.raw_json.assign(event);
-  return true;
+  const std::string& old = t.chunk.raw_json;
+  if (event.size() > kMaxTemplateEvent) return false;
+  for (const StringSlot& slot : t.slots) {
+    const std::size_t tail = old.size() - slot.close;  // from the closing quote on
+    if (event.size() < slot.open + tail) continue;
+    const std::size_t close = event.size() - tail;
+    if (std::memcmp(event.data(), old.data(), slot.open) != 0 ||
+        std::memcmp(event.data() + close, old.data() + slot.close, tail) != 0)
+      continue;
+    // The event differs from the template inside this slot alone (slots do
+    // not overlap): no other slot can match.
+    std::string_view value;
+    if (!json_string_value(event.substr(slot.open, close - slot.open), value, t.unescaped)) return false;
+    copy_chunk(t.chunk, c);
+    ChoiceDelta& d = c.choices[slot.choice];
+    switch (slot.field) {
+      case StringSlot::content: assign_text(d.content, value); break;
+      case StringSlot::refusal: assign_text(d.refusal, value); break;
+      case StringSlot::reasoning: assign_text(d.reasoning, value); break;
+      case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
+    }
+    c.raw_json.assign(event);
+    t.last_full = false;
+    return true;
+  }
+  return false;
 }
 
 // Decodes the members of a chunk's top-level object into `c` (whose
@@ -1245,47 +1251,13 @@ namespace {
                                            s.tool >= c.choices[s.choice].tool_calls.size());
                                  }),
                   slots.end());
-      if (!slots.empty()) {
-        prefix->chunk = c;
-        ++prefix->generation;
-      }
+      if (!slots.empty()) prefix->chunk = c;
     }
   }
   return true;
 }
 
 }  // namespace
-
-const ChunkPrefix::StringSlot* match_template(std::string_view event, ChunkPrefix& t, std::string_view& value) {
-  const std::string& old = t.chunk.raw_json;
-  if (t.slots.empty() || event.size() > kMaxTemplateEvent) return nullptr;
-  for (const StringSlot& slot : t.slots) {
-    const std::size_t tail = old.size() - slot.close;  // from the closing quote on
-    if (event.size() < slot.open + tail) continue;
-    const std::size_t close = event.size() - tail;
-    if (std::memcmp(event.data(), old.data(), slot.open) != 0 ||
-        std::memcmp(event.data() + close, old.data() + slot.close, tail) != 0)
-      continue;
-    // The event differs from the template inside this slot alone (slots do
-    // not overlap): no other slot can match.
-    if (!json_string_value(event.substr(slot.open, close - slot.open), value, t.unescaped)) return nullptr;
-    t.last_full = false;
-    return &slot;
-  }
-  return nullptr;
-}
-
-void materialize_template_chunk(const ChatCompletionChunk& base, const ChunkPrefix::StringSlot& slot,
-                                std::string_view event, bool only_slot, std::string& scratch,
-                                ChatCompletionChunk& c) {
-  if (!only_slot) copy_chunk(base, c);
-  const std::size_t close = event.size() - (base.raw_json.size() - slot.close);
-  std::string_view value;
-  // Checked by match_template already: it cannot fail here.
-  (void)json_string_value(event.substr(slot.open, close - slot.open), value, scratch);
-  set_slot_field(c, slot, value);
-  c.raw_json.assign(event);
-}
 
 bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& c, std::optional<Error>& in_stream_error,
                        ChunkPrefix* prefix, std::optional<Error>& error) {

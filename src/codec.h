@@ -77,7 +77,6 @@ struct ChunkPrefix {
   ChatCompletionChunk chunk;  // the template event (raw_json) and its decoding
   std::vector<StringSlot> slots;  // empty: no template
   bool last_full = false;         // the last event was decoded the full way (a template is made only then)
-  std::uint64_t generation = 0;   // counts the templates made (never reset: tells them apart)
   std::string unescaped;  // the new string, when it has escapes
 };
 
@@ -92,21 +91,6 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
 // 416-byte zeroing).
 bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& out, std::optional<Error>& in_stream_error,
                        ChunkPrefix* prefix, std::optional<Error>& error);
-
-// The template path in two halves, for a consumer that builds the chunk
-// object later and elsewhere (a synchronous stream's caller thread):
-// - match_template: the slot of `t`'s template whose string alone differs
-//   in `event`, with the new string (checked as simdjson would; `value`
-//   views `event` or `t.unescaped`), or null (then decode the full way).
-//   A match counts as a template decode for ChunkPrefix::last_full.
-// - materialize_template_chunk: writes into `c` what decode_chunk gives
-//   for that event: `base` (the template's chunk, t.chunk or a copy of it)
-//   with the slot's field set, raw_json = event. `only_slot`: `c` already
-//   holds `base`'s decoding but for this slot's field and raw_json.
-const ChunkPrefix::StringSlot* match_template(std::string_view event, ChunkPrefix& t, std::string_view& value);
-void materialize_template_chunk(const ChatCompletionChunk& base, const ChunkPrefix::StringSlot& slot,
-                                std::string_view event, bool only_slot, std::string& scratch,
-                                ChatCompletionChunk& c);
 
 // Decodes the data of an `event: error` (an error object, bare or wrapped).
 Error decode_stream_error(std::string& data);

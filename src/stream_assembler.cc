@@ -56,16 +56,6 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
     done_ = true;
     return Step::done;
   }
-  has_lazy_ = false;
-  if (lazy_ && !prefix_.slots.empty()) {
-    std::string_view value;
-    if (const ChunkPrefix::StringSlot* slot = match_template(ev.data, prefix_, value)) {
-      apply(prefix_.chunk, slot, value);
-      lazy_hit_ = LazyChunk{prefix_.generation, *slot, ev.data};
-      has_lazy_ = true;
-      return Step::chunk;
-    }
-  }
   // SseDecoder leaves padding after the data, so it is parsed in place.
   // (The error slots live in the assembler: a std::optional<Error> made per
   // event was a 416-byte `rep stos`, the costliest line of this function.)
@@ -87,7 +77,6 @@ void StreamAssembler::reset() {
   prefix_.bytes.clear();
   prefix_.slots.clear();
   prefix_.last_full = false;
-  lazy_ = has_lazy_ = false;
   n_choices_ = 0;
   if (choices_.size() > 4) choices_.resize(4);  // an unusual n keeps nothing beyond that
   id_.clear();
@@ -120,36 +109,24 @@ void StreamAssembler::on_end(const SseDecoder& decoder) {
   if (decoder.has_unterminated_tail() && decoder.pending_data() == "[DONE]") done_ = true;
 }
 
-void StreamAssembler::apply(const ChatCompletionChunk& c, const ChunkPrefix::StringSlot* over,
-                            std::string_view value) {
+void StreamAssembler::apply(const ChatCompletionChunk& c) {
   if (id_.empty()) id_ = c.id;
   if (model_.empty()) model_ = c.model;
   if (created_ == 0) created_ = c.created;
   if (!fingerprint_ && c.system_fingerprint) fingerprint_ = c.system_fingerprint;
   if (c.provider) provider_ = c.provider;
   if (c.usage) usage_ = c.usage;  // the last one wins
-  using Field = ChunkPrefix::StringSlot::Field;
-  for (std::size_t i = 0; i < c.choices.size(); ++i) {
-    const ChoiceDelta& d = c.choices[i];
-    // A field's text, or the slot's new one in its place.
-    auto text = [&](const std::optional<std::string>& f, Field field) -> std::optional<std::string_view> {
-      if (over && over->choice == i && over->field == field) return value;
-      if (f) return std::string_view(*f);
-      return std::nullopt;
-    };
-    const auto content = text(d.content, Field::content), refusal = text(d.refusal, Field::refusal),
-               reasoning = text(d.reasoning, Field::reasoning);
+  for (const auto& d : c.choices) {
     ChoiceAcc& acc = choice(d.index);
     if (d.role && !acc.role) acc.role = d.role;
-    if ((content && !content->empty()) || (refusal && !refusal->empty()) || (reasoning && !reasoning->empty()) ||
-        !d.tool_calls.empty())
+    if ((d.content && !d.content->empty()) || (d.refusal && !d.refusal->empty()) ||
+        (d.reasoning && !d.reasoning->empty()) || !d.tool_calls.empty())
       has_token_ = true;
-    acc.content.add(content);
-    acc.refusal.add(refusal);
-    acc.reasoning.add(reasoning);
+    acc.content.add(d.content);
+    acc.refusal.add(d.refusal);
+    acc.reasoning.add(d.reasoning);
     if (d.finish_reason) acc.finish_reason = d.finish_reason;
-    for (std::size_t j = 0; j < d.tool_calls.size(); ++j) {
-      const ToolCallDelta& t = d.tool_calls[j];
+    for (const auto& t : d.tool_calls) {
       auto it = std::find_if(acc.tools.begin(), acc.tools.end(), [&](const ToolAcc& x) { return x.index == t.index; });
       if (it == acc.tools.end()) {
         acc.tools.push_back({t.index, ToolCall{}});
@@ -159,8 +136,7 @@ void StreamAssembler::apply(const ChatCompletionChunk& c, const ChunkPrefix::Str
       if (t.id && call.id.empty()) call.id = *t.id;
       if (t.type && !t.type->empty()) call.type = *t.type;
       if (t.name && call.name.empty()) call.name = *t.name;
-      if (over && over->field == Field::arguments && over->choice == i && over->tool == j) call.arguments += value;
-      else call.arguments += t.arguments;
+      call.arguments += t.arguments;
     }
     if (d.logprobs_json) {
       acc.has_logprobs = true;

@@ -10,10 +10,8 @@
 
 #include <chrono>
 #include <memory>
-#include <cstdint>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "codec.h"
@@ -38,25 +36,6 @@ class StreamAssembler {
   // At end of input (decoder finished): a final "[DONE]" left without its
   // blank line still counts as done.
   void on_end(const SseDecoder& decoder);
-
-  // Lazy mode (off after reset()): an event the template decodes is merged
-  // without being written into chunk_slot(); on_event still returns
-  // Step::chunk and lazy_chunk() says how to build the object elsewhere
-  // (materialize_template_chunk with template_chunk()), for a consumer that
-  // builds it on another thread, into one object reused for the stream.
-  // For the other events lazy_chunk() is null and the chunk is in
-  // chunk_slot() as usual.
-  struct LazyChunk {
-    std::uint64_t generation;             // template() at the time (ChunkPrefix::generation)
-    ChunkPrefix::StringSlot slot;
-    std::string_view event;               // the event's data (valid during the on_event call)
-  };
-  void set_lazy(bool on) noexcept { lazy_ = on; }
-  const LazyChunk* lazy_chunk() const noexcept { return has_lazy_ ? &lazy_hit_ : nullptr; }
-  // The template's chunk that lazy_chunk() refers to; it changes with the
-  // next template (LazyChunk::generation), so a consumer that builds the
-  // chunk later keeps a copy per generation.
-  const ChatCompletionChunk& template_chunk() const noexcept { return prefix_.chunk; }
 
   // A consumer may take the object (swap in a recycled one, never null):
   // it has been merged, and the next event is decoded over whatever the
@@ -88,7 +67,7 @@ class StreamAssembler {
   struct Text {
     std::string s;
     bool set = false;
-    void add(std::optional<std::string_view> piece) {
+    void add(const std::optional<std::string>& piece) {
       if (!piece) return;
       s += *piece;
       set = true;
@@ -107,9 +86,7 @@ class StreamAssembler {
     std::vector<std::string> logprobs_content, logprobs_refusal;
     bool has_logprobs = false;
   };
-  // Merges `c`; with `over`, as if the field of that slot held `value`.
-  void apply(const ChatCompletionChunk& c, const ChunkPrefix::StringSlot* over = nullptr,
-             std::string_view value = {});
+  void apply(const ChatCompletionChunk& c);
   ChoiceAcc& choice(int index);
 
   std::unique_ptr<ChatCompletionChunk> chunk_ = std::make_unique<ChatCompletionChunk>();
@@ -123,8 +100,6 @@ class StreamAssembler {
   std::optional<Usage> usage_;
   std::optional<Error> error_;
   std::optional<Error> in_stream_, chunk_error_;  // decode_chunk_into's outputs, kept empty between events
-  bool lazy_ = false, has_lazy_ = false;
-  LazyChunk lazy_hit_{};
   bool done_ = false;
   bool has_token_ = false;
   std::size_t ignored_ = 0;

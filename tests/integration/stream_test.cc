@@ -53,10 +53,9 @@ TEST_CASE("a plain stream: chunks as they arrive, the assembled message, usage a
   CHECK_THAT(seen.at(0).body, Catch::Contains(R"("stream":true,"stream_options":{"include_usage":true})"));
 }
 
-// What chat_stream()'s callback sees is built on the caller's thread from
-// the template's chunk and the event's bytes for most chunks (the mailbox's
-// lazy chunks), and decoded on the loop for the others. Either way each
-// chunk must be exactly the one its event decodes to alone.
+// What chat_stream()'s callback sees comes from the decoder's fast paths
+// (the stream's prefix, the template) through the mailbox's recycled
+// objects; each chunk must be exactly the one its event decodes to alone.
 TEST_CASE("every chunk the callback sees equals its event decoded alone") {
   auto check_chunks = [](const std::vector<ChatCompletionChunk>& chunks) {
     for (std::size_t i = 0; i < chunks.size(); ++i) {
@@ -73,7 +72,7 @@ TEST_CASE("every chunk the callback sees equals its event decoded alone") {
     SimFixture f;
     auto client = f.client();
     // Besides the recordings: a template with two slots whose strings change
-    // in turn (each built chunk must have the other slot's string back).
+    // in turn (each chunk must have the other slot's string back).
     std::vector<std::pair<std::string, std::string>> bodies;
     {
       const std::string env = R"(data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":)";
