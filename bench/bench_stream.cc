@@ -489,7 +489,9 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
   // Full decode: SseDecoder + StreamAssembler, as chat_stream() drives them
   // (chunk JSON parsed into ChatCompletionChunk, merged into the
   // completion); at each [DONE] the completion is assembled and checked and
-  // a fresh assembler starts the next copy of the stream.
+  // the assembler is reset for the next copy of the stream, as a client
+  // recycles it (its buffers kept, nothing of the stream before: no prefix,
+  // no template).
   auto decode_pass = [&]() {
     detail::SseDecoder decoder;
     detail::StreamAssembler assembler;
@@ -504,7 +506,7 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
         case detail::StreamAssembler::Step::done:
           if (assembler.assemble().text() != kExpected) bad = true;
           ++streams;
-          assembler = detail::StreamAssembler();
+          assembler.reset();
           break;
         case detail::StreamAssembler::Step::failed:
           bad = true;
