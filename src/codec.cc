@@ -611,8 +611,8 @@ inline std::size_t string_end(std::string_view json, std::size_t i, bool& escape
     p = find_quote_or_backslash(p, end);
     if (p == end || *p == '"') return static_cast<std::size_t>(p - json.data());
     escaped = true;
-    p += 2;  // the backslash and the byte it escapes
-    if (p >= end) return json.size();
+    if (end - p <= 2) return json.size();  // nothing after the escaped byte
+    p += 2;                                 // the backslash and the byte it escapes
   }
 }
 

@@ -62,6 +62,7 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
   if (!decode_chunk_into(ev.data, *chunk_, in_stream_, &prefix_, chunk_error_)) {
     error_ = std::move(chunk_error_);
     chunk_error_.reset();
+    in_stream_.reset();  // an error object decoded before the failure
     return Step::failed;
   }
   apply(*chunk_);
@@ -87,6 +88,8 @@ void StreamAssembler::reset() {
   provider_.reset();
   usage_.reset();
   error_.reset();
+  in_stream_.reset();
+  chunk_error_.reset();
   done_ = false;
   has_token_ = false;
   ignored_ = 0;

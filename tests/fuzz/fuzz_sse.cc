@@ -1,29 +1,83 @@
 // libFuzzer target: the SSE decoder and the stream assembler (which parses
 // every event's JSON). The first byte picks how the input is split into
-// feeds, so framing across arbitrary boundaries is explored too.
+// feeds (1 to 64 bytes, 65 to 1024, or whole: whole events with room after
+// them take the decoder's no-copy path), so framing across arbitrary
+// boundaries is explored too. Each input runs through a fresh decoder and
+// assembler and through a recycled pair (reset after a first pass over the
+// same input, as a client recycles them): the two must agree; then the
+// recycled pair, reset again, must decode a known good stream exactly as a
+// fresh pair does (nothing of the input may leak into the next stream).
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <string_view>
 
 #include "sse.h"
 #include "stream_assembler.h"
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  if (size == 0) return 0;
-  const std::size_t step = 1 + data[0] % 64;
-  std::string_view in(reinterpret_cast<const char*>(data + 1), size - 1);
-  taotoken::detail::SseDecoder decoder;
-  taotoken::detail::StreamAssembler assembler;
+namespace {
+
+struct Outcome {
+  std::size_t chunks = 0;
+  bool done = false;
+  std::string error;  // message, empty when none
+  std::string text;
+};
+
+Outcome run(taotoken::detail::SseDecoder& decoder, taotoken::detail::StreamAssembler& assembler,
+            std::string_view in, std::size_t step) {
+  Outcome o;
   while (!in.empty()) {
     const std::size_t n = step < in.size() ? step : in.size();
     decoder.feed(in.substr(0, n), [&](const taotoken::detail::SseEvent& ev) {
-      assembler.on_event(ev);
+      if (assembler.on_event(ev) == taotoken::detail::StreamAssembler::Step::chunk) ++o.chunks;
       return true;
     });
     in.remove_prefix(n);
   }
   assembler.on_end(decoder);
-  (void)assembler.assemble();
+  o.done = assembler.done();
+  if (assembler.error()) o.error = assembler.error()->message().empty() ? "(error)" : assembler.error()->message();
+  o.text = assembler.assemble().text();
   (void)decoder.pending_data();
+  return o;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size == 0) return 0;
+  const unsigned pick = data[0];
+  const std::size_t step = pick < 128 ? 1 + pick % 64 : pick < 192 ? 65 + (pick % 64) * 15 : size;
+  const std::string_view in(reinterpret_cast<const char*>(data + 1), size - 1);
+  taotoken::detail::SseDecoder fresh_decoder, decoder;
+  taotoken::detail::StreamAssembler fresh_assembler, assembler;
+  const Outcome fresh = run(fresh_decoder, fresh_assembler, in, step);
+  (void)run(decoder, assembler, in, step);
+  decoder.reset();
+  assembler.reset();
+  const Outcome again = run(decoder, assembler, in, step);
+  auto same = [](const Outcome& a, const Outcome& b) {
+    return a.chunks == b.chunks && a.done == b.done && a.error == b.error && a.text == b.text;
+  };
+  if (!same(again, fresh)) std::abort();
+  static const std::string good = [] {
+    const std::string env = R"(data: {"id":"g","object":"chat.completion.chunk","created":1,"model":"m","choices":)";
+    return env + R"([{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]})" "\n\n" + env +
+           R"([{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]})" "\n\n" + env +
+           R"([{"index":0,"delta":{"content":"lo"},"finish_reason":null}]})" "\n\n" + env +
+           R"([{"index":0,"delta":{"content":"!"},"finish_reason":null}]})" "\n\n" + env +
+           R"([{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}})" "\n\n"
+           "data: [DONE]\n\n";
+  }();
+  static const Outcome good_fresh = [] {
+    taotoken::detail::SseDecoder d;
+    taotoken::detail::StreamAssembler a;
+    return run(d, a, good, good.size());
+  }();
+  decoder.reset();
+  assembler.reset();
+  if (!same(run(decoder, assembler, good, step), good_fresh)) std::abort();
   return 0;
 }

@@ -145,6 +145,26 @@ TEST_CASE("every chunk the callback sees equals its event decoded alone") {
   }
 }
 
+TEST_CASE("a failed stream's error object does not reach the next stream of the client") {
+  // The client recycles its decoding state: an event that decoded an
+  // `error` member and then failed left it behind, and the next stream
+  // failed with the old message.
+  SimFixture f;
+  auto client = f.client();
+  sim::Fault bad;
+  bad.replace_body = true;
+  bad.body = "data: {\"error\":{\"message\":\"boom from stream 1\"},\"choices\":1}\n\n";
+  bad.content_type = "text/event-stream";
+  f.sim.push_fault(bad);
+  auto first = client.chat_stream(SimFixture::ask("one"), [](const ChatCompletionChunk&) { return true; });
+  REQUIRE_FALSE(first.ok());
+  CHECK(first.error().kind() == ErrorKind::bad_response);
+  auto second = client.chat_stream(SimFixture::ask("two words"), [](const ChatCompletionChunk&) { return true; });
+  INFO("second: " << (second.ok() ? std::string("ok") : second.error().describe()));
+  REQUIRE(second.ok());
+  CHECK(second->text() == "Echo: two words");
+}
+
 TEST_CASE("include_usage can be turned off") {
   SimFixture f;
   auto o = f.options();

@@ -206,6 +206,38 @@ TEST_CASE("a decoder and an assembler reset between streams give each the result
   CHECK(played == 78);
 }
 
+TEST_CASE("a stream that failed after an error object leaves nothing for the next one") {
+  // The event decodes an `error` member, then fails on `choices`: the
+  // in-stream error already decoded must not survive into the next stream
+  // of a recycled assembler (it failed that stream with the old message).
+  SseDecoder dec;
+  StreamAssembler as;
+  const std::string failing = "data: {\"error\":{\"message\":\"boom from stream 1\"},\"choices\":1}\n\n";
+  const Outcome first = run_with(dec, as, failing, {});
+  REQUIRE(first.error);
+  CHECK(first.error->kind() == ErrorKind::bad_response);
+  int played = 0;
+  for (const auto& sc : fixtures::scenarios()) {
+    if (sc.kind != "sse") continue;
+    ++played;
+    const std::string bytes = fixtures::read_file(fixtures::dir() + "/" + sc.file);
+    dec.reset();
+    as.reset();
+    (void)run_with(dec, as, failing, {});  // fails the same way every time
+    dec.reset();
+    as.reset();
+    const Outcome o = run_with(dec, as, bytes, {});
+    const Outcome fresh = run(bytes, {});
+    INFO(sc.name);
+    CHECK(o.chunks == fresh.chunks);
+    CHECK(o.done == fresh.done);
+    CHECK(o.error.has_value() == fresh.error.has_value());
+    if (o.error && fresh.error) CHECK(o.error->message() == fresh.error->message());
+    CHECK(o.completion.text() == fresh.completion.text());
+  }
+  CHECK(played == 39);
+}
+
 TEST_CASE("SSE framing details") {
   std::vector<std::pair<std::string, std::string>> events;
   auto collect = [&](const SseEvent& ev) {
