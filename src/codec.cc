@@ -993,10 +993,6 @@ void find_slots(std::string_view event, std::vector<StringSlot>& slots) {
   if (!ok) slots.clear();
 }
 
-// Copies every field but raw_json, like operator= would, but writes a
-// string only when it differs: the chunk a stream decodes into mostly
-// holds the template's values already, and comparing short strings inline
-// is cheaper than assigning them. Must name every field (like reset()).
 // Whether the n bytes at a and b are equal: inline 8-byte compares for the
 // short strings of a chunk's envelope (a memcmp call costs more than the
 // compare itself there).
@@ -1017,6 +1013,10 @@ void find_slots(std::string_view event, std::vector<StringSlot>& slots) {
   return true;
 }
 
+// Copies every field but raw_json, like operator= would, but writes a
+// string only when it differs: the chunk a stream decodes into mostly
+// holds the template's values already, and comparing short strings inline
+// is cheaper than assigning them. Must name every field (like reset()).
 [[gnu::always_inline]] inline void copy_text(std::string& to, const std::string& from) {
   if (to.size() != from.size() || !same_bytes(to.data(), from.data(), from.size())) to.assign(from);
 }
