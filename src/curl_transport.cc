@@ -63,6 +63,12 @@ struct Transfer {
   std::chrono::milliseconds idle_timeout{0};
   bool idle_expired = false;
   std::chrono::steady_clock::time_point last_activity = started;
+  // The loop's count of libcurl rounds (perform_once), and the round of
+  // the last header line's clock read: the header lines of one round come
+  // from the same read, so the first one's time is the time of all (a
+  // clock read per line cost about 0.15 us a request).
+  const std::uint64_t* round = nullptr;
+  std::uint64_t header_round = 0;
   const HttpRequest* request = nullptr;
   bool complete_seen = false;          // request->complete turned true
   bool track_activity = false;         // last_activity is read (idle / completion checks)
@@ -137,7 +143,10 @@ struct Transfer {
     auto* t = *static_cast<Transfer**>(user);
     const size_t n = size * nmemb;
     t->got_first_byte = true;
-    if (t->track_activity) t->last_activity = std::chrono::steady_clock::now();
+    if (t->track_activity && (!t->round || t->header_round != *t->round)) {
+      t->last_activity = std::chrono::steady_clock::now();
+      if (t->round) t->header_round = *t->round;
+    }
     std::string_view line(data, n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
     try {
@@ -599,6 +608,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
     t.first_byte_timeout = request.first_byte_timeout;
     t.idle_timeout = request.idle_timeout;
     t.track_activity = request.idle_timeout.count() > 0 || request.complete;
+    t.round = &perform_round_;
     if (request.complete) {
       Active* raw = a.get();
       t.on_complete = [this, raw] { arm_watchdog(*raw); };
@@ -815,6 +825,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   void perform_once() {
     int running = 0;
     in_curl_ = true;
+    ++perform_round_;
     curl_multi_perform(multi_, &running);
     in_curl_ = false;
     int left = 0;
@@ -894,6 +905,7 @@ class Loop::Impl : public std::enable_shared_from_this<Loop::Impl> {
   std::thread::id thread_id_;
   std::atomic<bool> stop_{false};
   bool in_curl_ = false;  // driver: inside a libcurl call that runs callbacks
+  std::uint64_t perform_round_ = 0;  // driver: rounds of libcurl work (starts at 1 in the first)
   std::mutex mu_;
   std::condition_variable drive_cv_;  // the parked loop thread waits here
   // Who runs the loop now: the loop thread, a calling thread, or nobody

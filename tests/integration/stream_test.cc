@@ -1,6 +1,11 @@
 // Streaming through real libcurl against the simulator's event streams.
 #include <simdjson.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <thread>
@@ -304,6 +309,61 @@ TEST_CASE("the idle timeout ends a stalled stream but never a flowing one") {
   CHECK(stalled.error().kind() == ErrorKind::timeout);
   CHECK_THAT(stalled.error().message(), Catch::Contains("idle"));
   REQUIRE(stalled.error().partial);
+}
+
+TEST_CASE("header lines arriving slowly keep a stream alive under the idle timeout") {
+  // The header lines of one libcurl round share one clock read; lines that
+  // arrive in later rounds must each count as activity. Six lines 100 ms
+  // apart (600 ms of headers) under a 300 ms idle timeout.
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 1) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  const std::string body =
+      "data: {\"id\":\"s\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\","
+      "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"slow headers\"},\"finish_reason\":\"stop\"}]}\n\n"
+      "data: [DONE]\n\n";
+  std::thread server([&] {
+    const int c = ::accept(listener, nullptr, nullptr);
+    if (c < 0) return;
+    char buf[4096];
+    std::string request;
+    while (request.find("\r\n\r\n") == std::string::npos) {  // the body (if any) is not needed
+      const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      request.append(buf, static_cast<std::size_t>(n));
+    }
+    auto send_all = [c](const std::string& s) { (void)::send(c, s.data(), s.size(), MSG_NOSIGNAL); };
+    send_all("HTTP/1.1 200 OK\r\n");
+    for (int i = 0; i < 6; ++i) {
+      std::this_thread::sleep_for(100ms);
+      send_all("X-Slow-" + std::to_string(i) + ": yes\r\n");
+    }
+    send_all("Content-Type: text/event-stream\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\nConnection: close\r\n\r\n" + body);
+    ::shutdown(c, SHUT_WR);
+    while (::recv(c, buf, sizeof buf, 0) > 0) {
+    }
+    ::close(c);
+  });
+  ClientOptions o;
+  o.base_url = "http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) + "/v1";
+  o.idle_timeout = 300ms;
+  o.retry_policy = RetryPolicy::none();  // one attempt: a timeout would show
+  const auto start = std::chrono::steady_clock::now();
+  auto r = TaotokenClient(o).chat_stream(SimFixture::ask("x"), nullptr);
+  const auto took = std::chrono::steady_clock::now() - start;
+  server.join();
+  ::close(listener);
+  INFO("result: " << (r.ok() ? std::string("ok") : r.error().describe()));
+  REQUIRE(r.ok());
+  CHECK(r->text() == "slow headers");
+  CHECK(took > 300ms);  // the headers alone outlasted the idle timeout
 }
 
 TEST_CASE("an HTTP error before the stream starts is retried like any other") {
