@@ -1031,7 +1031,11 @@ void find_slots(std::string_view event, std::vector<StringSlot>& slots) {
   }
 }
 
-void copy_chunk(const ChatCompletionChunk& from, ChatCompletionChunk& to) {
+// The chunk of a template hit: `from` (the template's chunk) with the
+// slot's field set to `value`. Every field is written once, the slot's from
+// `value` (copying the template's string there first was work thrown away).
+void copy_chunk(const ChatCompletionChunk& from, const StringSlot& slot, std::string_view value,
+                ChatCompletionChunk& to) {
   copy_text(to.id, from.id);
   copy_text(to.object, from.object);
   to.created = from.created;
@@ -1043,11 +1047,16 @@ void copy_chunk(const ChatCompletionChunk& from, ChatCompletionChunk& to) {
   for (std::size_t i = 0; i < from.choices.size(); ++i) {
     const ChoiceDelta& f = from.choices[i];
     ChoiceDelta& t = to.choices[i];
+    const bool here = i == slot.choice;
+    auto text = [&](std::optional<std::string>& out, const std::optional<std::string>& in, StringSlot::Field field) {
+      if (here && slot.field == field) assign_text(out, value);
+      else copy_text(out, in);
+    };
     t.index = f.index;
     copy_text(t.role, f.role);
-    copy_text(t.content, f.content);
-    copy_text(t.refusal, f.refusal);
-    copy_text(t.reasoning, f.reasoning);
+    text(t.content, f.content, StringSlot::content);
+    text(t.refusal, f.refusal, StringSlot::refusal);
+    text(t.reasoning, f.reasoning, StringSlot::reasoning);
     copy_text(t.finish_reason, f.finish_reason);
     copy_text(t.logprobs_json, f.logprobs_json);
     t.tool_calls.resize(f.tool_calls.size());
@@ -1058,7 +1067,8 @@ void copy_chunk(const ChatCompletionChunk& from, ChatCompletionChunk& to) {
       copy_text(u.id, g.id);
       copy_text(u.type, g.type);
       copy_text(u.name, g.name);
-      copy_text(u.arguments, g.arguments);
+      if (here && slot.field == StringSlot::arguments && j == slot.tool) u.arguments.assign(value);
+      else copy_text(u.arguments, g.arguments);
     }
   }
 }
@@ -1087,14 +1097,7 @@ bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkP
     // not overlap): no other slot can match.
     std::string_view value;
     if (!json_string_value(event.substr(slot.open, close - slot.open), value, t.unescaped)) return false;
-    copy_chunk(t.chunk, c);
-    ChoiceDelta& d = c.choices[slot.choice];
-    switch (slot.field) {
-      case StringSlot::content: assign_text(d.content, value); break;
-      case StringSlot::refusal: assign_text(d.refusal, value); break;
-      case StringSlot::reasoning: assign_text(d.reasoning, value); break;
-      case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
-    }
+    copy_chunk(t.chunk, slot, value, c);
     c.raw_json.assign(event);
     t.last_full = false;
     return true;
