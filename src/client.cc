@@ -1988,13 +1988,10 @@ class TaotokenClient::Impl {
   static Error success_status_error(Error e, HttpResponse& r) {
     if (e.kind() == ErrorKind::bad_response) {
       const std::string* ctype = detail::find_header(r.headers, "content-type");
-      Error out(ErrorKind::bad_response,
-                fmt::format("{} (HTTP {}, content type {})", e.message(), r.status, ctype ? *ctype : "unknown"));
-      out.body_excerpt = detail::excerpt(r.body);
-      // A stream's malformed event keeps what came before it.
-      out.partial = std::move(e.partial);
-      out.should_retry = e.should_retry;
-      e = std::move(out);
+      std::string message =
+          fmt::format("{} (HTTP {}, content type {})", e.message(), r.status, ctype ? *ctype : "unknown");
+      e = detail::reworded(std::move(e), ErrorKind::bad_response, std::move(message));  // a stream's partial stays
+      e.body_excerpt = detail::excerpt(r.body);
     }
     e.http_status = r.status;
     read_retry_headers(e, r);

@@ -344,10 +344,9 @@ bool decode_envelope(std::string_view k, const dom::element& v, T& c) {
 Error in_body_error_result(Error e) {
   int code = 0;
   if (e.code) std::from_chars(e.code->data(), e.code->data() + e.code->size(), code);
-  Error out(code >= 400 && code <= 599 ? kind_for_status(code) : ErrorKind::server_error, e.message());
-  out.type = std::move(e.type);
-  out.code = std::move(e.code);
-  out.param = std::move(e.param);
+  const ErrorKind kind = code >= 400 && code <= 599 ? kind_for_status(code) : ErrorKind::server_error;
+  std::string message = e.message();
+  Error out = reworded(std::move(e), kind, std::move(message));
   out.http_status = 200;
   return out;
 }
@@ -364,6 +363,23 @@ Error bad_json(const char* what, simdjson::error_code e) {
 }
 
 }  // namespace
+
+Error reworded(Error e, ErrorKind kind, std::string message) {
+  Error out(kind, std::move(message));
+  out.http_status = e.http_status;
+  out.type = std::move(e.type);
+  out.code = std::move(e.code);
+  out.param = std::move(e.param);
+  out.body_excerpt = std::move(e.body_excerpt);
+  out.retry_after = e.retry_after;
+  out.request_id = std::move(e.request_id);
+  out.upstream_request_id = std::move(e.upstream_request_id);
+  out.attempts = e.attempts;
+  out.should_retry = e.should_retry;
+  out.attempt_log = std::move(e.attempt_log);
+  out.partial = std::move(e.partial);
+  return out;
+}
 
 void ensure_padding(std::string& s) {
   if (s.capacity() < s.size() + simdjson::SIMDJSON_PADDING) s.reserve(s.size() + simdjson::SIMDJSON_PADDING);

@@ -116,6 +116,11 @@ Result<std::string> fill_default_model(std::string_view body, std::string_view d
 // The ErrorKind for an HTTP status >= 400.
 ErrorKind kind_for_status(int status) noexcept;
 
+// `e` with another kind and message and every other field kept (an
+// Error's message is fixed when it is made). Must name every field of
+// Error.
+Error reworded(Error e, ErrorKind kind, std::string message);
+
 // Grows capacity so simdjson may read SIMDJSON_PADDING bytes past the end.
 void ensure_padding(std::string& s);
 
