@@ -75,18 +75,26 @@ struct Errors {
       seen.emplace_back(m);
     };
   }
+  // Recorder options whose error hook collects here.
+  DatabaseRecorderOptions options() {
+    DatabaseRecorderOptions o;
+    o.on_error = hook();
+    return o;
+  }
 };
+
+// Each PostgreSQL test starts from no tables (the recorder creates them).
+void drop_pg_tables() { pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;"); }
 
 }  // namespace
 
 TEST_CASE("16 threads x 200 requests into SQLite and PostgreSQL at once: every record lands") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   SimFixture f;
   const auto dir = temp_dir("db-threads");
   const std::string file = (dir / "usage.db").string();
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   {
     auto o = f.options();
     o.recorders = {std::make_shared<SqliteRecorder>(file, dbo), std::make_shared<PostgresRecorder>(pg_conninfo(), dbo)};
@@ -172,7 +180,7 @@ TEST_CASE("summaries over 60,000 rows of SQLite and PostgreSQL, whole and window
   // the schema. The summary reads them one at a time (never all at once).
   const auto dir = temp_dir("db-many");
   const std::string file = (dir / "u.db").string();
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   {
     RequestRecord first;
     first.request_id = "first";
@@ -286,8 +294,7 @@ TEST_CASE("SQLite: a record SQLite refuses is dropped and reported; the rest of 
   const auto dir = temp_dir("db-refused");
   const std::string file = (dir / "u.db").string();
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   {
     SqliteRecorder rec(file, dbo);
     RequestRecord r;
@@ -320,8 +327,7 @@ TEST_CASE("SQLite: a record SQLite refuses is dropped and reported; the rest of 
 TEST_CASE("an unusable SQLite path is reported through the hook; requests still succeed") {
   SimFixture f;
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   dbo.drain_timeout = 300ms;
   // /sys is read-only even for root (CI runs as root, so a chmod'ed
   // directory would still be writable).
@@ -342,11 +348,10 @@ TEST_CASE("an unusable SQLite path is reported through the hook; requests still 
 
 TEST_CASE("PostgreSQL stopped and restarted mid-run: no record lost, requests unaffected") {
   if (std::system("command -v pg_ctlcluster >/dev/null 2>&1") != 0) FAIL("pg_ctlcluster is needed to stop the server");
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   SimFixture f;
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   auto recorder = std::make_shared<PostgresRecorder>(pg_conninfo(), dbo);
   auto o = f.options();
   o.recorders = {recorder};
@@ -368,13 +373,12 @@ TEST_CASE("PostgreSQL stopped and restarted mid-run: no record lost, requests un
 }
 
 TEST_CASE("PostgreSQL: text with tabs, newlines, backslashes and COPY's markers reads back unchanged") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   const std::vector<std::string> texts = {
       "tab\there", "line\nbreak\r\nand CR\r", "back\\slash \\N \\t", "\\.", "\\.\n\\.\n",
       "\\N",     "",                       "caf\xc3\xa9 \xe2\x9c\x93 \"q\"", std::string(5000, 'x') + "\t" + std::string(5000, 'y')};
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   {
     PostgresRecorder rec(pg_conninfo(), dbo);
     for (std::size_t i = 0; i < texts.size(); ++i) {
@@ -416,10 +420,9 @@ TEST_CASE("PostgreSQL: text with tabs, newlines, backslashes and COPY's markers 
 }
 
 TEST_CASE("PostgreSQL: a record the server refuses is dropped and reported; the rest of its batch lands") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   {
     PostgresRecorder rec(pg_conninfo(), dbo);
     for (int i = 0; i < 10; ++i) {
@@ -438,10 +441,9 @@ TEST_CASE("PostgreSQL: a record the server refuses is dropped and reported; the 
 }
 
 TEST_CASE("PostgreSQL: a lock timeout is not the records' fault: the batch waits and lands whole, nothing dropped") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   PostgresRecorder rec(pg_conninfo() + " options='-c lock_timeout=50'", dbo);
   RequestRecord r;
   r.request_id = "first";
@@ -481,10 +483,9 @@ TEST_CASE("PostgreSQL: a lock timeout is not the records' fault: the batch waits
 }
 
 TEST_CASE("PostgreSQL: the connection lost while bad rows are sorted out: the batch is retried whole, no row twice") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   PostgresRecorder rec(pg_conninfo(), dbo);
   RequestRecord r;
   r.request_id = "first";
@@ -525,11 +526,10 @@ TEST_CASE("PostgreSQL: the connection lost while bad rows are sorted out: the ba
 }
 
 TEST_CASE("a record with invalid UTF-8 cannot poison the PostgreSQL queue") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   SimFixture f;
   Errors errors;
-  DatabaseRecorderOptions dbo;
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();
   {
     auto o = f.options();
     o.recorders = {std::make_shared<PostgresRecorder>(pg_conninfo(), dbo)};
@@ -545,8 +545,7 @@ TEST_CASE("a record with invalid UTF-8 cannot poison the PostgreSQL queue") {
 TEST_CASE("an unreachable database does not hold up shutdown") {
   SimFixture f;
   Errors errors;
-  DatabaseRecorderOptions dbo;  // the default 30 s drain timeout
-  dbo.on_error = errors.hook();
+  DatabaseRecorderOptions dbo = errors.options();  // the default 30 s drain timeout
   const auto start = std::chrono::steady_clock::now();
   {
     auto o = f.options();
@@ -560,7 +559,7 @@ TEST_CASE("an unreachable database does not hold up shutdown") {
 }
 
 TEST_CASE("the API key never reaches the SQLite file or the PostgreSQL table") {
-  pg("DROP TABLE IF EXISTS taotoken_requests; DROP TABLE IF EXISTS taotoken_schema;");
+  drop_pg_tables();
   SimFixture f;
   const auto dir = temp_dir("db-key");
   const std::string file = (dir / "u.db").string();
