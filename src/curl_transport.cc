@@ -67,7 +67,7 @@ struct Transfer {
   // the last header line's clock read: the header lines of one round come
   // from the same read, so the first one's time is the time of all (a
   // clock read per line cost about 0.15 us a request).
-  const std::uint64_t* round = nullptr;
+  const std::uint64_t* round = nullptr;  // set by Loop::Impl::start, before any callback
   std::uint64_t header_round = 0;
   const HttpRequest* request = nullptr;
   bool complete_seen = false;          // request->complete turned true
@@ -143,9 +143,9 @@ struct Transfer {
     auto* t = *static_cast<Transfer**>(user);
     const size_t n = size * nmemb;
     t->got_first_byte = true;
-    if (t->track_activity && (!t->round || t->header_round != *t->round)) {
+    if (t->track_activity && t->header_round != *t->round) {
       t->last_activity = std::chrono::steady_clock::now();
-      if (t->round) t->header_round = *t->round;
+      t->header_round = *t->round;
     }
     std::string_view line(data, n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
