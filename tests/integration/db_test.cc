@@ -505,10 +505,13 @@ TEST_CASE("PostgreSQL: the connection lost while bad rows are sorted out: the ba
     rec.record(r);
   }
   // Cut the recorder's connection once it is inserting row by row, a few
-  // rows in (each takes 20 ms: after 100 ms about five are in).
+  // rows in (each takes 20 ms: after 100 ms about five are in). Between two
+  // one-row COPYs the backend is idle in its transaction, with the COPY as
+  // its last query: it is matched in both states (a slow build, such as
+  // TSan's, spends more of the pass between them).
   const std::string inserting =
-      "FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY taotoken_requests%' AND pid <> "
-      "pg_backend_pid()";
+      "FROM pg_stat_activity WHERE state IN ('active', 'idle in transaction') AND query LIKE "
+      "'COPY taotoken_requests%' AND pid <> pg_backend_pid()";
   bool seen = false;
   for (int i = 0; i < 1000 && !seen; ++i) {
     seen = !pg("SELECT pid " + inserting).empty();
@@ -516,7 +519,12 @@ TEST_CASE("PostgreSQL: the connection lost while bad rows are sorted out: the ba
   }
   REQUIRE(seen);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  CHECK_FALSE(pg("SELECT pg_terminate_backend(pid) " + inserting).empty());
+  bool cut = false;
+  for (int i = 0; i < 200 && !cut; ++i) {
+    cut = !pg("SELECT pg_terminate_backend(pid) " + inserting).empty();
+    if (!cut) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(cut);
   rec.flush();
   rec.flush();  // a flush gives up after two failures; the retry after a reconnect may need a second
   pg("DROP TRIGGER taotoken_test_slow ON taotoken_requests; DROP FUNCTION taotoken_test_slow();");
