@@ -8,6 +8,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <ctime>
 
 #if defined(__SSE2__)
@@ -1121,13 +1122,61 @@ bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkP
   return false;
 }
 
+// The "same event again" path: true when `event` is the repeat template's
+// event, decoded into `c` from it.
+bool decode_repeat(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t) {
+  const std::string& old = t.repeat.raw_json;
+  if (event.size() != old.size() || old.empty() || std::memcmp(event.data(), old.data(), old.size()) != 0)
+    return false;
+  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
+  copy_chunk(t.repeat, none, {}, c);
+  c.raw_json.assign(event);
+  t.last_full = false;
+  return true;
+}
+
+// Whether `c` has no slots and some choice's finish_reason (what the repeat
+// template keeps: a stream's finish chunk).
+bool finishes_without_slots(const ChatCompletionChunk& c) {
+  if (may_have_slots(c)) return false;
+  for (const ChoiceDelta& d : c.choices)
+    if (d.finish_reason) return true;
+  return false;
+}
+
+// Moves a template made after another prefix (`at` bytes of its raw_json;
+// 0: it cannot move) onto `p`: p's bytes replace the old prefix, p's
+// envelope the chunk's, and the slots move with the rest. Exact: the
+// template's rest set no envelope field, so an event of p's bytes and the
+// template's rest decodes to p's envelope and the rest's members (as the
+// prefix path decodes it), and those are the template's.
+void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<StringSlot>* slots, const ChunkPrefix& p) {
+  if (at == 0 || t.raw_json.empty()) return;
+  const std::string& bytes = p.bytes;
+  if (at == bytes.size() && t.raw_json.compare(0, at, bytes) == 0) return;  // the same prefix
+  t.raw_json.replace(0, at, bytes);
+  if (slots)
+    for (StringSlot& s : *slots) {
+      s.open = s.open - at + bytes.size();
+      s.close = s.close - at + bytes.size();
+    }
+  at = bytes.size();
+  t.id = p.id;
+  t.object = p.object;
+  t.model = p.model;
+  t.created = p.created;
+  t.system_fingerprint = p.system_fingerprint;
+  t.provider = p.provider;
+}
+
 // Decodes the members of a chunk's top-level object into `c` (whose
 // envelope fields the caller has set), appending deltas from `n_choices`
 // on. `at_member(i, key)` is called before member i is decoded; it
 // returns false to stop looking at keys.
+// `envelope` is set when a member sets an envelope field (usage aside).
 template <typename AtMember>
 void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t& n_choices,
-                          std::optional<Error>& in_stream_error, AtMember&& at_member) {
+                          std::optional<Error>& in_stream_error, bool& envelope, AtMember&& at_member) {
   std::size_t i = 0;
   bool watch = true;
   for_each_field(root, [&](std::string_view k, const dom::element& v) {
@@ -1141,6 +1190,7 @@ void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t&
           decode_choice_delta(fields, c.choices[n_choices++]);
         }
     } else if (decode_envelope(k, v, c)) {
+      envelope |= !key_is(k, "usage");
       return;
     } else if (key_is(k, "error")) {
       if (!v.is_null()) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
@@ -1211,12 +1261,14 @@ namespace {
   // envelope they leave.
   std::size_t prefix_members = 0;
   ChatCompletionChunk* snapshot_from = nullptr;
+  bool envelope_in_rest = false;  // (meaningful with reuse: then every member is the rest's)
   try {
     dom::object obj = root.get_object();
     if (reuse || !prefix) {
-      decode_chunk_members(obj, c, n_choices, in_stream_error, [](std::size_t, std::string_view) { return false; });
+      decode_chunk_members(obj, c, n_choices, in_stream_error, envelope_in_rest,
+                           [](std::size_t, std::string_view) { return false; });
     } else {
-      decode_chunk_members(obj, c, n_choices, in_stream_error, [&](std::size_t i, std::string_view k) {
+      decode_chunk_members(obj, c, n_choices, in_stream_error, envelope_in_rest, [&](std::size_t i, std::string_view k) {
         if (!key_is(k, "choices") && !key_is(k, "usage") && !key_is(k, "error")) return true;
         prefix_members = i;
         if (i > 0) {
@@ -1243,8 +1295,11 @@ namespace {
     prefix->bytes.clear();
     if (snapshot_from) {
       const std::size_t comma = member_comma(padded, prefix_members);
-      if (comma != std::string_view::npos && comma + 1 < padded.size() && padded[comma + 1] == '"')
+      if (comma != std::string_view::npos && comma + 1 < padded.size() && padded[comma + 1] == '"') {
         prefix->bytes.assign(padded.substr(0, comma + 1));
+        rebase(prefix->chunk, prefix->chunk_prefix, &prefix->slots, *prefix);
+        rebase(prefix->repeat, prefix->repeat_prefix, nullptr, *prefix);
+      }
     }
   }
   if (prefix) {
@@ -1254,15 +1309,16 @@ namespace {
     // event of a new shape (a stream's role chunk, the first tool-call
     // delta) is rarely the shape of the next one, and scanning it for slots
     // and keeping a copy cost as much as a third of its decoding.
-    prefix->slots.clear();
+    // A template is kept until a new one replaces it: it decodes exactly
+    // whatever event matches it, in this stream or a later one.
     const bool after_full = prefix->last_full;
     prefix->last_full = true;
     if (after_full && !had_in_stream_error && !in_stream_error && padded.size() <= kMaxTemplateEvent &&
         may_have_slots(c)) {
-      find_slots(padded, prefix->slots);
+      auto& slots = prefix->found;
+      find_slots(padded, slots);
       // (Never true: the scan and the decoder agree on the indexes. Kept
       // so that a disagreement costs the template, not memory safety.)
-      auto& slots = prefix->slots;
       slots.erase(std::remove_if(slots.begin(), slots.end(),
                                  [&](const ChunkPrefix::StringSlot& s) {
                                    return s.choice >= c.choices.size() ||
@@ -1270,7 +1326,17 @@ namespace {
                                            s.tool >= c.choices[s.choice].tool_calls.size());
                                  }),
                   slots.end());
-      if (!slots.empty()) prefix->chunk = c;
+      if (!slots.empty()) {
+        prefix->slots.swap(slots);
+        prefix->chunk = c;
+        prefix->chunk_prefix = reuse && !envelope_in_rest ? plen : 0;
+      }
+    }
+    // A finish chunk is kept for the next stream's (see ChunkPrefix::repeat).
+    if (reuse && !envelope_in_rest && !had_in_stream_error && !in_stream_error && !c.usage &&
+        padded.size() <= kMaxTemplateEvent && finishes_without_slots(c)) {
+      prefix->repeat = c;
+      prefix->repeat_prefix = plen;
     }
   }
   return true;
@@ -1280,7 +1346,10 @@ namespace {
 
 bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& c, std::optional<Error>& in_stream_error,
                        ChunkPrefix* prefix, std::optional<Error>& error) {
-  if (prefix && !prefix->slots.empty() && decode_from_template(padded, c, *prefix)) return true;
+  if (prefix) {
+    if (!prefix->slots.empty() && decode_from_template(padded, c, *prefix)) return true;
+    if (decode_repeat(padded, c, *prefix)) return true;
+  }
   return decode_chunk_full(padded, c, in_stream_error, prefix, error);
 }
 

@@ -52,10 +52,11 @@ Result<ChatCompletionChunk> decode_chunk(std::string& data, std::optional<Error>
 // chunk, one that failed, one that starts with choices).
 //
 // It also keeps the template of the "same shape, new string" path: the
-// last event decoded the full way (chunk.raw_json) right after another one
-// decoded the full way, with what it decoded to,
-// and the string values in it that each set exactly one chunk field (a
-// delta's content, refusal or reasoning, a tool call's arguments). An
+// last event with such strings (below) decoded the full way
+// (chunk.raw_json) right after another one decoded the full way, with
+// what it decoded to, and the string values in it that each set exactly
+// one chunk field (a delta's content, refusal or reasoning, a tool call's
+// arguments). An
 // event that differs from it only inside one of those strings, and whose
 // new string is one simdjson accepts, decodes to that chunk with the field
 // replaced: no parse at all (see decode_chunk in codec.cc).
@@ -76,8 +77,30 @@ struct ChunkPrefix {
   };
   ChatCompletionChunk chunk;  // the template event (raw_json) and its decoding
   std::vector<StringSlot> slots;  // empty: no template
+  std::vector<StringSlot> found;  // (find_slots' output, swapped in when it is a template)
   bool last_full = false;         // the last event was decoded the full way (a template is made only then)
   std::string unescaped;  // the new string, when it has escapes
+
+  // The "same event again" path: the last event without slots that ended
+  // a choice (a finish chunk: the same bytes in every stream of a model
+  // but for the prefix) and its decoding. An event equal to it decodes to
+  // its chunk. Empty raw_json: none.
+  ChatCompletionChunk repeat;
+
+  // Both templates outlive a stream (reset() keeps them). When one was
+  // decoded after a prefix whose members set every envelope field it has
+  // (its later members set none), `*_prefix` is that prefix's length in
+  // its raw_json (else 0), and a new prefix replaces it: its bytes go in
+  // front of the rest, its envelope into the chunk (rebase() in codec.cc).
+  // So a stream's first content and finish chunks come from the templates
+  // of the stream before, as the chunks after them do.
+  std::size_t chunk_prefix = 0, repeat_prefix = 0;
+
+  // For the next stream: forgets the prefix, keeps the templates.
+  void reset() noexcept {
+    bytes.clear();
+    last_full = false;
+  }
 };
 
 // The same into an existing chunk (its string buffers are reused), parsing

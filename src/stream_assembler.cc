@@ -75,9 +75,7 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
 }
 
 void StreamAssembler::reset() {
-  prefix_.bytes.clear();
-  prefix_.slots.clear();
-  prefix_.last_full = false;
+  prefix_.reset();  // the templates stay: the next stream's chunks may match them
   n_choices_ = 0;
   if (choices_.size() > 4) choices_.resize(4);  // an unusual n keeps nothing beyond that
   id_.clear();
@@ -103,7 +101,7 @@ std::size_t StreamAssembler::retained_bytes() const noexcept {
   };
   std::size_t texts = 0;
   for (const auto& c : choices_) texts += c.content.s.capacity() + c.refusal.s.capacity() + c.reasoning.s.capacity();
-  return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + prefix_.bytes.capacity() + prefix_.scratch.capacity() +
+  return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + chunk_bytes(prefix_.repeat) + prefix_.bytes.capacity() + prefix_.scratch.capacity() +
          prefix_.unescaped.capacity() + scratch_.capacity() + texts;
 }
 

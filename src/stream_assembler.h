@@ -52,7 +52,9 @@ class StreamAssembler {
   ChatCompletion assemble() const;
 
   // Back to a fresh assembler's state for the next stream; the chunk object
-  // and the prefix cache keep their buffers (no template carries over).
+  // and the prefix cache keep their buffers, and the templates of the
+  // "same shape" paths are kept (they decode any event that matches them
+  // exactly; see ChunkPrefix).
   void reset();
   // The bytes its buffers hold on to (whether it is worth recycling).
   std::size_t retained_bytes() const noexcept;

@@ -5,7 +5,8 @@
 // what follows its prefix); and a chunk decoded from the previous chunk's
 // template against the same chunk decoded whole (the input is that
 // previous chunk, a newline, a byte that picks one of its string slots and
-// the new string's bytes, which replace the slot's).
+// the new string's bytes, which replace the slot's); and the same after
+// the templates moved onto the next stream's prefix.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -102,6 +103,40 @@ void check_template(const std::string& input) {
   cross_check(first.substr(0, slot.open) + input.substr(nl + 2) + first.substr(slot.close), chunk, prefix);
 }
 
+// Input: an event, a newline, the next event's bytes after its prefix, a
+// newline, a new stream's first event, a newline, a byte that picks a slot
+// and a new string for it. The templates the second event made are moved
+// onto the new stream's prefix (ChunkPrefix::reset() between the streams);
+// the new stream's events with the second event's rest, as it was and
+// with the slot's new string, must decode as they do alone.
+void check_moved_templates(const std::string& input) {
+  const std::size_t a = input.find('\n');
+  if (a == std::string::npos) return;
+  const std::size_t b = input.find('\n', a + 1);
+  if (b == std::string::npos) return;
+  const std::size_t c = input.find('\n', b + 1);
+  if (c == std::string::npos) return;
+  ChunkPrefix prefix;
+  ChatCompletionChunk chunk;
+  decode_first(input.substr(0, a), chunk, prefix);
+  if (prefix.bytes.empty()) return;
+  const std::string rest = input.substr(a + 1, b - a - 1);
+  decode_first(prefix.bytes + rest, chunk, prefix);
+  prefix.reset();
+  {
+    // As a stream's first event: no template is made from it.
+    std::string first = input.substr(b + 1, c - b - 1);
+    taotoken::detail::ensure_padding(first);
+    std::optional<Error> in_stream;
+    (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
+  }
+  cross_check(prefix.bytes + rest, chunk, prefix);
+  if (prefix.slots.empty() || c + 1 >= input.size()) return;
+  const auto& slot = prefix.slots[static_cast<unsigned char>(input[c + 1]) % prefix.slots.size()];
+  const std::string t = prefix.chunk.raw_json;
+  cross_check(t.substr(0, slot.open) + input.substr(c + 2) + t.substr(slot.close), chunk, prefix);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -118,6 +153,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   check_prefix_reuse(input);
   check_template(input);
+  check_moved_templates(input);
   {
     std::string body = input;
     (void)decode_stream_error(body);

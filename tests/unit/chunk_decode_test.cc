@@ -631,8 +631,9 @@ TEST_CASE("decode_chunk's template: a new string in a slot gives the reference's
 TEST_CASE("decode_chunk's template: made from an event decoded the full way right after another") {
   // A stream: role chunk, content chunks, a tool-call chunk, tool-call
   // chunks. The first event of each shape is decoded the full way and
-  // makes no template; the second one does, and the rest of that shape
-  // come from it. Every result equals the reference's.
+  // makes no template; the second one does (the template before it stays
+  // until then), and the rest of that shape come from it. Every result
+  // equals the reference's.
   const std::string env = R"({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":)";
   const std::vector<std::string> docs = {
       env + R"({"role":"assistant","content":""}}]})",
@@ -643,7 +644,7 @@ TEST_CASE("decode_chunk's template: made from an event decoded the full way righ
       env + R"({"tool_calls":[{"index":0,"function":{"arguments":"{\"a\""}}]}}]})",
       env + R"({"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]})",
   };
-  const std::vector<bool> template_after = {false, true, true, true, false, true, true};
+  const std::vector<int> template_after = {-1, 1, 1, 1, 1, 5, 5};  // the event the template is (-1: none)
   const std::vector<bool> from_template = {false, false, true, true, false, false, true};
   detail::ChunkPrefix prefix;
   ChatCompletionChunk c;
@@ -656,7 +657,87 @@ TEST_CASE("decode_chunk's template: made from an event decoded the full way righ
     REQUIRE_FALSE(want.failure);
     REQUIRE_FALSE(got.failure);
     CHECK(got.chunk == want.chunk);
-    CHECK(prefix.slots.empty() == !template_after[i]);
+    CHECK(prefix.slots.empty() == (template_after[i] < 0));
+    if (template_after[i] >= 0) CHECK(prefix.chunk.raw_json == docs[template_after[i]]);
+  }
+}
+
+TEST_CASE("decode_chunk's templates: kept for the next stream and moved onto its prefix") {
+  // Streams decoded one after the other with one ChunkPrefix, reset()
+  // between them as a recycled assembler does. A stream's first content
+  // chunk comes from the last stream's template and its finish chunk from
+  // the last finish chunk, moved onto the new stream's prefix (another id,
+  // created, provider, fingerprint, of another length) - unless members
+  // after the prefix set envelope fields (then the new prefix would not
+  // decide them). Every result equals the reference's.
+  struct Stream {
+    std::string head;  // the members in front of "choices"
+    std::string tail;  // after the choices array
+  };
+  auto events = [](const Stream& s) {
+    const std::string env = "{" + s.head + R"("choices":[{"index":0,"delta":)";
+    const std::string end = "}]" + s.tail + "}";
+    return std::vector<std::string>{
+        env + R"({"role":"assistant","content":""},"finish_reason":null)" + end,
+        env + R"({"content":"Hel"},"finish_reason":null)" + end,
+        env + R"({"content":"lo"},"finish_reason":null)" + end,
+        env + R"({"content":" there"},"finish_reason":null)" + end,
+        env + R"({},"finish_reason":"stop")" + end,
+        "{" + s.head + R"("choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}})",
+    };
+  };
+  const std::string object = R"("object":"chat.completion.chunk",)";
+  struct Case {
+    const char* name;
+    std::vector<Stream> streams;
+    bool moved;  // whether later streams' first content and finish chunks come from the templates
+  };
+  const std::vector<Case> cases = {
+      {"OpenAI's members",
+       {{R"("id":"chatcmpl-1",)" + object + R"("created":1,"model":"m","system_fingerprint":"fp_a",)",
+         R"(,"usage":null)"},
+        {R"("id":"chatcmpl-22222",)" + object + R"("created":1753357673,"model":"m","system_fingerprint":null,)",
+         R"(,"usage":null)"},
+        {R"("id":"c3",)" + object + R"("created":3,"model":"m2",)", R"(,"usage":null)"}},
+       true},
+      {"a provider in the prefix",
+       {{R"("id":"gen-1","provider":"OpenAI","model":"openai/gpt-4o",)" + object + R"("created":5,)", ""},
+        {R"("id":"gen-2x","provider":"Azure","model":"openai/gpt-4o",)" + object + R"("created":6,)", ""},
+        {R"("id":"gen-3","provider":7,"model":"openai/gpt-4o",)" + object + R"("created":7,)", ""}},
+       true},
+      {"the model after the choices",
+       {{R"("id":"a1",)" + object, R"(,"model":"m1")"},
+        {R"("id":"a22",)" + object, R"(,"model":"m1")"},
+        {R"("id":"a3",)" + object, R"(,"model":"m3","system_fingerprint":"x")"}},
+       false},
+      {"an id after the choices",
+       {{R"("created":1,)" + object, R"(,"id":"x1")"}, {R"("created":2,)" + object, R"(,"id":"x1")"}},
+       false},
+  };
+  for (const Case& k : cases) {
+    INFO("case: " << k.name);
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    for (std::size_t n = 0; n < k.streams.size(); ++n) {
+      prefix.reset();
+      const std::vector<std::string> docs = events(k.streams[n]);
+      for (std::size_t i = 0; i < docs.size(); ++i) {
+        INFO("stream " << n << " event " << i << ": " << docs[i]);
+        const bool from_template = templated(prefix, docs[i]);
+        const bool repeated = prefix.repeat.raw_json == docs[i];
+        if (i == 1 || i == 4) {
+          // Moved: the first content chunk and the finish chunk of every
+          // stream after the first.
+          CHECK((i == 1 ? from_template : repeated) == (n > 0 && k.moved));
+        }
+        const std::string ev = padded(docs[i]);
+        const Decoded got = tuned(ev, c, &prefix);
+        const Decoded want = reference(ev);
+        REQUIRE_FALSE(want.failure);
+        REQUIRE_FALSE(got.failure);
+        CHECK(got.chunk == want.chunk);
+      }
+    }
   }
 }
 
