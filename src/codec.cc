@@ -727,10 +727,39 @@ void append_utf8(std::string& out, std::uint32_t cp) {
 // high surrogate only followed by \u and a low one, no lone low surrogate);
 // `value` views `body` or `scratch`. False when simdjson would reject it,
 // or when `body` holds an unescaped quote (then it is not one string).
+// `body` must be followed by 15 readable bytes (the template path's events
+// have SIMDJSON_PADDING): the bytes are checked 16 at a time, past the end
+// too (those are ignored).
 bool json_string_value(std::string_view body, std::string_view& value, std::string& scratch) {
   const char* q = body.data();
   const char* const end = q + body.size();
   bool non_ascii = false;
+#if defined(__SSE2__)
+  // Plain bytes (printable ASCII, no quote, no backslash) skipped 16 at a
+  // time; the loop below takes over at the first other byte. A new
+  // string is a word or two: one step, where the loop took 4-5 cycles a
+  // byte.
+  {
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    std::size_t i = 0;
+    for (; i < body.size(); i += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(body.data() + i));
+      // (signed: bytes >= 0x80 are below 0x20 too)
+      const __m128i special =
+          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), _mm_cmplt_epi8(v, space));
+      const unsigned m = static_cast<unsigned>(_mm_movemask_epi8(special));
+      if (m != 0) {
+        i += __builtin_ctz(m);
+        break;
+      }
+    }
+    if (i >= body.size()) {
+      value = body;
+      return true;
+    }
+    q += i;
+  }
+#endif
   for (; q < end && *q != '\\'; ++q) {
     const auto ch = static_cast<unsigned char>(*q);
     if (ch == '"' || ch < 0x20) return false;
