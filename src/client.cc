@@ -240,8 +240,11 @@ struct StreamHooks {
 // An item a synchronous stream hands to its caller: a chunk for its
 // callback, or any other call.
 struct MailboxEntry {
+  MailboxEntry(std::unique_ptr<ChatCompletionChunk> c, const ChunkCallback* callback) noexcept
+      : chunk(std::move(c)), cb(callback) {}
+  explicit MailboxEntry(std::function<bool()> f) noexcept : fn(std::move(f)) {}
   std::unique_ptr<ChatCompletionChunk> chunk;
-  const ChunkCallback* cb;
+  const ChunkCallback* cb = nullptr;
   std::function<bool()> fn;  // false: the caller's callback wants to stop
   bool run() { return chunk ? (*cb)(*chunk) : fn(); }
 };
@@ -251,7 +254,9 @@ struct MailboxEntry {
 // - chunk objects: a chunk goes from the loop to the caller by swapping it
 //   with a pooled object (no copy), and the pooled objects keep their
 //   string buffers from one chunk, and one call, to the next;
-// - a mailbox's queues, with their capacity.
+// - a mailbox's queues, with their capacity, and the chunk objects its
+//   stream used (they go round within the mailbox, under the lock it takes
+//   anyway once per batch: no pool lock per batch of chunks).
 // Thread-safe.
 class ChunkPool {
  public:
@@ -260,36 +265,36 @@ class ChunkPool {
   static constexpr std::size_t kMaxKeptBytes = 8 * 1024;  // an object that held a bigger chunk is freed
   struct Queues {
     std::vector<MailboxEntry> items, pending, batch;
-    std::vector<Ptr> spares, spent;
+    // Chunk objects: the loop side's spares, the caller side's spent ones,
+    // and those on their way back (under the mailbox's lock).
+    std::vector<Ptr> spares, spent, back;
   };
 
-  // Moves `n` objects into `out`: kept ones first, then new ones.
-  void get(std::vector<Ptr>& out, std::size_t n) {
-    for (n -= chunks_.take(out, n); n > 0; --n) out.push_back(std::make_unique<ChatCompletionChunk>());
-  }
-  // Takes back the objects in `spent` (one lock for all) and clears it.
-  void put(std::vector<Ptr>& spent) {
-    chunks_.give(spent, [](const Ptr& p) { return p->raw_json.capacity() <= kMaxKeptBytes; });
+  // Adds `n` new objects to `out` (a mailbox whose queues hold too few).
+  static void get(std::vector<Ptr>& out, std::size_t n) {
+    for (; n > 0; --n) out.push_back(std::make_unique<ChatCompletionChunk>());
   }
 
   Queues take_queues() {
     if (auto q = queues_.take()) return std::move(*q);
     Queues q;
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->reserve(64);
-    q.spares.reserve(32);
-    q.spent.reserve(64);
+    for (auto* v : {&q.spares, &q.spent, &q.back}) v->reserve(64);
     return q;
   }
-  // `q` must hold no chunk any more.
+  // The entries must hold no chunk any more. The chunk objects are kept
+  // with the queues (as spares), up to kMaxKept that held small chunks.
   void give_back(Queues q) {
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->clear();
-    q.spares.clear();
-    q.spent.clear();
+    for (auto* v : {&q.spent, &q.back}) {
+      for (Ptr& p : *v)
+        if (q.spares.size() < kMaxKept && p->raw_json.capacity() <= kMaxKeptBytes) q.spares.push_back(std::move(p));
+      v->clear();
+    }
     queues_.give(std::move(q));
   }
 
  private:
-  Recycler<Ptr> chunks_{kMaxKept};
   Recycler<Queues> queues_{16};  // concurrent synchronous streams worth keeping for
 };
 
@@ -305,11 +310,10 @@ class Mailbox {
   Mailbox(const char* stop_reason, std::shared_ptr<ChunkPool> pool)
       : pool_(std::move(pool)), q_(pool_->take_queues()), stop_reason_(stop_reason) {}
   ~Mailbox() {
-    // Chunks never run (the caller stopped) and unused spares go back.
+    // Chunks never run (the caller stopped) are kept with the queues.
     for (auto* v : {&pending_, &items_})
       for (Entry& e : *v)
-        if (e.chunk) spares_.push_back(std::move(e.chunk));
-    pool_->put(spares_);
+        if (e.chunk) back_.push_back(std::move(e.chunk));
     for (Entry& e : batch_) e.chunk.reset();  // (only a pull stream left early leaves any)
     pool_->give_back(std::move(q_));
   }
@@ -335,11 +339,11 @@ class Mailbox {
     ChunkPool::Ptr p = std::move(spares_.back());
     spares_.pop_back();
     p.swap(slot);
-    pending_.push_back(Entry{std::move(p), cb, nullptr});
+    pending_.emplace_back(std::move(p), cb);
   }
 
   // Queues an item; kick() hands it to the caller.
-  void push(Item item) { pending_.push_back(Entry{nullptr, nullptr, std::move(item)}); }
+  void push(Item item) { pending_.emplace_back(std::move(item)); }
   // Hands the queued items to the caller and wakes it (a wake-up per chunk
   // would bounce between the two threads on every chunk).
   void kick() {
@@ -358,6 +362,7 @@ class Mailbox {
       std::lock_guard<std::mutex> lock(mu_);
       hand_over();
       closed_ = true;
+      closed_flag_.store(true, std::memory_order_release);
     }
     cv_.notify_one();
   }
@@ -379,16 +384,11 @@ class Mailbox {
   }
 
   // The call's result is in (close() ran).
-  bool closed() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return closed_;
-  }
+  bool closed() const noexcept { return closed_flag_.load(std::memory_order_acquire); }
 
-  // Driver side: callbacks are waiting to run.
-  bool has_items() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !items_.empty();
-  }
+  // Driver side: callbacks are waiting to run. (A flag kept with items_,
+  // so that the driver's check after every round takes no lock.)
+  bool has_items() const noexcept { return has_items_.load(std::memory_order_acquire); }
 
   // Why the caller stopped the stream (when it did).
   const std::string& last_reason() const noexcept { return last_reason_; }
@@ -405,7 +405,6 @@ class Mailbox {
       }
       batch_.clear();
       pull_pos_ = 0;
-      pool_->put(spent_);
       const bool was_paused = take_batch(/*wait=*/true);
       if (batch_.empty()) return nullptr;  // closed, and nothing left
       if (was_paused) resume_or_stay_paused(resume);
@@ -422,6 +421,9 @@ class Mailbox {
 
   // Under mu_: moves the loop side's items to the caller's queue.
   void hand_over() {
+    // The chunk objects the caller spent become spares again.
+    for (ChunkPool::Ptr& p : back_) spares_.push_back(std::move(p));
+    back_.clear();
     if (pending_.empty()) return;
     if (items_.empty()) {
       items_.swap(pending_);
@@ -429,6 +431,7 @@ class Mailbox {
       for (Entry& e : pending_) items_.push_back(std::move(e));
       pending_.clear();
     }
+    has_items_.store(true, std::memory_order_release);
   }
 
   // Caller side: moves what the loop handed over into batch_ (first
@@ -442,6 +445,10 @@ class Mailbox {
       waiting_ = false;
     }
     batch_.swap(items_);  // both keep their capacity: no allocation per batch
+    has_items_.store(false, std::memory_order_release);
+    // The chunk objects spent since the last batch go back to the loop side.
+    for (ChunkPool::Ptr& p : spent_) back_.push_back(std::move(p));
+    spent_.clear();
     const bool was_paused = paused_;
     paused_ = false;
     return was_paused;
@@ -473,7 +480,7 @@ class Mailbox {
         try {
           for (Entry& e : m.batch_)
             if (e.chunk) m.spent_.push_back(std::move(e.chunk));
-          m.pool_->put(m.spent_);
+          // (they go back to the loop side with the next batch)
         } catch (...) {
           m.spent_.clear();
         }
@@ -511,6 +518,8 @@ class Mailbox {
   std::vector<Entry>& items_ = q_.items;
   bool paused_ = false;
   bool closed_ = false;
+  std::atomic<bool> closed_flag_{false};  // closed_, read without the lock
+  std::atomic<bool> has_items_{false};    // !items_.empty(), read without the lock
   bool waiting_ = false;  // the caller sleeps on cv_
   std::atomic<bool> stopped_{false};
   const char* stop_reason_;
@@ -518,6 +527,7 @@ class Mailbox {
   std::vector<ChunkPool::Ptr>& spares_ = q_.spares;     // loop side only
   std::vector<Entry>& batch_ = q_.batch;                // caller side only
   std::vector<ChunkPool::Ptr>& spent_ = q_.spent;       // caller side only
+  std::vector<ChunkPool::Ptr>& back_ = q_.back;         // under mu_
   std::size_t pull_pos_ = 0;                             // caller side only (pull mode)
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
@@ -751,6 +761,10 @@ class TaotokenClient::Impl {
     HttpRequest req;
     StreamHooks* hooks = nullptr;
     std::shared_ptr<void> keep;  // endpoint state the callbacks point into
+    // A synchronous stream's mailbox, which the callbacks above and finish
+    // point into (raw pointers: a std::function holding a shared_ptr
+    // allocates). Held as long as the exchange, so a callback never outlives it.
+    std::shared_ptr<void> mailbox;
     Interpret interpret;
     GiveUp give_up;
     Record record;
@@ -1562,14 +1576,21 @@ class TaotokenClient::Impl {
   template <typename T, typename Make, typename Stopped>
   Result<T> run_sync_stream(const char* stop_reason_text, Make make, Stopped when_stopped) const {
     auto mb = std::make_shared<Mailbox>(stop_reason_text, chunk_pool_);
-    auto ex = make(mb);
+    auto ex = make(mb.get());
+    ex->mailbox = mb;
     typename Exchange<T>::Record record = std::move(ex->record);
-    std::optional<Result<T>> out;
-    std::exception_ptr hook_thrown;
-    ex->finish = [mb, &out, &hook_thrown](Result<T>&& r, std::exception_ptr e) {
-      out.emplace(std::move(r));
-      hook_thrown = std::move(e);
-      mb->close();
+    struct Outcome {
+      std::optional<Result<T>> result;
+      std::exception_ptr hook_thrown;
+    } outcome;
+    std::optional<Result<T>>& out = outcome.result;
+    std::exception_ptr& hook_thrown = outcome.hook_thrown;
+    // (The exchange holds the mailbox: close() may still be running when
+    // this thread sees it closed and returns.)
+    ex->finish = [m = mb.get(), o = &outcome](Result<T>&& r, std::exception_ptr e) {
+      o->result.emplace(std::move(r));
+      o->hook_thrown = std::move(e);
+      m->close();
     };
     // The caller's stop and resume reach the call through the loop (this
     // thread does not hold it when callbacks run).
@@ -1659,7 +1680,7 @@ class TaotokenClient::Impl {
   Result<ChatCompletion> chat_stream(const ChatRequest& request, const ChunkCallback& on_chunk,
                                      const RequestOptions& ro) const {
     return run_sync_stream<ChatCompletion>(
-        "the chunk callback cancelled the stream", [&](const std::shared_ptr<Mailbox>& mb) {
+        "the chunk callback cancelled the stream", [&](Mailbox* mb) {
           ChatStreamHooks::ChunkSink relay;
           if (on_chunk)
             relay = [mb, &on_chunk](std::unique_ptr<ChatCompletionChunk>& c) {
@@ -1681,7 +1702,7 @@ class TaotokenClient::Impl {
   Result<RawResponse> forward_stream(std::string_view json_body, const ForwardSink& sink,
                                      const RequestOptions& ro) const {
     return run_sync_stream<RawResponse>(
-        "the sink stopped the stream", [&](const std::shared_ptr<Mailbox>& mb) {
+        "the sink stopped the stream", [&](Mailbox* mb) {
           ForwardSink relay;
           if (sink.on_start)
             relay.on_start = [mb, &sink](int status, const std::vector<Header>& headers) {
