@@ -321,6 +321,7 @@ class Mailbox {
   // Loop side (the thread that drives the loop). Items are gathered here
   // without a lock and handed over by kick(), once per batch of bytes.
   bool should_pause() {
+    if (n_items_.load(std::memory_order_relaxed) < kHigh) return false;  // (checked again under the lock)
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (items_.size() < kHigh) return false;
@@ -431,6 +432,7 @@ class Mailbox {
       for (Entry& e : pending_) items_.push_back(std::move(e));
       pending_.clear();
     }
+    n_items_.store(items_.size(), std::memory_order_relaxed);
     has_items_.store(true, std::memory_order_release);
   }
 
@@ -446,6 +448,7 @@ class Mailbox {
     }
     batch_.swap(items_);  // both keep their capacity: no allocation per batch
     has_items_.store(false, std::memory_order_release);
+    n_items_.store(0, std::memory_order_relaxed);
     // The chunk objects spent since the last batch go back to the loop side.
     for (ChunkPool::Ptr& p : spent_) back_.push_back(std::move(p));
     spent_.clear();
@@ -470,6 +473,7 @@ class Mailbox {
   // and runs them; false when there was nothing to run.
   template <typename Stop, typename Resume>
   bool run_batch(bool wait, Stop& stop, Resume& resume) {
+    if (closed() && !has_items()) return false;  // the end, all run (no lock to learn it)
     const bool was_paused = take_batch(wait);
     if (batch_.empty()) return false;
     // However this ends (a stop or resume relay can throw bad_alloc), the
@@ -520,6 +524,7 @@ class Mailbox {
   bool closed_ = false;
   std::atomic<bool> closed_flag_{false};  // closed_, read without the lock
   std::atomic<bool> has_items_{false};    // !items_.empty(), read without the lock
+  std::atomic<std::size_t> n_items_{0};   // items_.size(), read without the lock
   bool waiting_ = false;  // the caller sleeps on cv_
   std::atomic<bool> stopped_{false};
   const char* stop_reason_;
