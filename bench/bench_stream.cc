@@ -105,39 +105,6 @@ long replace_number(std::string& event, const std::string& key, long value) {
   return old;
 }
 
-// Every chunk of a real stream carries the response's id, and every
-// response has another one. The body printed for the upstream carries this
-// placeholder; nginx puts its per-request `$request_id` (32 hex digits) in
-// its place, so each streamed response has its own id, as from a real
-// upstream (identical responses would flatter what a client reuses from one
-// stream to the next). The in-process decode gives each copy its own id.
-const std::string kIdPrefix = "chatcmpl-";
-const std::string kIdPlaceholder = kIdPrefix + std::string(32, '0');
-
-bool is_hex32(std::string_view s) {
-  if (s.size() < 32) return false;
-  for (std::size_t i = 0; i < 32; ++i)
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
-  return true;
-}
-
-// `body` with every "chatcmpl-" + 32 hex digits replaced by the
-// placeholder; `id` receives the hex digits (empty unless all are equal).
-std::string with_placeholder_ids(std::string body, std::string* id) {
-  std::string seen;
-  bool same = true;
-  for (std::size_t p = body.find(kIdPrefix); p != std::string::npos; p = body.find(kIdPrefix, p + 1)) {
-    const std::string_view digits = std::string_view(body).substr(p + kIdPrefix.size());
-    if (!is_hex32(digits)) continue;
-    const std::string d(digits.substr(0, 32));
-    if (seen.empty()) seen = d;
-    same = same && d == seen;
-    body.replace(p + kIdPrefix.size(), 32, std::string(32, '0'));
-  }
-  if (id) *id = same ? seen : std::string();
-  return body;
-}
-
 std::string stream_body() {
   const std::string rec = read_file(TAOTOKEN_BENCH_STREAM_FIXTURE);
   std::vector<std::string> events;
@@ -160,18 +127,6 @@ std::string stream_body() {
   std::string body;
   for (std::size_t i = 0; i < 1 + kContentEvents; ++i) body += events[i] + "\n\n";
   body += events[n - 3] + "\n\n" + usage + "\n\n" + events[n - 1] + "\n\n";
-  // The recording's id becomes the placeholder (see kIdPlaceholder).
-  const std::string key = "\"id\":\"";
-  const auto at = body.find(key);
-  if (at == std::string::npos) fail("the recording has no id");
-  const auto end = body.find('"', at + key.size());
-  const std::string old_id = body.substr(at + key.size(), end - at - key.size());
-  std::size_t ids = 0;
-  for (std::size_t p = body.find(old_id); p != std::string::npos; p = body.find(old_id, p + kIdPlaceholder.size())) {
-    body.replace(p, old_id.size(), kIdPlaceholder);
-    ++ids;
-  }
-  if (ids != kChunks) fail("the recording's chunks do not all carry its id");
   return body;
 }
 
@@ -457,18 +412,13 @@ int run_network(std::string base_url, const std::string& status_url, const std::
   };
   const bool do_raw = only != "chat", do_chat = only != "raw";
 
-  // The upstream must serve exactly the stream (nginx `return` escaping),
-  // with one id per response, another one each time.
+  // The upstream must serve exactly the stream (nginx `return` escaping).
   {
-    std::string got, again, id, id_again;
-    if (!raw.once(why, &got) || !raw.once(why, &again)) fail("raw_curl_stream: request failed: " + why);
-    if (with_placeholder_ids(got, &id) != stream || with_placeholder_ids(again, &id_again) != stream)
+    std::string got;
+    if (!raw.once(why, &got)) fail("raw_curl_stream: request failed: " + why);
+    if (got != stream)
       fail("the upstream does not serve the expected stream (" + std::to_string(got.size()) + " bytes, want " +
            std::to_string(stream.size()) + ")");
-    if (id.empty() || id == std::string(32, '0') || id_again.empty() || id == id_again)
-      fail("the upstream does not give each response its own id (" + id + ", " + id_again + ")");
-    std::printf("INFO the upstream serves the stream with a per-response id (%s%s, then %s%s)\n", kIdPrefix.c_str(),
-                id.c_str(), kIdPrefix.c_str(), id_again.c_str());
   }
   // Warm-up: connections, allocator, caches, CPU frequency.
   if (do_raw) run_raw(warmup);
@@ -513,13 +463,7 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
   input.reserve(target + stream.size());
   std::size_t copies = 0;
   while (input.size() < target) {
-    // Each copy its own id, as each response of a real upstream.
-    std::string copy = stream;
-    char id[33];
-    std::snprintf(id, sizeof id, "%032zx", copies + 1);
-    for (std::size_t p = copy.find(kIdPlaceholder); p != std::string::npos; p = copy.find(kIdPlaceholder, p + 1))
-      copy.replace(p + kIdPrefix.size(), 32, id);
-    input += copy;
+    input += stream;
     ++copies;
   }
   const double mb = static_cast<double>(input.size()) / 1e6;
