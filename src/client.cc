@@ -240,13 +240,24 @@ struct StreamHooks {
 // An item a synchronous stream hands to its caller: a chunk for its
 // callback, or any other call.
 struct MailboxEntry {
-  MailboxEntry(std::unique_ptr<ChatCompletionChunk> c, const ChunkCallback* callback) noexcept
-      : chunk(std::move(c)), cb(callback) {}
-  explicit MailboxEntry(std::function<bool()> f) noexcept : fn(std::move(f)) {}
+  enum Kind : std::uint8_t {
+    whole,     // `chunk` for `cb`
+    snapshot,  // the same, then `chunk` becomes the caller's working chunk
+    delta,     // the working chunk with a new slot string and raw_json (in the arena), for `cb`
+    call,      // fn()
+  };
+  MailboxEntry(Kind k, std::unique_ptr<ChatCompletionChunk> c, const ChunkCallback* callback) noexcept
+      : chunk(std::move(c)), cb(callback), kind(k) {}
+  explicit MailboxEntry(std::function<bool()> f) noexcept : fn(std::move(f)), kind(call) {}
   std::unique_ptr<ChatCompletionChunk> chunk;
   const ChunkCallback* cb = nullptr;
   std::function<bool()> fn;  // false: the caller's callback wants to stop
-  bool run() { return chunk ? (*cb)(*chunk) : fn(); }
+  // delta: the slot (choices[choice], .tool_calls[tool] for arguments) and
+  // the new string and raw_json as offsets into the batch's arena.
+  std::size_t value_at = 0, value_size = 0, raw_at = 0, raw_size = 0;
+  std::uint32_t choice = 0, tool = 0;
+  detail::ChunkPrefix::StringSlot::Field field = detail::ChunkPrefix::StringSlot::content;
+  Kind kind;
 };
 
 // What the synchronous streams of one client recycle, so that a stream
@@ -263,11 +274,14 @@ class ChunkPool {
   using Ptr = std::unique_ptr<ChatCompletionChunk>;
   static constexpr std::size_t kMaxKept = 256;
   static constexpr std::size_t kMaxKeptBytes = 8 * 1024;  // an object that held a bigger chunk is freed
+  static constexpr std::size_t kMaxKeptArena = 256 * 1024;
   struct Queues {
     std::vector<MailboxEntry> items, pending, batch;
     // Chunk objects: the loop side's spares, the caller side's spent ones,
     // and those on their way back (under the mailbox's lock).
     std::vector<Ptr> spares, spent, back;
+    // The bytes of delta entries, one per entry queue (they travel together).
+    std::string pending_arena, items_arena, batch_arena;
   };
 
   // Adds `n` new objects to `out` (a mailbox whose queues hold too few).
@@ -286,6 +300,10 @@ class ChunkPool {
   // with the queues (as spares), up to kMaxKept that held small chunks.
   void give_back(Queues q) {
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->clear();
+    for (auto* a : {&q.pending_arena, &q.items_arena, &q.batch_arena}) {
+      a->clear();
+      if (a->capacity() > kMaxKeptArena) a->shrink_to_fit();
+    }
     for (auto* v : {&q.spent, &q.back}) {
       for (Ptr& p : *v)
         if (q.spares.size() < kMaxKept && p->raw_json.capacity() <= kMaxKeptBytes) q.spares.push_back(std::move(p));
@@ -314,6 +332,7 @@ class Mailbox {
     for (auto* v : {&pending_, &items_})
       for (Entry& e : *v)
         if (e.chunk) back_.push_back(std::move(e.chunk));
+    if (work_) back_.push_back(std::move(work_));
     for (Entry& e : batch_) e.chunk.reset();  // (only a pull stream left early leaves any)
     pool_->give_back(std::move(q_));
   }
@@ -335,12 +354,45 @@ class Mailbox {
   // Queues the chunk in `slot` for `cb` and puts a pooled one in its place
   // (whose old contents the decoder overwrites): the chunk is not copied
   // and, once the pool is warm, nothing is allocated.
-  void push_chunk(ChunkPool::Ptr& slot, const ChunkCallback* cb) {
+  // With a callback, most chunks of a stream (those from the assembler's
+  // slot template, which differ from the one before only in the slot's
+  // string and raw_json) are handed over as those two strings, copied into
+  // an arena that travels with the entries: the caller puts them into its
+  // working chunk, a copy of the first chunk of that template and slot
+  // (handed over whole, as a snapshot). Other chunks, and every chunk of a
+  // pull stream, are handed over whole.
+  void push_chunk(detail::StreamAssembler& a, const ChunkCallback* cb) {
+    const auto hit = a.template_hit();
+    Entry::Kind kind = Entry::whole;
+    if (cb && hit.first != 0) {
+      if (hit.first == work_generation_ && hit.second == work_slot_) {
+        const detail::ChunkPrefix::StringSlot& slot = a.hit_slot();
+        const std::string_view raw = a.hit_event(), value = a.hit_value();
+        Entry& e = pending_.emplace_back(Entry::delta, nullptr, cb);
+        e.raw_at = pending_arena_.size();
+        e.raw_size = raw.size();
+        pending_arena_.append(raw);
+        e.value_size = value.size();
+        if (value.data() >= raw.data() && value.data() + value.size() <= raw.data() + raw.size()) {
+          e.value_at = e.raw_at + static_cast<std::size_t>(value.data() - raw.data());  // (no escapes: inside the event)
+        } else {
+          e.value_at = pending_arena_.size();
+          pending_arena_.append(value);
+        }
+        e.choice = slot.choice;
+        e.tool = slot.tool;
+        e.field = slot.field;
+        return;
+      }
+      kind = Entry::snapshot;
+      work_generation_ = hit.first;
+      work_slot_ = hit.second;
+    }
     if (spares_.empty()) pool_->get(spares_, kSpareBatch);
     ChunkPool::Ptr p = std::move(spares_.back());
     spares_.pop_back();
-    p.swap(slot);
-    pending_.emplace_back(std::move(p), cb);
+    a.swap_chunk(p);
+    pending_.emplace_back(kind, std::move(p), cb);
   }
 
   // Queues an item; kick() hands it to the caller.
@@ -428,8 +480,17 @@ class Mailbox {
     if (pending_.empty()) return;
     if (items_.empty()) {
       items_.swap(pending_);
+      items_arena_.swap(pending_arena_);
+      pending_arena_.clear();
     } else {
-      for (Entry& e : pending_) items_.push_back(std::move(e));
+      const std::size_t base = items_arena_.size();
+      items_arena_.append(pending_arena_);
+      pending_arena_.clear();
+      for (Entry& e : pending_) {
+        e.raw_at += base;
+        e.value_at += base;
+        items_.push_back(std::move(e));
+      }
       pending_.clear();
     }
     n_items_.store(items_.size(), std::memory_order_relaxed);
@@ -447,6 +508,8 @@ class Mailbox {
       waiting_ = false;
     }
     batch_.swap(items_);  // both keep their capacity: no allocation per batch
+    batch_arena_.swap(items_arena_);
+    items_arena_.clear();
     has_items_.store(false, std::memory_order_release);
     n_items_.store(0, std::memory_order_relaxed);
     // The chunk objects spent since the last batch go back to the loop side.
@@ -494,7 +557,7 @@ class Mailbox {
     for (auto& item : batch_) {
       if (stopped_.load()) break;
       try {
-        if (!item.run()) {
+        if (!run(item)) {
           stopped_.store(true);
           last_reason_ = stop_reason_;
           stop(last_reason_);
@@ -515,6 +578,35 @@ class Mailbox {
     return true;
   }
 
+  // Caller side: runs one item.
+  bool run(Entry& e) {
+    switch (e.kind) {
+      case Entry::whole:
+        return (*e.cb)(*e.chunk);
+      case Entry::snapshot: {
+        const bool go_on = (*e.cb)(*e.chunk);
+        work_.swap(e.chunk);  // (the old working chunk is spent with the entry)
+        return go_on;
+      }
+      case Entry::delta: {
+        // The working chunk is this template and slot's first chunk: it
+        // differs from this one in the slot's string and raw_json alone.
+        ChatCompletionChunk& w = *work_;
+        ChoiceDelta& d = w.choices[e.choice];
+        std::string& field = e.field == detail::ChunkPrefix::StringSlot::content     ? *d.content
+                             : e.field == detail::ChunkPrefix::StringSlot::refusal   ? *d.refusal
+                             : e.field == detail::ChunkPrefix::StringSlot::reasoning ? *d.reasoning
+                                                                                     : d.tool_calls[e.tool].arguments;
+        field.assign(batch_arena_, e.value_at, e.value_size);
+        w.raw_json.assign(batch_arena_, e.raw_at, e.raw_size);
+        return (*e.cb)(w);
+      }
+      case Entry::call:
+        break;
+    }
+    return e.fn();
+  }
+
   std::mutex mu_;
   std::condition_variable cv_;
   std::shared_ptr<ChunkPool> pool_;
@@ -533,6 +625,12 @@ class Mailbox {
   std::vector<Entry>& batch_ = q_.batch;                // caller side only
   std::vector<ChunkPool::Ptr>& spent_ = q_.spent;       // caller side only
   std::vector<ChunkPool::Ptr>& back_ = q_.back;         // under mu_
+  std::string& pending_arena_ = q_.pending_arena;       // loop side only
+  std::string& items_arena_ = q_.items_arena;           // under mu_
+  std::string& batch_arena_ = q_.batch_arena;           // caller side only
+  std::uint64_t work_generation_ = 0;  // loop side: the template and slot of the caller's working chunk
+  std::size_t work_slot_ = 0;
+  ChunkPool::Ptr work_;  // caller side: the working chunk of delta entries
   std::size_t pull_pos_ = 0;                             // caller side only (pull mode)
   std::exception_ptr thrown_;  // caller side only
   std::string last_reason_;    // caller side only
@@ -1210,10 +1308,10 @@ class TaotokenClient::Impl {
 
   // Streaming state of chat_stream, on the loop thread.
   struct ChatStreamHooks final : StreamHooks {
-    // The chunk sink may take the chunk (swap another, never null, into the
-    // slot): the assembler has merged it already and decodes the next one
-    // over whatever is there.
-    using ChunkSink = std::function<bool(std::unique_ptr<ChatCompletionChunk>&)>;
+    // The chunk sink reads the chunk (assembler.chunk()) or takes it
+    // (swap_chunk, or what a template hit changed): the assembler has merged
+    // it already and decodes the next one over whatever is there.
+    using ChunkSink = std::function<bool(detail::StreamAssembler&)>;
     ChatStreamHooks(ChunkSink cb, Clock::time_point started, std::size_t max_json_bytes,
                     std::shared_ptr<StreamStatePool> states)
         : on_chunk(std::move(cb)), start(started), max_json(max_json_bytes), pool(std::move(states)),
@@ -1266,7 +1364,7 @@ class TaotokenClient::Impl {
           ttft = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
         delivered_ = true;
         try {
-          if (on_chunk && !on_chunk(assembler.chunk_slot())) {
+          if (on_chunk && !on_chunk(assembler)) {
             user_stopped = true;
             return false;
           }
@@ -1653,8 +1751,8 @@ class TaotokenClient::Impl {
                                                 std::shared_ptr<const void> keep_client) const {
     auto mb = std::make_shared<Mailbox>("the pull stream was closed before its end", chunk_pool_);
     // Pull mode takes the chunks out (next_chunk): no callback is run.
-    ChatStreamHooks::ChunkSink relay = [mb](std::unique_ptr<ChatCompletionChunk>& c) {
-      mb->push_chunk(c, nullptr);
+    ChatStreamHooks::ChunkSink relay = [mb](detail::StreamAssembler& a) {
+      mb->push_chunk(a, nullptr);
       return true;
     };
     auto ex = make_chat_stream(
@@ -1688,9 +1786,9 @@ class TaotokenClient::Impl {
         "the chunk callback cancelled the stream", [&](Mailbox* mb) {
           ChatStreamHooks::ChunkSink relay;
           if (on_chunk)
-            relay = [mb, &on_chunk](std::unique_ptr<ChatCompletionChunk>& c) {
+            relay = [mb, &on_chunk](detail::StreamAssembler& a) {
               if (mb->stopped()) return false;
-              mb->push_chunk(c, &on_chunk);
+              mb->push_chunk(a, &on_chunk);
               return true;
             };
           return make_chat_stream(
@@ -1757,7 +1855,7 @@ class TaotokenClient::Impl {
   Started chat_stream_async(const ChatRequest& request, ChunkCallback on_chunk, ChatCallback on_done,
                             const RequestOptions& ro) const {
     ChatStreamHooks::ChunkSink sink;
-    if (on_chunk) sink = [cb = std::move(on_chunk)](std::unique_ptr<ChatCompletionChunk>& c) { return cb(*c); };
+    if (on_chunk) sink = [cb = std::move(on_chunk)](detail::StreamAssembler& a) { return cb(a.chunk()); };
     return start_async(make_chat_stream(request, std::move(sink), nullptr, nullptr, ro), std::move(on_done));
   }
 

@@ -1129,10 +1129,12 @@ bool may_have_slots(const ChatCompletionChunk& c) {
 
 // The "same shape, new string" path: true when `event` was decoded into
 // `c` from the template.
-bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t) {
+bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t, bool held,
+                          bool* deferred) {
   const std::string& old = t.chunk.raw_json;
   if (event.size() > kMaxTemplateEvent) return false;
-  for (const StringSlot& slot : t.slots) {
+  for (std::size_t i = 0; i < t.slots.size(); ++i) {
+    const StringSlot& slot = t.slots[i];
     const std::size_t tail = old.size() - slot.close;  // from the closing quote on
     if (event.size() < slot.open + tail) continue;
     const std::size_t close = event.size() - tail;
@@ -1143,13 +1145,39 @@ bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkP
     // not overlap): no other slot can match.
     std::string_view value;
     if (!json_string_value(event.substr(slot.open, close - slot.open), value, t.unescaped)) return false;
-    copy_chunk(t.chunk, slot, value, c);
-    c.raw_json.assign(event);
     t.last_full = false;
+    t.hit_value = value;
+    if (held && t.hit == t.generation && t.hit_slot == i) {
+      // `c` is this template's chunk but for this slot's field and raw_json.
+      if (deferred) {
+        *deferred = true;
+        return true;
+      }
+      set_slot_field(c, slot, value);
+    } else {
+      copy_chunk(t.chunk, slot, value, c);
+      t.hit = t.generation;
+      t.hit_slot = i;
+    }
+    c.raw_json.assign(event);
     return true;
   }
   return false;
 }
+
+}  // namespace
+
+void set_slot_field(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot, std::string_view value) {
+  ChoiceDelta& d = c.choices[slot.choice];
+  switch (slot.field) {
+    case StringSlot::content: d.content->assign(value); break;
+    case StringSlot::refusal: d.refusal->assign(value); break;
+    case StringSlot::reasoning: d.reasoning->assign(value); break;
+    case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
+  }
+}
+
+namespace {
 
 // The "same event again" path: true when `event` is the repeat template's
 // event, decoded into `c` from it.
@@ -1179,11 +1207,12 @@ bool finishes_without_slots(const ChatCompletionChunk& c) {
 // template's rest set no envelope field, so an event of p's bytes and the
 // template's rest decodes to p's envelope and the rest's members (as the
 // prefix path decodes it), and those are the template's.
-void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<StringSlot>* slots, const ChunkPrefix& p) {
+void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<StringSlot>* slots, ChunkPrefix& p) {
   if (at == 0 || t.raw_json.empty()) return;
   const std::string& bytes = p.bytes;
   if (at == bytes.size() && t.raw_json.compare(0, at, bytes) == 0) return;  // the same prefix
   t.raw_json.replace(0, at, bytes);
+  ++p.generation;  // (the chunk changes)
   if (slots)
     for (StringSlot& s : *slots) {
       s.open = s.open - at + bytes.size();
@@ -1357,6 +1386,7 @@ namespace {
                   slots.end());
       if (!slots.empty()) {
         prefix->slots.swap(slots);
+        ++prefix->generation;
         prefix->chunk = c;
         prefix->chunk_prefix = reuse && !envelope_in_rest ? plen : 0;
       }
@@ -1374,9 +1404,10 @@ namespace {
 }  // namespace
 
 bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& c, std::optional<Error>& in_stream_error,
-                       ChunkPrefix* prefix, std::optional<Error>& error) {
+                       ChunkPrefix* prefix, std::optional<Error>& error, bool held, bool* deferred) {
   if (prefix) {
-    if (!prefix->slots.empty() && decode_from_template(padded, c, *prefix)) return true;
+    if (!prefix->slots.empty() && decode_from_template(padded, c, *prefix, held, deferred)) return true;
+    prefix->hit = 0;  // whatever comes next rewrites the chunk
     if (decode_repeat(padded, c, *prefix)) return true;
   }
   return decode_chunk_full(padded, c, in_stream_error, prefix, error);

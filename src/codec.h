@@ -96,10 +96,23 @@ struct ChunkPrefix {
   // of the stream before, as the chunks after them do.
   std::size_t chunk_prefix = 0, repeat_prefix = 0;
 
+  // Which decode came from the slot template: `hit` is the template's
+  // generation (it changes with the template: made or moved) when the last
+  // event decoded here did, else 0, and `hit_slot` the slot it filled.
+  // A consumer that keeps a copy of such a chunk knows the next one with
+  // the same generation and slot differs from it only in that slot's field
+  // and raw_json.
+  std::uint64_t generation = 0, hit = 0;
+  std::size_t hit_slot = 0;
+  // After a hit: the slot's new string (a view into the event, or into
+  // `unescaped`), valid until the next decode.
+  std::string_view hit_value;
+
   // For the next stream: forgets the prefix, keeps the templates.
   void reset() noexcept {
     bytes.clear();
     last_full = false;
+    hit = 0;
   }
 };
 
@@ -112,8 +125,17 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
 // The same, with the failure put in `error` (then false): the streaming
 // hot path makes no std::optional<Error> per event (each one was a
 // 416-byte zeroing).
+// `held`: `out` is what the last call with this prefix left in it (the
+// same object, or an equal one), but for the hit slot's field and raw_json
+// when that call was a template hit (ChunkPrefix::hit). A template hit on
+// the same slot then writes only those two - or neither, when `deferred`
+// is given: then *deferred is set, and the caller writes them when it
+// needs them (set_slot_field with ChunkPrefix::hit_value, and `padded`).
 bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& out, std::optional<Error>& in_stream_error,
-                       ChunkPrefix* prefix, std::optional<Error>& error);
+                       ChunkPrefix* prefix, std::optional<Error>& error, bool held = false, bool* deferred = nullptr);
+
+// Sets the field a slot of the template decides (it is set in `c`).
+void set_slot_field(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot, std::string_view value);
 
 // Decodes the data of an `event: error` (an error object, bare or wrapped).
 Error decode_stream_error(std::string& data);

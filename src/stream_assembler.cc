@@ -59,13 +59,20 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
   // SseDecoder leaves padding after the data, so it is parsed in place.
   // (The error slots live in the assembler: a std::optional<Error> made per
   // event was a 416-byte `rep stos`, the costliest line of this function.)
-  if (!decode_chunk_into(ev.data, *chunk_, in_stream_, &prefix_, chunk_error_)) {
+  const bool held = held_;
+  held_ = true;  // (a failed decode leaves the chunk as it left it too)
+  event_ = ev.data;
+  deferred_ = false;  // (stale now: any decode rewrites the chunk, or defers again)
+  if (!decode_chunk_into(ev.data, *chunk_, in_stream_, &prefix_, chunk_error_, held, &deferred_)) {
     error_ = std::move(chunk_error_);
     chunk_error_.reset();
     in_stream_.reset();  // an error object decoded before the failure
     return Step::failed;
   }
-  apply(*chunk_);
+  if (!deferred_ || !apply_hit()) {
+    settle();
+    apply(*chunk_);
+  }
   if (in_stream_) {
     error_ = std::move(in_stream_);
     in_stream_.reset();
@@ -74,7 +81,35 @@ StreamAssembler::Step StreamAssembler::on_event(const SseEvent& ev) {
   return Step::chunk;
 }
 
+bool StreamAssembler::apply_hit() {
+  const ChatCompletionChunk& t = prefix_.chunk;
+  if (simple_generation_ != prefix_.generation) {
+    simple_generation_ = prefix_.generation;
+    simple_ = false;
+    if (t.choices.size() == 1 && t.choices[0].tool_calls.empty() && !t.choices[0].logprobs_json) {
+      const ChoiceDelta& d = t.choices[0];
+      const int texts = int(d.content.has_value()) + int(d.refusal.has_value()) + int(d.reasoning.has_value());
+      simple_ = texts == 1;
+    }
+  }
+  const ChunkPrefix::StringSlot& slot = prefix_.slots[prefix_.hit_slot];
+  if (!simple_ || slot.field == ChunkPrefix::StringSlot::arguments) return false;
+  // (With one text in the chunk, the slot is that text's.)
+  ChoiceAcc& acc = choice(t.choices[0].index);
+  const std::string_view value = prefix_.hit_value;
+  switch (slot.field) {
+    case ChunkPrefix::StringSlot::content: acc.content.add(value); break;
+    case ChunkPrefix::StringSlot::refusal: acc.refusal.add(value); break;
+    case ChunkPrefix::StringSlot::reasoning: acc.reasoning.add(value); break;
+    case ChunkPrefix::StringSlot::arguments: break;
+  }
+  if (!value.empty()) has_token_ = true;
+  return true;
+}
+
 void StreamAssembler::reset() {
+  deferred_ = false;
+  event_ = {};
   prefix_.reset();  // the templates stay: the next stream's chunks may match them
   n_choices_ = 0;
   if (choices_.size() > 4) choices_.resize(4);  // an unusual n keeps nothing beyond that

@@ -9,9 +9,12 @@
 // or `event: error` fails it; malformed JSON is bad_response.
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "codec.h"
@@ -29,7 +32,7 @@ class StreamAssembler {
 
   // Handles one SSE event from SseDecoder (whose data is followed by
   // SseDecoder::kPadding readable bytes: chunks are parsed in place).
-  // On Step::chunk the decoded chunk is in chunk_slot().
+  // On Step::chunk the decoded chunk is in chunk().
   // After done/failed, further events are ignored (data after [DONE]).
   Step on_event(const SseEvent& ev);
 
@@ -37,10 +40,34 @@ class StreamAssembler {
   // blank line still counts as done.
   void on_end(const SseDecoder& decoder);
 
-  // A consumer may take the object (swap in a recycled one, never null):
-  // it has been merged, and the next event is decoded over whatever the
-  // object in its place holds.
-  std::unique_ptr<ChatCompletionChunk>& chunk_slot() noexcept { return chunk_; }
+  // The chunk of the last Step::chunk; read it (or take it) before the
+  // next event.
+  const ChatCompletionChunk& chunk() {
+    settle();
+    return *chunk_;
+  }
+  // A consumer may take the object, giving another (never null): it has
+  // been merged, and the next event is decoded over whatever the object in
+  // its place holds.
+  void swap_chunk(std::unique_ptr<ChatCompletionChunk>& other) {
+    settle();
+    chunk_.swap(other);
+    held_ = false;
+  }
+  // When the last chunk came from the slot template: the template's
+  // generation and the slot (see ChunkPrefix::hit), else {0, 0}. The
+  // chunks of one generation and slot differ only in that slot's field and
+  // raw_json: a consumer that keeps one of them can make the next from
+  // hit_slot(), hit_value() and hit_event() alone (without chunk(), whose
+  // raw_json is then never written).
+  std::pair<std::uint64_t, std::size_t> template_hit() const noexcept {
+    return {prefix_.hit, prefix_.hit_slot};
+  }
+  const ChunkPrefix::StringSlot& hit_slot() const noexcept { return prefix_.slots[prefix_.hit_slot]; }
+  // The slot's new string and the event's data (views valid until the next
+  // event).
+  std::string_view hit_value() const noexcept { return prefix_.hit_value; }
+  std::string_view hit_event() const noexcept { return event_; }
   bool done() const noexcept { return done_; }
   const std::optional<Error>& error() const noexcept { return error_; }
   bool finished() const noexcept { return done_ || error_.has_value(); }
@@ -74,6 +101,10 @@ class StreamAssembler {
       s += *piece;
       set = true;
     }
+    void add(std::string_view piece) {
+      s += piece;
+      set = true;
+    }
     std::optional<std::string> get() const { return set ? std::optional<std::string>(s) : std::nullopt; }
     void clear() noexcept {
       s.clear();
@@ -92,6 +123,26 @@ class StreamAssembler {
   ChoiceAcc& choice(int index);
 
   std::unique_ptr<ChatCompletionChunk> chunk_ = std::make_unique<ChatCompletionChunk>();
+  bool held_ = false;  // chunk_ is what the last decode left (decode_chunk_into's `held`)
+  // The last event was a template hit whose slot field and raw_json are
+  // still to be written into chunk_ (decode_chunk_into's `deferred`): left
+  // to the first reader, as a consumer of hits may never need them.
+  bool deferred_ = false;
+  std::string_view event_;  // the last event's data
+  void settle() {
+    if (deferred_) {
+      set_slot_field(*chunk_, prefix_.slots[prefix_.hit_slot], prefix_.hit_value);
+      chunk_->raw_json.assign(event_);
+      deferred_ = false;
+    }
+  }
+  // Merges a deferred hit without the chunk, when the template is one
+  // choice whose only text is the slot's (the chunks before it, of the
+  // same template and slot, merged everything else already); false: not
+  // such a template.
+  bool apply_hit();
+  std::uint64_t simple_generation_ = 0;  // the template generation `simple_` is about
+  bool simple_ = false;
   ChunkPrefix prefix_;  // the last chunk's leading members, for the next
   std::string scratch_;
   std::vector<ChoiceAcc> choices_;  // the first n_choices_ are this stream's (the rest are kept for reuse)

@@ -13,6 +13,8 @@
 #include <string>
 #include <string_view>
 
+#include "chunk_describe.h"
+#include "codec.h"
 #include "sse.h"
 #include "stream_assembler.h"
 
@@ -25,13 +27,30 @@ struct Outcome {
   std::string text;
 };
 
+// With `check_chunks`, every chunk is read as a consumer reads it and must
+// equal its raw_json decoded alone (the assembler's template and deferred
+// paths against the plain decoder), and a stream of choice 0 alone must
+// assemble the text its chunks carry (the merge that skips the chunk).
 Outcome run(taotoken::detail::SseDecoder& decoder, taotoken::detail::StreamAssembler& assembler,
-            std::string_view in, std::size_t step) {
+            std::string_view in, std::size_t step, bool check_chunks = false) {
   Outcome o;
+  std::string text;
+  bool choice0_only = true;
   while (!in.empty()) {
     const std::size_t n = step < in.size() ? step : in.size();
     decoder.feed(in.substr(0, n), [&](const taotoken::detail::SseEvent& ev) {
-      if (assembler.on_event(ev) == taotoken::detail::StreamAssembler::Step::chunk) ++o.chunks;
+      if (assembler.on_event(ev) != taotoken::detail::StreamAssembler::Step::chunk) return true;
+      ++o.chunks;
+      if (!check_chunks) return true;
+      const taotoken::ChatCompletionChunk& c = assembler.chunk();
+      std::string data = c.raw_json;
+      std::optional<taotoken::Error> in_stream;
+      auto alone = taotoken::detail::decode_chunk(data, in_stream);
+      if (!alone.ok() || test_support::describe(*alone) != test_support::describe(c)) std::abort();
+      for (const auto& d : c.choices) {
+        choice0_only = choice0_only && d.index == 0;
+        if (d.content) text += *d.content;
+      }
       return true;
     });
     in.remove_prefix(n);
@@ -40,6 +59,8 @@ Outcome run(taotoken::detail::SseDecoder& decoder, taotoken::detail::StreamAssem
   o.done = assembler.done();
   if (assembler.error()) o.error = assembler.error()->message().empty() ? "(error)" : assembler.error()->message();
   o.text = assembler.assemble().text();
+  // (A failed stream may have merged the failing event's text.)
+  if (check_chunks && choice0_only && o.error.empty() && o.text != text) std::abort();
   (void)decoder.pending_data();
   return o;
 }
@@ -57,7 +78,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)run(decoder, assembler, in, step);
   decoder.reset();
   assembler.reset();
-  const Outcome again = run(decoder, assembler, in, step);
+  const Outcome again = run(decoder, assembler, in, step, /*check_chunks=*/true);
   auto same = [](const Outcome& a, const Outcome& b) {
     return a.chunks == b.chunks && a.done == b.done && a.error == b.error && a.text == b.text;
   };

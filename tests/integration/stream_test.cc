@@ -100,7 +100,7 @@ TEST_CASE("every chunk the callback sees equals its event decoded alone") {
         detail::StreamAssembler assembler;
         decoder.feed(body, [&](const detail::SseEvent& ev) {
           if (assembler.on_event(ev) == detail::StreamAssembler::Step::chunk)
-            want.push_back(test_support::describe(*assembler.chunk_slot()));
+            want.push_back(test_support::describe(assembler.chunk()));
           return !assembler.finished();
         });
         want_text = assembler.assemble().text();
@@ -271,6 +271,54 @@ TEST_CASE("returning false from the chunk callback cancels promptly") {
   CHECK(f.sim.request_count() == 1);
   // The client is fine afterwards.
   CHECK(f.client().chat_stream(SimFixture::ask("again"), nullptr).ok());
+}
+
+TEST_CASE("a callback that stops or throws mid-stream leaves the client's next stream whole") {
+  // Most chunks reach a synchronous callback as the new string of the one
+  // before (the caller's working chunk changes in one field): stopping or
+  // throwing among them must lose nothing, stale nothing.
+  SimFixture f;
+  auto client = f.client();
+  const ChatRequest long_one = SimFixture::ask("one two three four five six seven eight nine ten eleven twelve");
+  for (int stop_at : {2, 3, 5, 9}) {
+    for (bool by_throw : {false, true}) {
+      INFO("stop at chunk " << stop_at << (by_throw ? " by throwing" : " by returning false"));
+      std::vector<ChatCompletionChunk> seen;
+      auto cb = [&](const ChatCompletionChunk& c) -> bool {
+        seen.push_back(c);
+        if (static_cast<int>(seen.size()) < stop_at) return true;
+        if (by_throw) throw std::runtime_error("enough");
+        return false;
+      };
+      if (by_throw) {
+        CHECK_THROWS_WITH(client.chat_stream(long_one, cb), "enough");
+      } else {
+        auto r = client.chat_stream(long_one, cb);
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().kind() == ErrorKind::cancelled);
+      }
+      CHECK(static_cast<int>(seen.size()) == stop_at);
+      Collected got;
+      auto r = client.chat_stream(SimFixture::ask("after the stop, all of it"), got.callback());
+      REQUIRE(r.ok());
+      CHECK(r->text() == "Echo: after the stop, all of it");
+      CHECK(got.text == r->text());
+      for (const auto& c : got.chunks) {
+        std::string data = c.raw_json;
+        std::optional<Error> in_stream;
+        auto alone = detail::decode_chunk(data, in_stream);
+        REQUIRE(alone.ok());
+        CHECK(test_support::describe(c) == test_support::describe(*alone));
+      }
+      for (const auto& c : seen) {  // what the stopped stream showed was right too
+        std::string data = c.raw_json;
+        std::optional<Error> in_stream;
+        auto alone = detail::decode_chunk(data, in_stream);
+        REQUIRE(alone.ok());
+        CHECK(test_support::describe(c) == test_support::describe(*alone));
+      }
+    }
+  }
 }
 
 TEST_CASE("an exception from the chunk callback stops the stream and propagates") {

@@ -628,6 +628,63 @@ TEST_CASE("decode_chunk's template: a new string in a slot gives the reference's
   CHECK(streamed > taken / 2);
 }
 
+TEST_CASE("decode_chunk's held chunk: a hit on the slot of the hit before writes that field alone, or defers it") {
+  // Events of each template's shape with new strings in random slots (so a
+  // hit follows a hit on the same slot or on another one), each decoded
+  // into one object as `held` (what the call before left) and into another
+  // with the writes deferred (then done as StreamAssembler does when it is
+  // read: set_slot_field and raw_json). Both must equal the reference.
+  std::vector<std::string> corpus = recorded_events();
+  const std::vector<std::string> extra = template_docs();
+  corpus.insert(corpus.end(), extra.begin(), extra.end());
+  const std::vector<std::string> pieces = body_pieces();
+  std::mt19937 rng(5150);
+  std::size_t deferred_hits = 0, events = 0;
+  for (const auto& doc : corpus) {
+    detail::ChunkPrefix now, later;
+    now.last_full = later.last_full = true;  // as after an event decoded the full way: a template is made
+    ChatCompletionChunk held, deferred;
+    const std::string first = padded(doc);
+    std::optional<Error> in_stream, error;
+    const bool valid = detail::decode_chunk_into(first, held, in_stream, &now, error, false);
+    in_stream.reset();
+    error.reset();
+    REQUIRE(detail::decode_chunk_into(first, deferred, in_stream, &later, error, false) == valid);
+    if (!valid || now.slots.empty()) continue;
+    INFO("template: " << doc);
+    const std::vector<detail::ChunkPrefix::StringSlot> slots = now.slots;
+    for (int i = 0; i < 80; ++i) {
+      const auto& slot = slots[rng() % 3 == 0 ? rng() % slots.size() : 0];
+      const std::string body = pieces[rng() % pieces.size()];
+      const std::string m = doc.substr(0, slot.open) + body + doc.substr(slot.close);
+      const std::string ev = padded(m);
+      const Decoded want = reference(ev);
+      INFO("event: " << m);
+      ++events;
+      std::optional<Error> in_now, err_now, in_later, err_later;
+      const bool ok_now = detail::decode_chunk_into(ev, held, in_now, &now, err_now, /*held=*/true);
+      bool was_deferred = false;
+      const bool ok_later =
+          detail::decode_chunk_into(ev, deferred, in_later, &later, err_later, /*held=*/true, &was_deferred);
+      REQUIRE(describe(err_now) == describe(want.failure));
+      REQUIRE(describe(err_later) == describe(want.failure));
+      REQUIRE(ok_now == !want.failure);
+      REQUIRE(ok_later == !want.failure);
+      if (want.failure) continue;
+      REQUIRE(describe(held) == want.chunk);
+      if (was_deferred) {
+        ++deferred_hits;
+        REQUIRE(later.hit != 0);
+        CHECK(later.hit_value.data() != nullptr);
+        detail::set_slot_field(deferred, later.slots[later.hit_slot], later.hit_value);
+        deferred.raw_json.assign(ev);
+      }
+      REQUIRE(describe(deferred) == want.chunk);
+    }
+  }
+  CHECK(deferred_hits > events / 6);  // (many new strings are invalid: those fail before)
+}
+
 TEST_CASE("decode_chunk's template: made from an event decoded the full way right after another") {
   // A stream: role chunk, content chunks, a tool-call chunk, tool-call
   // chunks. The first event of each shape is decoded the full way and
