@@ -252,9 +252,11 @@ struct MailboxEntry {
   std::unique_ptr<ChatCompletionChunk> chunk;
   const ChunkCallback* cb = nullptr;
   std::function<bool()> fn;  // false: the caller's callback wants to stop
-  // delta: the slot (choices[choice], .tool_calls[tool] for arguments) and
-  // the new string and raw_json as offsets into the batch's arena.
-  std::size_t value_at = 0, value_size = 0, raw_at = 0, raw_size = 0;
+  // delta: the slot (choices[choice], .tool_calls[tool] for arguments),
+  // its new string and the new bytes between its quotes in the event, as
+  // offsets into the batch's arena, and where those bytes sit in the event
+  // (`open` bytes in front, `tail` after).
+  std::size_t value_at = 0, value_size = 0, body_at = 0, body_size = 0, open = 0, tail = 0;
   std::uint32_t choice = 0, tool = 0;
   detail::ChunkPrefix::StringSlot::Field field = detail::ChunkPrefix::StringSlot::content;
   Kind kind;
@@ -351,30 +353,34 @@ class Mailbox {
   }
   // The caller's callback asked to stop (or threw).
   bool stopped() const noexcept { return stopped_.load(); }
-  // Queues the chunk in `slot` for `cb` and puts a pooled one in its place
-  // (whose old contents the decoder overwrites): the chunk is not copied
-  // and, once the pool is warm, nothing is allocated.
+  // Queues the assembler's chunk for `cb` (null: for next_chunk()).
   // With a callback, most chunks of a stream (those from the assembler's
   // slot template, which differ from the one before only in the slot's
-  // string and raw_json) are handed over as those two strings, copied into
-  // an arena that travels with the entries: the caller puts them into its
-  // working chunk, a copy of the first chunk of that template and slot
-  // (handed over whole, as a snapshot). Other chunks, and every chunk of a
-  // pull stream, are handed over whole.
+  // string and raw_json) are handed over as the slot's new string and the
+  // event's new bytes between its quotes, copied into an arena that
+  // travels with the entries: the caller puts them into its working chunk,
+  // a copy of the first chunk of that template and slot (handed over whole,
+  // as a snapshot). Other chunks, and every chunk of a pull stream, are
+  // handed over whole, swapped with a pooled object (whose old contents
+  // the decoder overwrites). Nothing is copied but those bytes and, once
+  // the pools are warm, nothing allocated.
   void push_chunk(detail::StreamAssembler& a, const ChunkCallback* cb) {
     const auto hit = a.template_hit();
     Entry::Kind kind = Entry::whole;
     if (cb && hit.first != 0) {
       if (hit.first == work_generation_ && hit.second == work_slot_) {
         const detail::ChunkPrefix::StringSlot& slot = a.hit_slot();
-        const std::string_view raw = a.hit_event(), value = a.hit_value();
+        const std::string_view event = a.hit_event(), value = a.hit_value();
         Entry& e = pending_.emplace_back(Entry::delta, nullptr, cb);
-        e.raw_at = pending_arena_.size();
-        e.raw_size = raw.size();
-        pending_arena_.append(raw);
+        e.open = slot.open;
+        e.tail = a.hit_tail();
+        const std::string_view body = event.substr(e.open, event.size() - e.tail - e.open);
+        e.body_at = pending_arena_.size();
+        e.body_size = body.size();
+        pending_arena_.append(body);
         e.value_size = value.size();
-        if (value.data() >= raw.data() && value.data() + value.size() <= raw.data() + raw.size()) {
-          e.value_at = e.raw_at + static_cast<std::size_t>(value.data() - raw.data());  // (no escapes: inside the event)
+        if (value.data() == body.data()) {
+          e.value_at = e.body_at;  // (no escapes: the same bytes)
         } else {
           e.value_at = pending_arena_.size();
           pending_arena_.append(value);
@@ -487,7 +493,7 @@ class Mailbox {
       items_arena_.append(pending_arena_);
       pending_arena_.clear();
       for (Entry& e : pending_) {
-        e.raw_at += base;
+        e.body_at += base;
         e.value_at += base;
         items_.push_back(std::move(e));
       }
@@ -601,8 +607,10 @@ class Mailbox {
         // which must allow for overlapping bytes; these never overlap.)
         field.clear();
         field.append(batch_arena_.data() + e.value_at, e.value_size);
-        w.raw_json.clear();
-        w.raw_json.append(batch_arena_.data() + e.raw_at, e.raw_size);
+        // The event is the template's bytes around the slot's new ones (the
+        // working chunk's raw_json is an event of this template and slot).
+        w.raw_json.replace(e.open, w.raw_json.size() - e.open - e.tail, batch_arena_.data() + e.body_at,
+                           e.body_size);
         return (*e.cb)(w);
       }
       case Entry::call:

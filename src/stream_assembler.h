@@ -68,6 +68,8 @@ class StreamAssembler {
   // event).
   std::string_view hit_value() const noexcept { return prefix_.hit_value; }
   std::string_view hit_event() const noexcept { return event_; }
+  // The bytes of the event after the slot's string (from its closing quote).
+  std::size_t hit_tail() const noexcept { return prefix_.chunk.raw_json.size() - hit_slot().close; }
   bool done() const noexcept { return done_; }
   const std::optional<Error>& error() const noexcept { return error_; }
   bool finished() const noexcept { return done_ || error_.has_value(); }
