@@ -1207,14 +1207,15 @@ bool finishes_without_slots(const ChatCompletionChunk& c) {
 // template's rest set no envelope field, so an event of p's bytes and the
 // template's rest decodes to p's envelope and the rest's members (as the
 // prefix path decodes it), and those are the template's.
-void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<StringSlot>* slots, ChunkPrefix& p) {
+template <typename Slot>
+void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<Slot>* slots, ChunkPrefix& p) {
   if (at == 0 || t.raw_json.empty()) return;
   const std::string& bytes = p.bytes;
   if (at == bytes.size() && t.raw_json.compare(0, at, bytes) == 0) return;  // the same prefix
   t.raw_json.replace(0, at, bytes);
   ++p.generation;  // (the chunk changes)
   if (slots)
-    for (StringSlot& s : *slots) {
+    for (Slot& s : *slots) {
       s.open = s.open - at + bytes.size();
       s.close = s.close - at + bytes.size();
     }
@@ -1225,6 +1226,169 @@ void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<StringSlot>* sl
   t.created = p.created;
   t.system_fingerprint = p.system_fingerprint;
   t.provider = p.provider;
+}
+
+// ---- the "same shape, new counts" path
+//
+// A stream's usage chunk differs from the last stream's in the digits of
+// its counts (and its prefix, which rebase() moves). ChunkPrefix::counts
+// keeps such an event E, its chunk, and the integer literals of E after
+// the prefix, each with the count it sets: found by decoding E with that
+// literal changed (to a number of another length) and comparing with E's
+// chunk - a literal that changes exactly one count, to the new number,
+// sets that count; one that changes nothing sets nothing; any other (a
+// literal read as a double, one that changes more) is no slot, its digits
+// must stay. An event N equal to E but for the digits of the slots, each a
+// JSON integer of at most 18 digits without sign or leading zero, decodes
+// to E's chunk with those counts:
+// - N is valid exactly when E is: the same bytes but for integer tokens
+//   replaced by integer tokens (the byte after each is E's, never a digit,
+//   '.', 'e' or 'E'; the slot's digits are all taken);
+// - simdjson parses the same structure, each literal an int64 either way
+//   (18 digits fit), and the decoder reads each count from its own key
+//   (decode_usage): what changing one literal does, it does alone, with
+//   any value.
+constexpr std::size_t kMaxCountsEvent = 4096;
+constexpr std::size_t kMaxCountsLiterals = 16;
+constexpr int kMaxCountsMade = 3;
+
+std::optional<std::int64_t>* count_field(Usage& u, ChunkPrefix::NumberSlot::Field f) {
+  switch (f) {
+    case ChunkPrefix::NumberSlot::prompt: return &u.prompt_tokens;
+    case ChunkPrefix::NumberSlot::completion: return &u.completion_tokens;
+    case ChunkPrefix::NumberSlot::total: return &u.total_tokens;
+    case ChunkPrefix::NumberSlot::cached: return &u.cached_tokens;
+    case ChunkPrefix::NumberSlot::reasoning: return &u.reasoning_tokens;
+    case ChunkPrefix::NumberSlot::none: break;
+  }
+  return nullptr;
+}
+
+bool same_opt(const std::optional<std::string>& a, const std::optional<std::string>& b) { return a == b; }
+
+// Whether two chunks are equal but for raw_json and usage.
+bool same_but_usage(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
+  if (a.id != b.id || a.object != b.object || a.created != b.created || a.model != b.model ||
+      !same_opt(a.system_fingerprint, b.system_fingerprint) || !same_opt(a.provider, b.provider) ||
+      a.choices.size() != b.choices.size() || a.usage.has_value() != b.usage.has_value())
+    return false;
+  for (std::size_t i = 0; i < a.choices.size(); ++i) {
+    const ChoiceDelta &c = a.choices[i], &d = b.choices[i];
+    if (c.index != d.index || c.role != d.role || c.content != d.content || c.refusal != d.refusal ||
+        c.reasoning != d.reasoning || c.finish_reason != d.finish_reason || c.logprobs_json != d.logprobs_json ||
+        c.tool_calls.size() != d.tool_calls.size())
+      return false;
+    for (std::size_t j = 0; j < c.tool_calls.size(); ++j) {
+      const ToolCallDelta &t = c.tool_calls[j], &u = d.tool_calls[j];
+      if (t.index != u.index || t.id != u.id || t.type != u.type || t.name != u.name || t.arguments != u.arguments)
+        return false;
+    }
+  }
+  return true;
+}
+
+bool is_digit(char ch) { return ch >= '0' && ch <= '9'; }
+
+// Makes the counts template from `event` (decoded to `c` after a prefix of
+// `plen` bytes): its integer literals after the prefix, each probed.
+void make_counts(std::string_view event, const ChatCompletionChunk& c, std::size_t plen, ChunkPrefix& t) {
+  // (The template before stays unless this event makes one.)
+  // The number tokens outside strings (the event is valid JSON).
+  std::vector<std::pair<std::size_t, std::size_t>> literals;
+  for (std::size_t i = plen; i < event.size();) {
+    const char ch = event[i];
+    if (ch == '"') {
+      bool escaped = false;
+      i = string_end(event, i + 1, escaped) + 1;
+    } else if (ch == '-' || is_digit(ch)) {
+      std::size_t j = i;
+      while (j < event.size() && (is_digit(event[j]) || event[j] == '-' || event[j] == '+' || event[j] == '.' ||
+                                  event[j] == 'e' || event[j] == 'E'))
+        ++j;
+      bool integer = true;
+      for (std::size_t k = i; k < j; ++k) integer = integer && is_digit(event[k]);
+      if (integer && j - i <= 18) {  // (others are no slots: their bytes must stay)
+        literals.emplace_back(i, j);
+        if (literals.size() > kMaxCountsLiterals) return;
+      }
+      i = j;
+    } else {
+      ++i;
+    }
+  }
+  if (literals.empty()) return;
+  std::string probe;
+  ChatCompletionChunk decoded;
+  std::vector<ChunkPrefix::NumberSlot> slots;
+  for (const auto& [open, close] : literals) {
+    const std::string_view old = event.substr(open, close - open);
+    const char* sentinel = old == "987654321" ? "123456789" : "987654321";
+    probe.assign(event.substr(0, open));
+    probe.append(sentinel);
+    probe.append(event.substr(close));
+    ensure_padding(probe);
+    std::optional<Error> in_stream;
+    if (decode_chunk(std::string_view(probe), decoded, in_stream, nullptr) || in_stream || !decoded.usage ||
+        !same_but_usage(decoded, c))
+      continue;  // (not a slot: its digits must stay)
+    const Usage &was = *c.usage, &now = *decoded.usage;
+    if (!(was.cost == now.cost || (was.cost && now.cost && *was.cost != *was.cost && *now.cost != *now.cost)))
+      continue;
+    ChunkPrefix::NumberSlot slot{open, close, ChunkPrefix::NumberSlot::none};
+    int changed = 0;
+    for (auto f : {ChunkPrefix::NumberSlot::prompt, ChunkPrefix::NumberSlot::completion,
+                   ChunkPrefix::NumberSlot::total, ChunkPrefix::NumberSlot::cached,
+                   ChunkPrefix::NumberSlot::reasoning}) {
+      Usage a = was, b = now;
+      if (*count_field(a, f) == *count_field(b, f)) continue;
+      ++changed;
+      if (*count_field(b, f) == std::optional<std::int64_t>(std::strtoll(sentinel, nullptr, 10))) slot.field = f;
+      else changed = 99;
+    }
+    if (changed == 0 || (changed == 1 && slot.field != ChunkPrefix::NumberSlot::none)) slots.push_back(slot);
+  }
+  if (slots.empty()) return;
+  t.counts = c;
+  t.counts.raw_json.assign(event);
+  t.number_slots = std::move(slots);
+  t.counts_prefix = plen;
+}
+
+// The "same shape, new counts" path: true when `event` was decoded into
+// `c` from the counts template.
+bool decode_counts(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t) {
+  const std::string& old = t.counts.raw_json;
+  if (old.empty()) return false;
+  std::int64_t values[5] = {};
+  std::size_t ti = 0, ei = 0;
+  for (const ChunkPrefix::NumberSlot& slot : t.number_slots) {
+    const std::size_t len = slot.open - ti;
+    if (event.size() - ei < len || std::memcmp(event.data() + ei, old.data() + ti, len) != 0) return false;
+    ei += len;
+    std::size_t d = ei;
+    while (d < event.size() && is_digit(event[d])) ++d;
+    const std::size_t n = d - ei;
+    if (n == 0 || n > 18 || (n > 1 && event[ei] == '0')) return false;
+    if (slot.field != ChunkPrefix::NumberSlot::none) {
+      std::int64_t v = 0;
+      for (std::size_t k = ei; k < d; ++k) v = v * 10 + (event[k] - '0');
+      values[slot.field] = v;
+    }
+    ei = d;
+    ti = slot.close;
+  }
+  const std::size_t tail = old.size() - ti;
+  if (event.size() - ei != tail || std::memcmp(event.data() + ei, old.data() + ti, tail) != 0) return false;
+  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
+  copy_chunk(t.counts, none, {}, c);
+  for (const ChunkPrefix::NumberSlot& slot : t.number_slots)
+    if (slot.field != ChunkPrefix::NumberSlot::none) *count_field(*c.usage, slot.field) = values[slot.field];
+  c.raw_json.assign(event);
+  t.last_full = false;
+  t.counts_misses = 0;
+  t.counts_made = 0;
+  ++t.counts_hits;
+  return true;
 }
 
 // Decodes the members of a chunk's top-level object into `c` (whose
@@ -1356,7 +1520,8 @@ namespace {
       if (comma != std::string_view::npos && comma + 1 < padded.size() && padded[comma + 1] == '"') {
         prefix->bytes.assign(padded.substr(0, comma + 1));
         rebase(prefix->chunk, prefix->chunk_prefix, &prefix->slots, *prefix);
-        rebase(prefix->repeat, prefix->repeat_prefix, nullptr, *prefix);
+        rebase(prefix->repeat, prefix->repeat_prefix, static_cast<std::vector<StringSlot>*>(nullptr), *prefix);
+        rebase(prefix->counts, prefix->counts_prefix, &prefix->number_slots, *prefix);
       }
     }
   }
@@ -1397,6 +1562,20 @@ namespace {
       prefix->repeat = c;
       prefix->repeat_prefix = plen;
     }
+    // A usage chunk: the counts template (see ChunkPrefix::counts). One
+    // that matched before is kept through one odd event, replaced at the
+    // second in a row; after a few made (or tried) without a match, a shape
+    // that keeps changing is let go.
+    if (reuse && !envelope_in_rest && !had_in_stream_error && !in_stream_error && c.usage && !may_have_slots(c) &&
+        padded.size() <= kMaxCountsEvent) {
+      const bool none = prefix->counts.raw_json.empty();
+      if (!none) ++prefix->counts_misses;
+      if ((none || prefix->counts_misses >= 2) && prefix->counts_made < kMaxCountsMade) {
+        ++prefix->counts_made;
+        prefix->counts_misses = 0;
+        make_counts(padded, c, plen, *prefix);
+      }
+    }
   }
   return true;
 }
@@ -1409,6 +1588,7 @@ bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& c, std::opt
     if (!prefix->slots.empty() && decode_from_template(padded, c, *prefix, held, deferred)) return true;
     prefix->hit = 0;  // whatever comes next rewrites the chunk
     if (decode_repeat(padded, c, *prefix)) return true;
+    if (decode_counts(padded, c, *prefix)) return true;
   }
   return decode_chunk_full(padded, c, in_stream_error, prefix, error);
 }

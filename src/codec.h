@@ -87,7 +87,25 @@ struct ChunkPrefix {
   // its chunk. Empty raw_json: none.
   ChatCompletionChunk repeat;
 
-  // Both templates outlive a stream (reset() keeps them). When one was
+  // The "same shape, new counts" path: the last event decoded the full way
+  // after the prefix that carried usage and no string slots (a stream's
+  // usage chunk), and its integer literals that each set one count of the
+  // usage or nothing (found by decoding the event with each changed: see
+  // make_counts() in codec.cc). An event equal to it but for the digits of
+  // those literals decodes to its chunk with the counts set from them.
+  struct NumberSlot {
+    enum Field : std::uint8_t { prompt, completion, total, cached, reasoning, none };
+    std::size_t open = 0, close = 0;  // the literal's bytes in counts.raw_json
+    Field field = none;
+  };
+  ChatCompletionChunk counts;  // empty raw_json: none
+  std::vector<NumberSlot> number_slots;
+  std::size_t counts_prefix = 0;
+  int counts_misses = 0;  // usage events it did not match since the last hit (or since it was made)
+  int counts_made = 0;    // templates made (or tried) since the last hit
+  std::uint64_t counts_hits = 0;  // events decoded from it (for tests)
+
+  // All three templates outlive a stream (reset() keeps them). When one was
   // decoded after a prefix whose members set every envelope field it has
   // (its later members set none), `*_prefix` is that prefix's length in
   // its raw_json (else 0), and a new prefix replaces it: its bytes go in

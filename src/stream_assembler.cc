@@ -136,7 +136,8 @@ std::size_t StreamAssembler::retained_bytes() const noexcept {
   };
   std::size_t texts = 0;
   for (const auto& c : choices_) texts += c.content.s.capacity() + c.refusal.s.capacity() + c.reasoning.s.capacity();
-  return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + chunk_bytes(prefix_.repeat) + prefix_.bytes.capacity() + prefix_.scratch.capacity() +
+  return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + chunk_bytes(prefix_.repeat) + chunk_bytes(prefix_.counts) +
+         prefix_.bytes.capacity() + prefix_.scratch.capacity() +
          prefix_.unescaped.capacity() + scratch_.capacity() + texts;
 }
 

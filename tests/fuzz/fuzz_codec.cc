@@ -6,7 +6,8 @@
 // template against the same chunk decoded whole (the input is that
 // previous chunk, a newline, a byte that picks one of its string slots and
 // the new string's bytes, which replace the slot's); and the same after
-// the templates moved onto the next stream's prefix.
+// the templates moved onto the next stream's prefix; and a usage chunk's
+// counts template against the chunk with new digits decoded whole.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -137,6 +138,44 @@ void check_moved_templates(const std::string& input) {
   cross_check(t.substr(0, slot.open) + input.substr(c + 2) + t.substr(slot.close), chunk, prefix);
 }
 
+// Input: an event, a newline, the next event's bytes after its prefix (a
+// usage chunk's, say), a newline, then digits. That second event makes the
+// counts template; the same event with each integer literal after the
+// prefix replaced by the next run of the input's digits (up to 20, any
+// leading zeros, or none: then a '-') must decode as it does alone.
+void check_counts(const std::string& input) {
+  const std::size_t a = input.find('\n');
+  if (a == std::string::npos) return;
+  const std::size_t b = input.find('\n', a + 1);
+  if (b == std::string::npos) return;
+  ChunkPrefix prefix;
+  ChatCompletionChunk chunk;
+  decode_first(input.substr(0, a), chunk, prefix);
+  if (prefix.bytes.empty()) return;
+  const std::string rest = input.substr(a + 1, b - a - 1);
+  decode_first(prefix.bytes + rest, chunk, prefix);
+  if (prefix.counts.raw_json.empty()) return;
+  std::string changed = prefix.bytes;
+  std::size_t src = b + 1;
+  for (std::size_t i = 0; i < rest.size();) {
+    const char ch = rest[i];
+    if (ch >= '0' && ch <= '9') {
+      std::size_t j = i;
+      while (j < rest.size() && rest[j] >= '0' && rest[j] <= '9') ++j;
+      std::string digits;
+      while (src < input.size() && digits.size() < 20 && input[src] >= '0' && input[src] <= '9')
+        digits += input[src++];
+      if (src < input.size()) ++src;  // (the separator)
+      changed += digits.empty() ? std::string("-") : digits;
+      i = j;
+    } else {
+      changed += ch;
+      ++i;
+    }
+  }
+  cross_check(changed, chunk, prefix);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -154,6 +193,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check_prefix_reuse(input);
   check_template(input);
   check_moved_templates(input);
+  check_counts(input);
   {
     std::string body = input;
     (void)decode_stream_error(body);

@@ -798,6 +798,80 @@ TEST_CASE("decode_chunk's templates: kept for the next stream and moved onto its
   }
 }
 
+TEST_CASE("decode_chunk's counts template: a usage chunk with new counts, in the next streams") {
+  // Streams decoded one after the other with one ChunkPrefix (reset()
+  // between them): each ends with a usage chunk whose counts differ. From
+  // the second stream on, the usage chunk comes from the counts template
+  // when only the digits of counts changed; any other change (a sign, a
+  // fraction, a leading zero, 19 digits, a space, another key) is decoded
+  // the full way. Every result equals the reference's.
+  auto usage_event = [](int stream, const std::string& usage) {
+    return R"({"id":"chatcmpl-)" + std::to_string(1000 + stream) +
+           R"(","object":"chat.completion.chunk","created":)" + std::to_string(1700000000 + stream) +
+           R"(,"model":"m","choices":[],"usage":)" + usage + "}";
+  };
+  auto stream_events = [&](int stream, const std::string& usage) {
+    const std::string env = R"({"id":"chatcmpl-)" + std::to_string(1000 + stream) +
+                            R"(","object":"chat.completion.chunk","created":)" + std::to_string(1700000000 + stream) +
+                            R"(,"model":"m","choices":[{"index":0,"delta":)";
+    return std::vector<std::string>{env + R"({"role":"assistant","content":""}}]})",
+                                    env + R"({"content":"Hi"}}]})", env + R"({},"finish_reason":"stop"}]})",
+                                    usage_event(stream, usage)};
+  };
+  auto openai = [](const std::string& p, const std::string& c, const std::string& t, const std::string& cached = "0",
+                   const std::string& reasoning = "0") {
+    return R"({"prompt_tokens":)" + p + R"(,"completion_tokens":)" + c + R"(,"total_tokens":)" + t +
+           R"(,"prompt_tokens_details":{"cached_tokens":)" + cached +
+           R"(,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":)" + reasoning +
+           R"(,"audio_tokens":7,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}})";
+  };
+  struct Case {
+    const char* name;
+    std::vector<std::string> usages;  // one stream each
+    std::vector<bool> from_counts;    // per stream: its usage chunk from the template
+  };
+  const std::vector<Case> cases = {
+      {"new counts",
+       {openai("19", "40", "59"), openai("7", "1", "8"), openai("123456", "654321", "777777", "1024", "512"),
+        openai("0", "0", "0"), openai("999999999999999999", "1", "2")},
+       {false, true, true, true, true}},
+      {"not digits alone (each odd one between two that match)",
+       {openai("19", "40", "59"), openai("-1", "40", "59"), openai("20", "40", "60"), openai("1.5", "40", "59"),
+        openai("21", "40", "61"), openai("019", "40", "59"), openai("22", "40", "62"), openai("1e2", "40", "59"),
+        openai("23", "40", "63"), openai("1000000000000000000", "1", "2"), openai("24", "40", "64"),
+        openai("19 ", "40", "59"), openai("25", "40", "65")},
+       {false, false, true, false, true, false, true, false, true, false, true, false, true}},
+      {"a shape that changes (a new template at the second odd one in a row)",
+       {openai("19", "40", "59"), R"({"prompt_tokens":3,"completion_tokens":4})",
+        R"({"prompt_tokens":5,"completion_tokens":6})", R"({"prompt_tokens":7,"completion_tokens":8})"},
+       {false, false, false, true}},
+      {"a count given twice (the last wins), a cost, a field no count reads",
+       {R"({"prompt_tokens":1,"prompt_tokens":19,"completion_tokens":4,"total_tokens":23,"cost":0.5,"x":3})",
+        R"({"prompt_tokens":2,"prompt_tokens":29,"completion_tokens":5,"total_tokens":34,"cost":0.5,"x":99})",
+        R"({"prompt_tokens":2,"prompt_tokens":29,"completion_tokens":5,"total_tokens":34,"cost":0.25,"x":99})"},
+       {false, true, false}},
+  };
+  for (const Case& k : cases) {
+    INFO("case: " << k.name);
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    for (std::size_t n = 0; n < k.usages.size(); ++n) {
+      prefix.reset();
+      const std::vector<std::string> docs = stream_events(static_cast<int>(n), k.usages[n]);
+      for (std::size_t i = 0; i < docs.size(); ++i) {
+        INFO("stream " << n << " event " << i << ": " << docs[i]);
+        const std::uint64_t hits = prefix.counts_hits;
+        const std::string ev = padded(docs[i]);
+        const Decoded got = tuned(ev, c, &prefix);
+        const Decoded want = reference(ev);
+        REQUIRE(describe(got.failure) == describe(want.failure));  // (a leading zero is invalid JSON)
+        if (!want.failure) CHECK(got.chunk == want.chunk);
+        CHECK(prefix.counts_hits - hits == (i + 1 == docs.size() && k.from_counts[n] ? 1u : 0u));
+      }
+    }
+  }
+}
+
 TEST_CASE("decode_chunk's template: every \\u escape and surrogate pair like simdjson") {
   const std::string head = R"({"id":"c","choices":[{"index":0,"delta":{"content":")";
   const std::string tail = R"("},"finish_reason":null}]})";
