@@ -1289,6 +1289,20 @@ bool same_but_usage(const ChatCompletionChunk& a, const ChatCompletionChunk& b) 
 
 bool is_digit(char ch) { return ch >= '0' && ch <= '9'; }
 
+// Whether two chunks have equal choices.
+bool same_but_usage_envelope(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
+  ChatCompletionChunk x;  // (the envelope of `b` on `a`'s choices: compared by same_but_usage)
+  x.id = b.id;
+  x.object = b.object;
+  x.created = b.created;
+  x.model = b.model;
+  x.system_fingerprint = b.system_fingerprint;
+  x.provider = b.provider;
+  x.choices = a.choices;
+  x.usage = b.usage;
+  return same_but_usage(x, b);
+}
+
 // Makes the counts template from `event` (decoded to `c` after a prefix of
 // `plen` bytes): its integer literals after the prefix, each probed.
 void make_counts(std::string_view event, const ChatCompletionChunk& c, std::size_t plen, ChunkPrefix& t) {
@@ -1391,18 +1405,223 @@ bool decode_counts(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& 
   return true;
 }
 
+// ---- the "first event" path
+//
+// A stream's first event makes its prefix (a full parse). The first event
+// of the stream before is usually the same bytes but for the values of
+// some prefix members: the id, the created time. ChunkPrefix::first keeps
+// such an event E (decoded the full way, its members after the prefix
+// setting no envelope field), its chunk, and the string and integer values
+// of E's top-level prefix members, each probed like the counts' (E decoded
+// with that value changed): one that changes exactly one envelope field to
+// the new value sets that field; one that changes nothing sets nothing;
+// any other must stay. A first event N equal to E but for the slots'
+// values decodes to E's chunk with those fields: N is valid exactly when E
+// is (strings by the argument of the "same shape, new string" path,
+// integers by the counts'), the decoder reads each value from its own
+// member, and N's prefix is its bytes up to the same member's comma.
+constexpr std::size_t kMaxFirstEvent = 4096;
+constexpr std::size_t kMaxFirstValues = 16;
+constexpr int kMaxFirstMade = 3;
+
+std::string* envelope_text(ChatCompletionChunk& c, ChunkPrefix::ScalarSlot::Field f) {
+  switch (f) {
+    case ChunkPrefix::ScalarSlot::Field::id: return &c.id;
+    case ChunkPrefix::ScalarSlot::Field::object: return &c.object;
+    case ChunkPrefix::ScalarSlot::Field::model: return &c.model;
+    case ChunkPrefix::ScalarSlot::Field::fingerprint: return c.system_fingerprint ? &*c.system_fingerprint : nullptr;
+    case ChunkPrefix::ScalarSlot::Field::provider: return c.provider ? &*c.provider : nullptr;
+    default: return nullptr;
+  }
+}
+
+bool same_usage(const std::optional<Usage>& a, const std::optional<Usage>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  if (!a) return true;
+  const bool cost = a->cost == b->cost || (a->cost && b->cost && *a->cost != *a->cost && *b->cost != *b->cost);
+  return a->prompt_tokens == b->prompt_tokens && a->completion_tokens == b->completion_tokens &&
+         a->total_tokens == b->total_tokens && a->cached_tokens == b->cached_tokens &&
+         a->reasoning_tokens == b->reasoning_tokens && cost;
+}
+
+// Makes the first-event template from `event` (decoded to `c`, its prefix
+// `plen` bytes).
+void make_first(std::string_view event, const ChatCompletionChunk& c, std::size_t plen, ChunkPrefix& t) {
+  // The string and integer values of the top-level members in the prefix.
+  std::vector<ChunkPrefix::ScalarSlot> candidates;
+  int depth = 0;
+  bool value = false;  // the next token at depth 1 is a member's value
+  for (std::size_t i = 0; i < plen;) {
+    const char ch = event[i];
+    if (ch == '"') {
+      bool escaped = false;
+      const std::size_t close = string_end(event, i + 1, escaped);
+      if (close >= plen) return;
+      if (depth == 1 && value) {
+        candidates.push_back({i + 1, close, ChunkPrefix::ScalarSlot::Field::none, true});
+        value = false;
+      }
+      i = close + 1;
+      continue;
+    }
+    if (ch == '{' || ch == '[') {
+      ++depth;
+      value = false;
+    } else if (ch == '}' || ch == ']') {
+      --depth;
+    } else if (ch == ':' && depth == 1) {
+      value = true;
+    } else if (ch == ',' && depth == 1) {
+      value = false;
+    } else if (depth == 1 && value && (ch == '-' || is_digit(ch))) {
+      std::size_t j = i;
+      while (j < plen && (is_digit(event[j]) || event[j] == '-' || event[j] == '+' || event[j] == '.' ||
+                          event[j] == 'e' || event[j] == 'E'))
+        ++j;
+      bool integer = true;
+      for (std::size_t k = i; k < j; ++k) integer = integer && is_digit(event[k]);
+      if (integer && j - i <= 18) candidates.push_back({i, j, ChunkPrefix::ScalarSlot::Field::none, false});
+      value = false;
+      i = j;
+      continue;
+    } else if (depth == 1 && value && ch > ' ') {
+      value = false;  // (true, false, null)
+    }
+    ++i;
+  }
+  if (candidates.empty() || candidates.size() > kMaxFirstValues) return;
+  std::string probe;
+  ChatCompletionChunk decoded;
+  std::vector<ChunkPrefix::ScalarSlot> slots;
+  for (ChunkPrefix::ScalarSlot slot : candidates) {
+    const std::string_view old = event.substr(slot.open, slot.close - slot.open);
+    const char* sentinel = slot.string ? (old == "zq9probe9qz" ? "qz9probe9zq" : "zq9probe9qz")
+                                       : (old == "987654321" ? "123456789" : "987654321");
+    probe.assign(event.substr(0, slot.open));
+    probe.append(sentinel);
+    probe.append(event.substr(slot.close));
+    ensure_padding(probe);
+    std::optional<Error> in_stream;
+    if (decode_chunk(std::string_view(probe), decoded, in_stream, nullptr) || in_stream ||
+        !same_but_usage_envelope(decoded, c) || !same_usage(decoded.usage, c.usage))
+      continue;  // (not a slot: it must stay)
+    int changed = 0;
+    bool to_sentinel = false;
+    auto check = [&](ChunkPrefix::ScalarSlot::Field f, bool differs, bool is_sentinel) {
+      if (!differs) return;
+      ++changed;
+      slot.field = f;
+      to_sentinel = is_sentinel;
+    };
+    const std::string s(sentinel);
+    const std::int64_t n = slot.string ? 0 : std::strtoll(sentinel, nullptr, 10);
+    check(ChunkPrefix::ScalarSlot::Field::id, decoded.id != c.id, decoded.id == s);
+    check(ChunkPrefix::ScalarSlot::Field::object, decoded.object != c.object, decoded.object == s);
+    check(ChunkPrefix::ScalarSlot::Field::model, decoded.model != c.model, decoded.model == s);
+    check(ChunkPrefix::ScalarSlot::Field::fingerprint, decoded.system_fingerprint != c.system_fingerprint,
+          decoded.system_fingerprint == std::optional<std::string>(s) && c.system_fingerprint);
+    check(ChunkPrefix::ScalarSlot::Field::provider, decoded.provider != c.provider,
+          decoded.provider == std::optional<std::string>(s) && c.provider);
+    check(ChunkPrefix::ScalarSlot::Field::created, decoded.created != c.created, !slot.string && decoded.created == n);
+    if (changed == 0) {
+      slot.field = ChunkPrefix::ScalarSlot::Field::none;
+      slots.push_back(slot);
+    } else if (changed == 1 && to_sentinel && (slot.field == ChunkPrefix::ScalarSlot::Field::created) != slot.string) {
+      slots.push_back(slot);
+    }
+  }
+  if (slots.empty()) return;
+  t.first = c;
+  t.first.raw_json.assign(event);
+  t.first_slots = std::move(slots);
+  t.first_prefix = plen;
+  t.first_values.resize(t.first_slots.size());
+}
+
+// The "first event" path: true when `event` was decoded into `c` from the
+// first-event template, and the prefix made from it.
+bool decode_first(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t) {
+  const std::string& old = t.first.raw_json;
+  if (old.empty() || event.size() > kMaxFirstEvent) return false;
+  std::string_view values[kMaxFirstValues];
+  std::int64_t created = 0;
+  std::size_t ti = 0, ei = 0;
+  for (std::size_t k = 0; k < t.first_slots.size(); ++k) {
+    const ChunkPrefix::ScalarSlot& slot = t.first_slots[k];
+    const std::size_t len = slot.open - ti;
+    if (event.size() - ei < len || std::memcmp(event.data() + ei, old.data() + ti, len) != 0) return false;
+    ei += len;
+    if (slot.string) {
+      bool escaped = false;
+      const std::size_t close = string_end(event, ei, escaped);
+      if (close >= event.size()) return false;
+      std::string_view v;
+      if (!json_string_value(event.substr(ei, close - ei), v, t.unescaped)) return false;
+      if (v.data() == t.unescaped.data()) {
+        t.first_values[k].assign(v);
+        v = t.first_values[k];
+      }
+      values[k] = v;
+      ei = close;
+    } else {
+      std::size_t d = ei;
+      while (d < event.size() && is_digit(event[d])) ++d;
+      const std::size_t n = d - ei;
+      if (n == 0 || n > 18 || (n > 1 && event[ei] == '0')) return false;
+      created = 0;
+      for (std::size_t i = ei; i < d; ++i) created = created * 10 + (event[i] - '0');
+      ei = d;
+    }
+    ti = slot.close;
+  }
+  const std::size_t tail = old.size() - ti;
+  if (event.size() - ei != tail || std::memcmp(event.data() + ei, old.data() + ti, tail) != 0) return false;
+  // The prefix: the same member's comma, moved by the values' new lengths.
+  const std::size_t plen = t.first_prefix + ei - ti;
+  if (plen < 2 || plen >= event.size() || event[plen - 1] != ',' || event[plen] != '"') return false;
+  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
+  copy_chunk(t.first, none, {}, c);
+  for (std::size_t k = 0; k < t.first_slots.size(); ++k) {
+    const ChunkPrefix::ScalarSlot& slot = t.first_slots[k];
+    if (slot.field == ChunkPrefix::ScalarSlot::Field::created) c.created = created;
+    else if (std::string* text = envelope_text(c, slot.field)) text->assign(values[k]);
+  }
+  c.raw_json.assign(event);
+  // As decode_chunk_full makes a prefix: its bytes and envelope (the
+  // members after it set none), and the templates moved onto it.
+  t.bytes.assign(event.substr(0, plen));
+  t.id.assign(c.id);
+  t.object.assign(c.object);
+  t.model.assign(c.model);
+  t.created = c.created;
+  t.system_fingerprint = c.system_fingerprint;
+  t.provider = c.provider;
+  rebase(t.chunk, t.chunk_prefix, &t.slots, t);
+  rebase(t.repeat, t.repeat_prefix, static_cast<std::vector<StringSlot>*>(nullptr), t);
+  rebase(t.counts, t.counts_prefix, &t.number_slots, t);
+  t.last_full = true;  // (as the event decoded the full way it stands for)
+  t.first_misses = 0;
+  t.first_made = 0;
+  ++t.first_hits;
+  return true;
+}
+
 // Decodes the members of a chunk's top-level object into `c` (whose
 // envelope fields the caller has set), appending deltas from `n_choices`
 // on. `at_member(i, key)` is called before member i is decoded; it
 // returns false to stop looking at keys.
-// `envelope` is set when a member sets an envelope field (usage aside).
+// `envelope` is set when a member sets an envelope field (usage aside),
+// `envelope_after_body` when one after the first choices, usage or error
+// member does.
 template <typename AtMember>
 void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t& n_choices,
-                          std::optional<Error>& in_stream_error, bool& envelope, AtMember&& at_member) {
+                          std::optional<Error>& in_stream_error, bool& envelope, bool& envelope_after_body,
+                          AtMember&& at_member) {
   std::size_t i = 0;
-  bool watch = true;
+  bool watch = true, body = false;
   for_each_field(root, [&](std::string_view k, const dom::element& v) {
     if (watch) watch = at_member(i++, k);
+    body = body || key_is(k, "choices") || key_is(k, "usage") || key_is(k, "error");
     if (key_is(k, "choices")) {
       if (!v.is_null())
         for (dom::element ch : v.get_array()) {
@@ -1413,6 +1632,7 @@ void decode_chunk_members(dom::object root, ChatCompletionChunk& c, std::size_t&
         }
     } else if (decode_envelope(k, v, c)) {
       envelope |= !key_is(k, "usage");
+      envelope_after_body |= body && !key_is(k, "usage");
       return;
     } else if (key_is(k, "error")) {
       if (!v.is_null()) in_stream_error = in_body_error_result(decode_error_value(v, ErrorKind::server_error));
@@ -1484,13 +1704,15 @@ namespace {
   std::size_t prefix_members = 0;
   ChatCompletionChunk* snapshot_from = nullptr;
   bool envelope_in_rest = false;  // (meaningful with reuse: then every member is the rest's)
+  bool envelope_after_body = false;
   try {
     dom::object obj = root.get_object();
     if (reuse || !prefix) {
-      decode_chunk_members(obj, c, n_choices, in_stream_error, envelope_in_rest,
+      decode_chunk_members(obj, c, n_choices, in_stream_error, envelope_in_rest, envelope_after_body,
                            [](std::size_t, std::string_view) { return false; });
     } else {
-      decode_chunk_members(obj, c, n_choices, in_stream_error, envelope_in_rest, [&](std::size_t i, std::string_view k) {
+      decode_chunk_members(obj, c, n_choices, in_stream_error, envelope_in_rest, envelope_after_body,
+                           [&](std::size_t i, std::string_view k) {
         if (!key_is(k, "choices") && !key_is(k, "usage") && !key_is(k, "error")) return true;
         prefix_members = i;
         if (i > 0) {
@@ -1562,6 +1784,18 @@ namespace {
       prefix->repeat = c;
       prefix->repeat_prefix = plen;
     }
+    // A stream's first event: the first-event template (see
+    // ChunkPrefix::first), with the same keeping rule as the counts'.
+    if (!reuse && !prefix->bytes.empty() && !envelope_after_body && !had_in_stream_error && !in_stream_error &&
+        padded.size() <= kMaxFirstEvent) {
+      const bool none = prefix->first.raw_json.empty();
+      if (!none) ++prefix->first_misses;
+      if ((none || prefix->first_misses >= 2) && prefix->first_made < kMaxFirstMade) {
+        ++prefix->first_made;
+        prefix->first_misses = 0;
+        make_first(padded, c, prefix->bytes.size(), *prefix);
+      }
+    }
     // A usage chunk: the counts template (see ChunkPrefix::counts). One
     // that matched before is kept through one odd event, replaced at the
     // second in a row; after a few made (or tried) without a match, a shape
@@ -1587,6 +1821,7 @@ bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& c, std::opt
   if (prefix) {
     if (!prefix->slots.empty() && decode_from_template(padded, c, *prefix, held, deferred)) return true;
     prefix->hit = 0;  // whatever comes next rewrites the chunk
+    if (prefix->bytes.empty() && decode_first(padded, c, *prefix)) return true;
     if (decode_repeat(padded, c, *prefix)) return true;
     if (decode_counts(padded, c, *prefix)) return true;
   }

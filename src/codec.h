@@ -105,7 +105,27 @@ struct ChunkPrefix {
   int counts_made = 0;    // templates made (or tried) since the last hit
   std::uint64_t counts_hits = 0;  // events decoded from it (for tests)
 
-  // All three templates outlive a stream (reset() keeps them). When one was
+  // The "first event" path: a stream's first event (the one that makes the
+  // prefix) decoded the full way, with the scalar values of its prefix's
+  // members that each set one envelope field, or nothing (probed like the
+  // counts': see make_first() in codec.cc). A first event equal to it but
+  // for those values (strings simdjson accepts, integers of at most 18
+  // digits) decodes to its chunk with those fields, and makes the prefix
+  // from its own bytes.
+  struct ScalarSlot {
+    enum class Field : std::uint8_t { id, object, model, fingerprint, provider, created, none };
+    std::size_t open = 0, close = 0;  // the string's bytes between its quotes, or the integer's digits
+    Field field = Field::none;
+    bool string = false;
+  };
+  ChatCompletionChunk first;  // empty raw_json: none
+  std::vector<ScalarSlot> first_slots;
+  std::size_t first_prefix = 0;  // the length of its prefix
+  int first_misses = 0, first_made = 0;
+  std::uint64_t first_hits = 0;  // events decoded from it (for tests)
+  std::vector<std::string> first_values;  // (new strings with escapes, unescaped)
+
+  // All these templates outlive a stream (reset() keeps them). When one was
   // decoded after a prefix whose members set every envelope field it has
   // (its later members set none), `*_prefix` is that prefix's length in
   // its raw_json (else 0), and a new prefix replaces it: its bytes go in

@@ -7,7 +7,8 @@
 // previous chunk, a newline, a byte that picks one of its string slots and
 // the new string's bytes, which replace the slot's); and the same after
 // the templates moved onto the next stream's prefix; and a usage chunk's
-// counts template against the chunk with new digits decoded whole.
+// counts template against the chunk with new digits decoded whole; and a
+// stream's first event decoded from the last stream's first event.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -176,6 +177,31 @@ void check_counts(const std::string& input) {
   cross_check(changed, chunk, prefix);
 }
 
+// Input: a stream's first event, a newline, the next stream's first event,
+// a newline, that stream's next event after its prefix. The first makes
+// the first-event template; the second, decoded with it after reset(),
+// must decode as it does alone, and so must the third after the prefix
+// the second made (from the template or not).
+void check_first(const std::string& input) {
+  const std::size_t a = input.find('\n');
+  if (a == std::string::npos) return;
+  const std::size_t b = input.find('\n', a + 1);
+  if (b == std::string::npos) return;
+  ChunkPrefix prefix;
+  ChatCompletionChunk chunk;
+  {
+    std::string first = input.substr(0, a);
+    taotoken::detail::ensure_padding(first);
+    std::optional<Error> in_stream;
+    (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
+  }
+  if (prefix.first.raw_json.empty()) return;
+  prefix.reset();
+  cross_check(input.substr(a + 1, b - a - 1), chunk, prefix);
+  if (prefix.bytes.empty()) return;
+  cross_check(prefix.bytes + input.substr(b + 1), chunk, prefix);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -194,6 +220,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check_template(input);
   check_moved_templates(input);
   check_counts(input);
+  check_first(input);
   {
     std::string body = input;
     (void)decode_stream_error(body);

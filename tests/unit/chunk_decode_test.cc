@@ -798,6 +798,67 @@ TEST_CASE("decode_chunk's templates: kept for the next stream and moved onto its
   }
 }
 
+TEST_CASE("decode_chunk's first-event template: a stream's first event with a new id, in the next streams") {
+  // Streams decoded one after the other with one ChunkPrefix (reset()
+  // between them). From the second stream on, the first event comes from
+  // the first-event template when only the values of its prefix members
+  // changed (id, created, fingerprint, an unread member); the prefix it
+  // makes serves the stream's next events. Anything else is decoded the
+  // full way. Every result equals the reference's.
+  auto stream = [](const std::string& head) {
+    const std::string env = "{" + head + R"("choices":[{"index":0,"delta":)";
+    return std::vector<std::string>{env + R"({"role":"assistant","content":""},"finish_reason":null}],"usage":null})",
+                                    env + R"({"content":"Hel"},"finish_reason":null}],"usage":null})",
+                                    env + R"({"content":"lo"},"finish_reason":null}],"usage":null})",
+                                    env + R"({},"finish_reason":"stop"}],"usage":null})"};
+  };
+  const std::string obj = R"("object":"chat.completion.chunk",)";
+  struct Case {
+    const char* name;
+    std::vector<std::string> heads;
+    std::vector<bool> from_first;  // per stream: its first event from the template
+  };
+  const std::vector<Case> cases = {
+      {"OpenAI's members",
+       {R"("id":"chatcmpl-1",)" + obj + R"("created":1,"model":"m","service_tier":"default","system_fingerprint":"fp_a",)",
+        R"("id":"chatcmpl-22222",)" + obj + R"("created":1753357673,"model":"m","service_tier":"auto","system_fingerprint":"fp_b",)",
+        R"("id":"c\u00e9\"3",)" + obj + R"("created":3,"model":"m2","service_tier":"default","system_fingerprint":"f",)",
+        R"("id":"c4",)" + obj + R"("created":-4,"model":"m","service_tier":"default","system_fingerprint":"f",)",
+        R"("id":"c5",)" + obj + R"("created":05,"model":"m","service_tier":"default","system_fingerprint":"f",)",
+        R"("id":"c6",)" + obj + R"("created":6,"model":"m","service_tier":"default","system_fingerprint":null,)",
+        R"("id":"c7",)" + obj + R"("created":7,"model":"m","service_tier":"default","system_fingerprint":"f",)"},
+       {false, true, true, false, false, false, false}},  // (the null fingerprint's event, the second odd one in a row, makes a new template)
+      {"an id given twice, a provider",
+       {R"("id":"a","id":"b1","provider":"OpenAI",)" + obj, R"("id":"zz","id":"b22","provider":"Azure",)" + obj,
+        R"("id":"zz","id":"b3","provider":7,)" + obj},
+       {false, true, false}},
+      {"the model after the choices (the first event stands alone)",
+       {R"("id":"a1",)", R"("id":"a2",)"},
+       {false, false}},
+  };
+  for (const Case& k : cases) {
+    INFO("case: " << k.name);
+    detail::ChunkPrefix prefix;
+    ChatCompletionChunk c;
+    for (std::size_t n = 0; n < k.heads.size(); ++n) {
+      prefix.reset();
+      std::vector<std::string> docs = stream(k.heads[n]);
+      if (std::string(k.name).find("model after") != std::string::npos)
+        for (auto& d : docs) d.insert(d.size() - 1, R"(,"model":"m")");
+      for (std::size_t i = 0; i < docs.size(); ++i) {
+        INFO("stream " << n << " event " << i << ": " << docs[i]);
+        const std::uint64_t hits = prefix.first_hits;
+        const std::string ev = padded(docs[i]);
+        const Decoded got = tuned(ev, c, &prefix);
+        const Decoded want = reference(ev);
+        REQUIRE(describe(got.failure) == describe(want.failure));  // (a leading zero is invalid JSON)
+        if (!want.failure) CHECK(got.chunk == want.chunk);
+        CHECK(prefix.first_hits - hits == (i == 0 && k.from_first[n] ? 1u : 0u));
+      }
+    }
+  }
+}
+
 TEST_CASE("decode_chunk's counts template: a usage chunk with new counts, in the next streams") {
   // Streams decoded one after the other with one ChunkPrefix (reset()
   // between them): each ends with a usage chunk whose counts differ. From
