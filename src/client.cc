@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <mutex>
@@ -262,6 +263,43 @@ struct MailboxEntry {
   Kind kind;
 };
 
+// Bytes appended and read back by offset (a delta entry's strings): a
+// plain buffer, so that an append is a memcpy (a std::string's append is
+// a library call that checks more than that).
+class ByteArena {
+ public:
+  std::size_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return cap_; }
+  const char* data() const noexcept { return p_.get(); }
+  void clear() noexcept { size_ = 0; }
+  void release() noexcept {
+    p_.reset();
+    size_ = cap_ = 0;
+  }
+  void append(std::string_view s) {
+    if (s.empty()) return;
+    if (s.size() > cap_ - size_) grow(size_ + s.size());
+    std::memcpy(p_.get() + size_, s.data(), s.size());
+    size_ += s.size();
+  }
+  void swap(ByteArena& o) noexcept {
+    p_.swap(o.p_);
+    std::swap(size_, o.size_);
+    std::swap(cap_, o.cap_);
+  }
+
+ private:
+  void grow(std::size_t need) {
+    const std::size_t cap = std::max({need, cap_ * 2, std::size_t{4096}});
+    std::unique_ptr<char[]> p(new char[cap]);
+    if (size_ != 0) std::memcpy(p.get(), p_.get(), size_);
+    p_ = std::move(p);
+    cap_ = cap;
+  }
+  std::unique_ptr<char[]> p_;
+  std::size_t size_ = 0, cap_ = 0;
+};
+
 // What the synchronous streams of one client recycle, so that a stream
 // allocates nothing for its hand-over once the client is warm:
 // - chunk objects: a chunk goes from the loop to the caller by swapping it
@@ -283,7 +321,7 @@ class ChunkPool {
     // and those on their way back (under the mailbox's lock).
     std::vector<Ptr> spares, spent, back;
     // The bytes of delta entries, one per entry queue (they travel together).
-    std::string pending_arena, items_arena, batch_arena;
+    ByteArena pending_arena, items_arena, batch_arena;
   };
 
   // Adds `n` new objects to `out` (a mailbox whose queues hold too few).
@@ -304,7 +342,7 @@ class ChunkPool {
     for (auto* v : {&q.items, &q.pending, &q.batch}) v->clear();
     for (auto* a : {&q.pending_arena, &q.items_arena, &q.batch_arena}) {
       a->clear();
-      if (a->capacity() > kMaxKeptArena) a->shrink_to_fit();
+      if (a->capacity() > kMaxKeptArena) a->release();
     }
     for (auto* v : {&q.spent, &q.back}) {
       for (Ptr& p : *v)
@@ -490,7 +528,7 @@ class Mailbox {
       pending_arena_.clear();
     } else {
       const std::size_t base = items_arena_.size();
-      items_arena_.append(pending_arena_);
+      items_arena_.append(std::string_view(pending_arena_.data(), pending_arena_.size()));
       pending_arena_.clear();
       for (Entry& e : pending_) {
         e.body_at += base;
@@ -637,9 +675,9 @@ class Mailbox {
   std::vector<Entry>& batch_ = q_.batch;                // caller side only
   std::vector<ChunkPool::Ptr>& spent_ = q_.spent;       // caller side only
   std::vector<ChunkPool::Ptr>& back_ = q_.back;         // under mu_
-  std::string& pending_arena_ = q_.pending_arena;       // loop side only
-  std::string& items_arena_ = q_.items_arena;           // under mu_
-  std::string& batch_arena_ = q_.batch_arena;           // caller side only
+  ByteArena& pending_arena_ = q_.pending_arena;         // loop side only
+  ByteArena& items_arena_ = q_.items_arena;             // under mu_
+  ByteArena& batch_arena_ = q_.batch_arena;             // caller side only
   std::uint64_t work_generation_ = 0;  // loop side: the template and slot of the caller's working chunk
   std::size_t work_slot_ = 0;
   ChunkPool::Ptr work_;  // caller side: the working chunk of delta entries
