@@ -1207,6 +1207,18 @@ bool finishes_without_slots(const ChatCompletionChunk& c) {
 // template's rest set no envelope field, so an event of p's bytes and the
 // template's rest decodes to p's envelope and the rest's members (as the
 // prefix path decodes it), and those are the template's.
+// Copies the envelope fields (id, object, created, model, fingerprint,
+// provider) from a chunk to a ChunkPrefix, or the other way.
+template <typename From, typename To>
+void copy_envelope(const From& f, To& t) {
+  t.id.assign(f.id);
+  t.object.assign(f.object);
+  t.model.assign(f.model);
+  t.created = f.created;
+  t.system_fingerprint = f.system_fingerprint;
+  t.provider = f.provider;
+}
+
 template <typename Slot>
 void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<Slot>* slots, ChunkPrefix& p) {
   if (at == 0 || t.raw_json.empty()) return;
@@ -1220,12 +1232,14 @@ void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<Slot>* slots, C
       s.close = s.close - at + bytes.size();
     }
   at = bytes.size();
-  t.id = p.id;
-  t.object = p.object;
-  t.model = p.model;
-  t.created = p.created;
-  t.system_fingerprint = p.system_fingerprint;
-  t.provider = p.provider;
+  copy_envelope(p, t);
+}
+
+// Moves every template onto the prefix just made.
+void rebase_templates(ChunkPrefix& p) {
+  rebase(p.chunk, p.chunk_prefix, &p.slots, p);
+  rebase(p.repeat, p.repeat_prefix, static_cast<std::vector<StringSlot>*>(nullptr), p);
+  rebase(p.counts, p.counts_prefix, &p.number_slots, p);
 }
 
 // ---- the "same shape, new counts" path
@@ -1292,12 +1306,7 @@ bool is_digit(char ch) { return ch >= '0' && ch <= '9'; }
 // Whether two chunks have equal choices.
 bool same_but_usage_envelope(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
   ChatCompletionChunk x;  // (the envelope of `b` on `a`'s choices: compared by same_but_usage)
-  x.id = b.id;
-  x.object = b.object;
-  x.created = b.created;
-  x.model = b.model;
-  x.system_fingerprint = b.system_fingerprint;
-  x.provider = b.provider;
+  copy_envelope(b, x);
   x.choices = a.choices;
   x.usage = b.usage;
   return same_but_usage(x, b);
@@ -1590,15 +1599,8 @@ bool decode_first(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t
   // As decode_chunk_full makes a prefix: its bytes and envelope (the
   // members after it set none), and the templates moved onto it.
   t.bytes.assign(event.substr(0, plen));
-  t.id.assign(c.id);
-  t.object.assign(c.object);
-  t.model.assign(c.model);
-  t.created = c.created;
-  t.system_fingerprint = c.system_fingerprint;
-  t.provider = c.provider;
-  rebase(t.chunk, t.chunk_prefix, &t.slots, t);
-  rebase(t.repeat, t.repeat_prefix, static_cast<std::vector<StringSlot>*>(nullptr), t);
-  rebase(t.counts, t.counts_prefix, &t.number_slots, t);
+  copy_envelope(c, t);
+  rebase_templates(t);
   t.last_full = true;  // (as the event decoded the full way it stands for)
   t.first_misses = 0;
   t.first_made = 0;
@@ -1680,12 +1682,7 @@ namespace {
     return false;
   }
   if (reuse) {
-    c.id.assign(prefix->id);
-    c.object.assign(prefix->object);
-    c.model.assign(prefix->model);
-    c.created = prefix->created;
-    c.system_fingerprint = prefix->system_fingerprint;
-    c.provider = prefix->provider;
+    copy_envelope(*prefix, c);
   } else {
     c.id.clear();  // clear() keeps the buffers of a reused chunk
     c.object.clear();
@@ -1716,12 +1713,7 @@ namespace {
         if (!key_is(k, "choices") && !key_is(k, "usage") && !key_is(k, "error")) return true;
         prefix_members = i;
         if (i > 0) {
-          prefix->id.assign(c.id);
-          prefix->object.assign(c.object);
-          prefix->model.assign(c.model);
-          prefix->created = c.created;
-          prefix->system_fingerprint = c.system_fingerprint;
-          prefix->provider = c.provider;
+          copy_envelope(c, *prefix);
           snapshot_from = &c;
         }
         return false;
@@ -1741,9 +1733,7 @@ namespace {
       const std::size_t comma = member_comma(padded, prefix_members);
       if (comma != std::string_view::npos && comma + 1 < padded.size() && padded[comma + 1] == '"') {
         prefix->bytes.assign(padded.substr(0, comma + 1));
-        rebase(prefix->chunk, prefix->chunk_prefix, &prefix->slots, *prefix);
-        rebase(prefix->repeat, prefix->repeat_prefix, static_cast<std::vector<StringSlot>*>(nullptr), *prefix);
-        rebase(prefix->counts, prefix->counts_prefix, &prefix->number_slots, *prefix);
+        rebase_templates(*prefix);
       }
     }
   }

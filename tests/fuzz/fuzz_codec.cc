@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "codec.h"
 
@@ -58,6 +59,20 @@ bool same(const std::optional<Error>& a, const std::optional<Error>& b) {
 }
 
 using taotoken::detail::ChunkPrefix;
+
+// The input's first `n` newline-terminated lines into `lines`, and what
+// follows into `rest`; false when it has fewer.
+bool split_lines(const std::string& input, std::size_t n, std::vector<std::string>& lines, std::string& rest) {
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t nl = input.find('\n', at);
+    if (nl == std::string::npos) return false;
+    lines.push_back(input.substr(at, nl - at));
+    at = nl + 1;
+  }
+  rest = input.substr(at);
+  return true;
+}
 
 // Decodes `first` (a stream's previous event) with `prefix`, so that the
 // prefix cache and template are set as a stream would leave them.
@@ -112,31 +127,28 @@ void check_template(const std::string& input) {
 // the new stream's events with the second event's rest, as it was and
 // with the slot's new string, must decode as they do alone.
 void check_moved_templates(const std::string& input) {
-  const std::size_t a = input.find('\n');
-  if (a == std::string::npos) return;
-  const std::size_t b = input.find('\n', a + 1);
-  if (b == std::string::npos) return;
-  const std::size_t c = input.find('\n', b + 1);
-  if (c == std::string::npos) return;
+  std::vector<std::string> lines;
+  std::string tail;
+  if (!split_lines(input, 3, lines, tail)) return;
   ChunkPrefix prefix;
   ChatCompletionChunk chunk;
-  decode_first(input.substr(0, a), chunk, prefix);
+  decode_first(lines[0], chunk, prefix);
   if (prefix.bytes.empty()) return;
-  const std::string rest = input.substr(a + 1, b - a - 1);
+  const std::string& rest = lines[1];
   decode_first(prefix.bytes + rest, chunk, prefix);
   prefix.reset();
   {
     // As a stream's first event: no template is made from it.
-    std::string first = input.substr(b + 1, c - b - 1);
+    std::string first = lines[2];
     taotoken::detail::ensure_padding(first);
     std::optional<Error> in_stream;
     (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
   }
   cross_check(prefix.bytes + rest, chunk, prefix);
-  if (prefix.slots.empty() || c + 1 >= input.size()) return;
-  const auto& slot = prefix.slots[static_cast<unsigned char>(input[c + 1]) % prefix.slots.size()];
+  if (prefix.slots.empty() || tail.empty()) return;
+  const auto& slot = prefix.slots[static_cast<unsigned char>(tail[0]) % prefix.slots.size()];
   const std::string t = prefix.chunk.raw_json;
-  cross_check(t.substr(0, slot.open) + input.substr(c + 2) + t.substr(slot.close), chunk, prefix);
+  cross_check(t.substr(0, slot.open) + tail.substr(1) + t.substr(slot.close), chunk, prefix);
 }
 
 // Input: an event, a newline, the next event's bytes after its prefix (a
@@ -145,28 +157,27 @@ void check_moved_templates(const std::string& input) {
 // prefix replaced by the next run of the input's digits (up to 20, any
 // leading zeros, or none: then a '-') must decode as it does alone.
 void check_counts(const std::string& input) {
-  const std::size_t a = input.find('\n');
-  if (a == std::string::npos) return;
-  const std::size_t b = input.find('\n', a + 1);
-  if (b == std::string::npos) return;
+  std::vector<std::string> lines;
+  std::string source;
+  if (!split_lines(input, 2, lines, source)) return;
   ChunkPrefix prefix;
   ChatCompletionChunk chunk;
-  decode_first(input.substr(0, a), chunk, prefix);
+  decode_first(lines[0], chunk, prefix);
   if (prefix.bytes.empty()) return;
-  const std::string rest = input.substr(a + 1, b - a - 1);
+  const std::string& rest = lines[1];
   decode_first(prefix.bytes + rest, chunk, prefix);
   if (prefix.counts.raw_json.empty()) return;
   std::string changed = prefix.bytes;
-  std::size_t src = b + 1;
+  std::size_t src = 0;
   for (std::size_t i = 0; i < rest.size();) {
     const char ch = rest[i];
     if (ch >= '0' && ch <= '9') {
       std::size_t j = i;
       while (j < rest.size() && rest[j] >= '0' && rest[j] <= '9') ++j;
       std::string digits;
-      while (src < input.size() && digits.size() < 20 && input[src] >= '0' && input[src] <= '9')
-        digits += input[src++];
-      if (src < input.size()) ++src;  // (the separator)
+      while (src < source.size() && digits.size() < 20 && source[src] >= '0' && source[src] <= '9')
+        digits += source[src++];
+      if (src < source.size()) ++src;  // (the separator)
       changed += digits.empty() ? std::string("-") : digits;
       i = j;
     } else {
@@ -183,23 +194,22 @@ void check_counts(const std::string& input) {
 // must decode as it does alone, and so must the third after the prefix
 // the second made (from the template or not).
 void check_first(const std::string& input) {
-  const std::size_t a = input.find('\n');
-  if (a == std::string::npos) return;
-  const std::size_t b = input.find('\n', a + 1);
-  if (b == std::string::npos) return;
+  std::vector<std::string> lines;
+  std::string rest;
+  if (!split_lines(input, 2, lines, rest)) return;
   ChunkPrefix prefix;
   ChatCompletionChunk chunk;
   {
-    std::string first = input.substr(0, a);
+    std::string first = lines[0];
     taotoken::detail::ensure_padding(first);
     std::optional<Error> in_stream;
     (void)taotoken::detail::decode_chunk(first, chunk, in_stream, &prefix);
   }
   if (prefix.first.raw_json.empty()) return;
   prefix.reset();
-  cross_check(input.substr(a + 1, b - a - 1), chunk, prefix);
+  cross_check(lines[1], chunk, prefix);
   if (prefix.bytes.empty()) return;
-  cross_check(prefix.bytes + input.substr(b + 1), chunk, prefix);
+  cross_check(prefix.bytes + rest, chunk, prefix);
 }
 
 }  // namespace
