@@ -1577,8 +1577,10 @@ bool decode_first(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t
       while (d < event.size() && is_digit(event[d])) ++d;
       const std::size_t n = d - ei;
       if (n == 0 || n > 18 || (n > 1 && event[ei] == '0')) return false;
-      created = 0;
-      for (std::size_t i = ei; i < d; ++i) created = created * 10 + (event[i] - '0');
+      if (slot.field == ChunkPrefix::ScalarSlot::Field::created) {  // (a free slot's digits are checked, not read)
+        created = 0;
+        for (std::size_t i = ei; i < d; ++i) created = created * 10 + (event[i] - '0');
+      }
       ei = d;
     }
     ti = slot.close;

@@ -43,6 +43,7 @@ Outcome run(taotoken::detail::SseDecoder& decoder, taotoken::detail::StreamAssem
       ++o.chunks;
       if (!check_chunks) return true;
       const taotoken::ChatCompletionChunk& c = assembler.chunk();
+      if (c.raw_json != ev.data) std::abort();  // (a stale chunk agrees with its stale raw_json)
       std::string data = c.raw_json;
       std::optional<taotoken::Error> in_stream;
       auto alone = taotoken::detail::decode_chunk(data, in_stream);
