@@ -346,11 +346,15 @@ class ChunkPool {
     }
     for (auto* v : {&q.spent, &q.back}) {
       for (Ptr& p : *v)
-        if (q.spares.size() < kMaxKept && p->raw_json.capacity() <= kMaxKeptBytes) q.spares.push_back(std::move(p));
+        if (q.spares.size() < kMaxKept && worth_keeping(*p)) q.spares.push_back(std::move(p));
       v->clear();
     }
+    if (q.spares.size() > kMaxKept) q.spares.resize(kMaxKept);
     queues_.give(std::move(q));
   }
+  // Whether a spent chunk object is kept (one that held a big chunk is
+  // freed: its buffers would stay with the queues).
+  static bool worth_keeping(const ChatCompletionChunk& c) noexcept { return c.raw_json.capacity() <= kMaxKeptBytes; }
 
  private:
   Recycler<Queues> queues_{16};  // concurrent synchronous streams worth keeping for
@@ -508,7 +512,7 @@ class Mailbox {
     }
   }
   void spend(ChunkPool::Ptr p) {
-    if (p) spent_.push_back(std::move(p));
+    if (p && ChunkPool::worth_keeping(*p)) spent_.push_back(std::move(p));
   }
 
  private:
@@ -590,7 +594,7 @@ class Mailbox {
       ~Spend() {
         try {
           for (Entry& e : m.batch_)
-            if (e.chunk) m.spent_.push_back(std::move(e.chunk));
+            if (e.chunk && ChunkPool::worth_keeping(*e.chunk)) m.spent_.push_back(std::move(e.chunk));
           // (they go back to the loop side with the next batch)
         } catch (...) {
           m.spent_.clear();

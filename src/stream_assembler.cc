@@ -131,13 +131,18 @@ void StreamAssembler::reset() {
 std::size_t StreamAssembler::retained_bytes() const noexcept {
   auto chunk_bytes = [](const ChatCompletionChunk& c) {
     std::size_t n = c.raw_json.capacity() + c.id.capacity() + c.model.capacity();
-    for (const auto& d : c.choices) n += d.content ? d.content->capacity() : 0;
+    for (const auto& d : c.choices) {
+      for (const auto* t : {&d.content, &d.refusal, &d.reasoning}) n += *t ? (*t)->capacity() : 0;
+      for (const auto& tool : d.tool_calls) n += tool.arguments.capacity();
+    }
     return n;
   };
   std::size_t texts = 0;
   for (const auto& c : choices_) texts += c.content.s.capacity() + c.refusal.s.capacity() + c.reasoning.s.capacity();
+  std::size_t values = 0;
+  for (const auto& v : prefix_.first_values) values += v.capacity();
   return chunk_bytes(*chunk_) + chunk_bytes(prefix_.chunk) + chunk_bytes(prefix_.repeat) + chunk_bytes(prefix_.counts) +
-         prefix_.bytes.capacity() + prefix_.scratch.capacity() +
+         chunk_bytes(prefix_.first) + values + prefix_.bytes.capacity() + prefix_.scratch.capacity() +
          prefix_.unescaped.capacity() + scratch_.capacity() + texts;
 }
 
