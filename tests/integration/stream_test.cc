@@ -87,6 +87,30 @@ TEST_CASE("every chunk the callback sees equals its event decoded alone") {
         b += env + R"({"reasoning_content":")" + p[0] + R"(","content":")" + p[1] + R"("}}]})" "\n\n";
       b += "data: [DONE]\n\n";
       bodies.emplace_back("two slots in turn", b);
+      // Runs of deltas in each kind of slot (each run reaches the caller
+      // as the new bytes of one slot of its working chunk).
+      auto run = [&](const std::string& choice_head, const std::string& before, const std::string& after,
+                     std::initializer_list<const char*> pieces) {
+        std::string r = env.substr(0, env.find("\"choices\":[")) + "\"choices\":[" + choice_head;
+        std::string out;
+        for (const char* piece : pieces) out += r + before + piece + after + "\n\n";
+        return out;
+      };
+      const std::string d0 = R"({"index":0,"delta":)";
+      bodies.emplace_back("reasoning, then refusal deltas",
+                          env + R"({"role":"assistant"}}]})" "\n\n" +
+                              run(d0, R"({"reasoning":")", R"("}}]})", {"Le", "t me", " th\\\"ink", "..."}) +
+                              run(d0, R"({"refusal":")", R"("}}]})", {"I can", "no", "t \\u00e9", "."}) +
+                              "data: [DONE]\n\n");
+      bodies.emplace_back(
+          "tool-call argument deltas",
+          env + R"({"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]}}]})" "\n\n" +
+              run(d0, R"({"tool_calls":[{"index":0,"function":{"arguments":")", R"("}}]}}]})",
+                  {"{\\\"a", "\\\":", " 1", "}"}) +
+              "data: [DONE]\n\n");
+      bodies.emplace_back("a second choice's content",
+                          run(R"({"index":1,"delta":)", R"({"content":")", R"("}}]})", {"x", "yy", "zzz", "w"}) +
+                              "data: [DONE]\n\n");
     }
     for (const auto& sc : fixtures::scenarios())
       if (sc.kind == "sse") bodies.emplace_back(sc.name, fixtures::read_file(fixtures::dir() + "/" + sc.file));
