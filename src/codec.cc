@@ -1235,8 +1235,13 @@ void rebase(ChatCompletionChunk& t, std::size_t& at, std::vector<Slot>* slots, C
   copy_envelope(p, t);
 }
 
-// Moves every template onto the prefix just made.
+// Moves every template onto the prefix just made - the first two
+// prefixes of a stream only: a stream whose chunks each have another id
+// makes a prefix per event, and moving the templates each time would only
+// cost (no later event has that prefix).
 void rebase_templates(ChunkPrefix& p) {
+  if (p.rebases >= 2) return;
+  ++p.rebases;
   rebase(p.chunk, p.chunk_prefix, &p.slots, p);
   rebase(p.repeat, p.repeat_prefix, static_cast<std::vector<StringSlot>*>(nullptr), p);
   rebase(p.counts, p.counts_prefix, &p.number_slots, p);

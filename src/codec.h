@@ -146,11 +146,14 @@ struct ChunkPrefix {
   // `unescaped`), valid until the next decode.
   std::string_view hit_value;
 
+  int rebases = 0;  // prefixes of this stream the templates were moved onto
+
   // For the next stream: forgets the prefix, keeps the templates.
   void reset() noexcept {
     bytes.clear();
     last_full = false;
     hit = 0;
+    rebases = 0;
   }
 };
 

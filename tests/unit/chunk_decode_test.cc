@@ -864,6 +864,29 @@ TEST_CASE("decode_chunk's first-event template: a stream's first event with a ne
   }
 }
 
+TEST_CASE("decode_chunk's templates: a stream whose every chunk has another id moves them twice at most") {
+  // Each event makes a new prefix; the templates are moved onto the first
+  // two of a stream only (later ones would not be matched anyway).
+  detail::ChunkPrefix prefix;
+  ChatCompletionChunk c;
+  for (int stream = 0; stream < 3; ++stream) {
+    prefix.reset();
+    for (int i = 0; i < 8; ++i) {
+      const std::string doc = R"({"id":"chatcmpl-)" + std::to_string(stream * 100 + i) +
+                              R"(","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"w)" +
+                              std::to_string(i) + R"("},"finish_reason":null}]})";
+      INFO("stream " << stream << " event " << i << ": " << doc);
+      const std::string ev = padded(doc);
+      const Decoded got = tuned(ev, c, &prefix);
+      const Decoded want = reference(ev);
+      REQUIRE_FALSE(want.failure);
+      CHECK(got.chunk == want.chunk);
+      CHECK(prefix.rebases <= 2);
+    }
+    CHECK(prefix.rebases == 2);
+  }
+}
+
 TEST_CASE("decode_chunk's counts template: a usage chunk with new counts, in the next streams") {
   // Streams decoded one after the other with one ChunkPrefix (reset()
   // between them): each ends with a usage chunk whose counts differ. From
