@@ -1285,12 +1285,15 @@ std::optional<std::int64_t>* count_field(Usage& u, ChunkPrefix::NumberSlot::Fiel
 
 bool same_opt(const std::optional<std::string>& a, const std::optional<std::string>& b) { return a == b; }
 
-// Whether two chunks are equal but for raw_json and usage.
-bool same_but_usage(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
-  if (a.id != b.id || a.object != b.object || a.created != b.created || a.model != b.model ||
-      !same_opt(a.system_fingerprint, b.system_fingerprint) || !same_opt(a.provider, b.provider) ||
-      a.choices.size() != b.choices.size() || a.usage.has_value() != b.usage.has_value())
-    return false;
+// Whether two chunks have equal envelopes.
+bool same_envelope(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
+  return a.id == b.id && a.object == b.object && a.created == b.created && a.model == b.model &&
+         same_opt(a.system_fingerprint, b.system_fingerprint) && same_opt(a.provider, b.provider);
+}
+
+// Whether two chunks have equal choices.
+bool same_choices(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
+  if (a.choices.size() != b.choices.size()) return false;
   for (std::size_t i = 0; i < a.choices.size(); ++i) {
     const ChoiceDelta &c = a.choices[i], &d = b.choices[i];
     if (c.index != d.index || c.role != d.role || c.content != d.content || c.refusal != d.refusal ||
@@ -1306,15 +1309,55 @@ bool same_but_usage(const ChatCompletionChunk& a, const ChatCompletionChunk& b) 
   return true;
 }
 
+// Whether two costs are equal (NaN equal to NaN).
+bool same_cost(const std::optional<double>& a, const std::optional<double>& b) {
+  return a == b || (a && b && *a != *a && *b != *b);
+}
+
 bool is_digit(char ch) { return ch >= '0' && ch <= '9'; }
 
-// Whether two chunks have equal choices.
-bool same_but_usage_envelope(const ChatCompletionChunk& a, const ChatCompletionChunk& b) {
-  ChatCompletionChunk x;  // (the envelope of `b` on `a`'s choices: compared by same_but_usage)
-  copy_envelope(b, x);
-  x.choices = a.choices;
-  x.usage = b.usage;
-  return same_but_usage(x, b);
+// The end of the number token at `i` (a JSON number of a valid event);
+// `slot` is set when it is a plain integer of at most 18 digits (the
+// literals the counts and first-event templates may change).
+std::size_t number_end(std::string_view event, std::size_t i, std::size_t end, bool& slot) {
+  std::size_t j = i;
+  bool integer = true;
+  for (; j < end && (is_digit(event[j]) || event[j] == '-' || event[j] == '+' || event[j] == '.' ||
+                     event[j] == 'e' || event[j] == 'E');
+       ++j)
+    integer = integer && is_digit(event[j]);
+  slot = integer && j - i <= 18;
+  return j;
+}
+
+// The digits of a new integer at `i` where a template has an integer slot:
+// their end, or npos unless they are a JSON integer of at most 18 digits
+// without sign or leading zero. The value goes to *value when given.
+std::size_t slot_digits(std::string_view event, std::size_t i, std::int64_t* value) {
+  std::size_t d = i;
+  while (d < event.size() && is_digit(event[d])) ++d;
+  const std::size_t n = d - i;
+  if (n == 0 || n > 18 || (n > 1 && event[i] == '0')) return std::string_view::npos;
+  if (value) {
+    std::int64_t v = 0;
+    for (std::size_t k = i; k < d; ++k) v = v * 10 + (event[k] - '0');
+    *value = v;
+  }
+  return d;
+}
+
+// `event` with bytes [open, close) replaced by `sentinel`, decoded alone
+// into `decoded` (probing which field a literal sets); false when that
+// fails or sets an in-stream error.
+bool probe(std::string_view event, std::size_t open, std::size_t close, const char* sentinel,
+           ChatCompletionChunk& decoded) {
+  thread_local std::string text;
+  text.assign(event.substr(0, open));
+  text.append(sentinel);
+  text.append(event.substr(close));
+  ensure_padding(text);
+  std::optional<Error> in_stream;
+  return !decode_chunk(std::string_view(text), decoded, in_stream, nullptr) && !in_stream;
 }
 
 // Makes the counts template from `event` (decoded to `c` after a prefix of
@@ -1329,13 +1372,9 @@ void make_counts(std::string_view event, const ChatCompletionChunk& c, std::size
       bool escaped = false;
       i = string_end(event, i + 1, escaped) + 1;
     } else if (ch == '-' || is_digit(ch)) {
-      std::size_t j = i;
-      while (j < event.size() && (is_digit(event[j]) || event[j] == '-' || event[j] == '+' || event[j] == '.' ||
-                                  event[j] == 'e' || event[j] == 'E'))
-        ++j;
-      bool integer = true;
-      for (std::size_t k = i; k < j; ++k) integer = integer && is_digit(event[k]);
-      if (integer && j - i <= 18) {  // (others are no slots: their bytes must stay)
+      bool slot = false;
+      const std::size_t j = number_end(event, i, event.size(), slot);
+      if (slot) {  // (others are no slots: their bytes must stay)
         literals.emplace_back(i, j);
         if (literals.size() > kMaxCountsLiterals) return;
       }
@@ -1345,23 +1384,15 @@ void make_counts(std::string_view event, const ChatCompletionChunk& c, std::size
     }
   }
   if (literals.empty()) return;
-  std::string probe;
   ChatCompletionChunk decoded;
   std::vector<ChunkPrefix::NumberSlot> slots;
   for (const auto& [open, close] : literals) {
     const std::string_view old = event.substr(open, close - open);
     const char* sentinel = old == "987654321" ? "123456789" : "987654321";
-    probe.assign(event.substr(0, open));
-    probe.append(sentinel);
-    probe.append(event.substr(close));
-    ensure_padding(probe);
-    std::optional<Error> in_stream;
-    if (decode_chunk(std::string_view(probe), decoded, in_stream, nullptr) || in_stream || !decoded.usage ||
-        !same_but_usage(decoded, c))
+    if (!probe(event, open, close, sentinel, decoded) || !decoded.usage || !same_envelope(decoded, c) ||
+        !same_choices(decoded, c) || !same_cost(c.usage->cost, decoded.usage->cost))
       continue;  // (not a slot: its digits must stay)
     const Usage &was = *c.usage, &now = *decoded.usage;
-    if (!(was.cost == now.cost || (was.cost && now.cost && *was.cost != *was.cost && *now.cost != *now.cost)))
-      continue;
     ChunkPrefix::NumberSlot slot{open, close, ChunkPrefix::NumberSlot::none};
     int changed = 0;
     for (auto f : {ChunkPrefix::NumberSlot::prompt, ChunkPrefix::NumberSlot::completion,
@@ -1393,15 +1424,9 @@ bool decode_counts(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& 
     const std::size_t len = slot.open - ti;
     if (event.size() - ei < len || std::memcmp(event.data() + ei, old.data() + ti, len) != 0) return false;
     ei += len;
-    std::size_t d = ei;
-    while (d < event.size() && is_digit(event[d])) ++d;
-    const std::size_t n = d - ei;
-    if (n == 0 || n > 18 || (n > 1 && event[ei] == '0')) return false;
-    if (slot.field != ChunkPrefix::NumberSlot::none) {
-      std::int64_t v = 0;
-      for (std::size_t k = ei; k < d; ++k) v = v * 10 + (event[k] - '0');
-      values[slot.field] = v;
-    }
+    const std::size_t d =
+        slot_digits(event, ei, slot.field != ChunkPrefix::NumberSlot::none ? &values[slot.field] : nullptr);
+    if (d == std::string_view::npos) return false;
     ei = d;
     ti = slot.close;
   }
@@ -1452,10 +1477,9 @@ std::string* envelope_text(ChatCompletionChunk& c, ChunkPrefix::ScalarSlot::Fiel
 bool same_usage(const std::optional<Usage>& a, const std::optional<Usage>& b) {
   if (a.has_value() != b.has_value()) return false;
   if (!a) return true;
-  const bool cost = a->cost == b->cost || (a->cost && b->cost && *a->cost != *a->cost && *b->cost != *b->cost);
   return a->prompt_tokens == b->prompt_tokens && a->completion_tokens == b->completion_tokens &&
          a->total_tokens == b->total_tokens && a->cached_tokens == b->cached_tokens &&
-         a->reasoning_tokens == b->reasoning_tokens && cost;
+         a->reasoning_tokens == b->reasoning_tokens && same_cost(a->cost, b->cost);
 }
 
 // Makes the first-event template from `event` (decoded to `c`, its prefix
@@ -1488,13 +1512,9 @@ void make_first(std::string_view event, const ChatCompletionChunk& c, std::size_
     } else if (ch == ',' && depth == 1) {
       value = false;
     } else if (depth == 1 && value && (ch == '-' || is_digit(ch))) {
-      std::size_t j = i;
-      while (j < plen && (is_digit(event[j]) || event[j] == '-' || event[j] == '+' || event[j] == '.' ||
-                          event[j] == 'e' || event[j] == 'E'))
-        ++j;
-      bool integer = true;
-      for (std::size_t k = i; k < j; ++k) integer = integer && is_digit(event[k]);
-      if (integer && j - i <= 18) candidates.push_back({i, j, ChunkPrefix::ScalarSlot::Field::none, false});
+      bool slot = false;
+      const std::size_t j = number_end(event, i, plen, slot);
+      if (slot) candidates.push_back({i, j, ChunkPrefix::ScalarSlot::Field::none, false});
       value = false;
       i = j;
       continue;
@@ -1504,20 +1524,14 @@ void make_first(std::string_view event, const ChatCompletionChunk& c, std::size_
     ++i;
   }
   if (candidates.empty() || candidates.size() > kMaxFirstValues) return;
-  std::string probe;
   ChatCompletionChunk decoded;
   std::vector<ChunkPrefix::ScalarSlot> slots;
   for (ChunkPrefix::ScalarSlot slot : candidates) {
     const std::string_view old = event.substr(slot.open, slot.close - slot.open);
     const char* sentinel = slot.string ? (old == "zq9probe9qz" ? "qz9probe9zq" : "zq9probe9qz")
                                        : (old == "987654321" ? "123456789" : "987654321");
-    probe.assign(event.substr(0, slot.open));
-    probe.append(sentinel);
-    probe.append(event.substr(slot.close));
-    ensure_padding(probe);
-    std::optional<Error> in_stream;
-    if (decode_chunk(std::string_view(probe), decoded, in_stream, nullptr) || in_stream ||
-        !same_but_usage_envelope(decoded, c) || !same_usage(decoded.usage, c.usage))
+    if (!probe(event, slot.open, slot.close, sentinel, decoded) || !same_choices(decoded, c) ||
+        !same_usage(decoded.usage, c.usage))
       continue;  // (not a slot: it must stay)
     int changed = 0;
     bool to_sentinel = false;
@@ -1578,14 +1592,10 @@ bool decode_first(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t
       values[k] = v;
       ei = close;
     } else {
-      std::size_t d = ei;
-      while (d < event.size() && is_digit(event[d])) ++d;
-      const std::size_t n = d - ei;
-      if (n == 0 || n > 18 || (n > 1 && event[ei] == '0')) return false;
-      if (slot.field == ChunkPrefix::ScalarSlot::Field::created) {  // (a free slot's digits are checked, not read)
-        created = 0;
-        for (std::size_t i = ei; i < d; ++i) created = created * 10 + (event[i] - '0');
-      }
+      // (A free slot's digits are checked, not read.)
+      const std::size_t d =
+          slot_digits(event, ei, slot.field == ChunkPrefix::ScalarSlot::Field::created ? &created : nullptr);
+      if (d == std::string_view::npos) return false;
       ei = d;
     }
     ti = slot.close;
