@@ -1438,9 +1438,7 @@ bool decode_counts(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& 
     if (slot.field != ChunkPrefix::NumberSlot::none) *count_field(*c.usage, slot.field) = values[slot.field];
   c.raw_json.assign(event);
   t.last_full = false;
-  t.counts_misses = 0;
-  t.counts_made = 0;
-  ++t.counts_hits;
+  t.counts_keeping.hit();
   return true;
 }
 
@@ -1619,9 +1617,7 @@ bool decode_first(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t
   copy_envelope(c, t);
   rebase_templates(t);
   t.last_full = true;  // (as the event decoded the full way it stands for)
-  t.first_misses = 0;
-  t.first_made = 0;
-  ++t.first_hits;
+  t.first_keeping.hit();
   return true;
 }
 
@@ -1792,30 +1788,18 @@ namespace {
       prefix->repeat_prefix = plen;
     }
     // A stream's first event: the first-event template (see
-    // ChunkPrefix::first), with the same keeping rule as the counts'.
+    // ChunkPrefix::first and ChunkPrefix::Keeping).
     if (!reuse && !prefix->bytes.empty() && !envelope_after_body && !had_in_stream_error && !in_stream_error &&
         padded.size() <= kMaxFirstEvent) {
-      const bool none = prefix->first.raw_json.empty();
-      if (!none) ++prefix->first_misses;
-      if ((none || prefix->first_misses >= 2) && prefix->first_made < kMaxFirstMade) {
-        ++prefix->first_made;
-        prefix->first_misses = 0;
+      if (prefix->first_keeping.make_from(prefix->first.raw_json.empty(), kMaxFirstMade))
         make_first(padded, c, prefix->bytes.size(), *prefix);
-      }
     }
-    // A usage chunk: the counts template (see ChunkPrefix::counts). One
-    // that matched before is kept through one odd event, replaced at the
-    // second in a row; after a few made (or tried) without a match, a shape
-    // that keeps changing is let go.
+    // A usage chunk: the counts template (see ChunkPrefix::counts and
+    // ChunkPrefix::Keeping).
     if (reuse && !envelope_in_rest && !had_in_stream_error && !in_stream_error && c.usage && !may_have_slots(c) &&
         padded.size() <= kMaxCountsEvent) {
-      const bool none = prefix->counts.raw_json.empty();
-      if (!none) ++prefix->counts_misses;
-      if ((none || prefix->counts_misses >= 2) && prefix->counts_made < kMaxCountsMade) {
-        ++prefix->counts_made;
-        prefix->counts_misses = 0;
+      if (prefix->counts_keeping.make_from(prefix->counts.raw_json.empty(), kMaxCountsMade))
         make_counts(padded, c, plen, *prefix);
-      }
     }
   }
   return true;

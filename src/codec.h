@@ -101,9 +101,30 @@ struct ChunkPrefix {
   ChatCompletionChunk counts;  // empty raw_json: none
   std::vector<NumberSlot> number_slots;
   std::size_t counts_prefix = 0;
-  int counts_misses = 0;  // usage events it did not match since the last hit (or since it was made)
-  int counts_made = 0;    // templates made (or tried) since the last hit
-  std::uint64_t counts_hits = 0;  // events decoded from it (for tests)
+
+  // When the counts and first-event templates are made again: one that
+  // matched before is kept through one odd event and replaced at the
+  // second in a row; after a few made (or tried) without a match, a shape
+  // that keeps changing is let go.
+  struct Keeping {
+    int misses = 0;          // events of its kind it did not match since the last hit (or since it was made)
+    int made = 0;            // templates made (or tried) since the last hit
+    std::uint64_t hits = 0;  // events decoded from it (for tests)
+    // An event of the template's kind was decoded the full way: whether to
+    // make the template from it (`none`: there is none yet).
+    bool make_from(bool none, int max_made) noexcept {
+      if (!none) ++misses;
+      if ((!none && misses < 2) || made >= max_made) return false;
+      ++made;
+      misses = 0;
+      return true;
+    }
+    void hit() noexcept {
+      misses = made = 0;
+      ++hits;
+    }
+  };
+  Keeping counts_keeping;
 
   // The "first event" path: a stream's first event (the one that makes the
   // prefix) decoded the full way, with the scalar values of its prefix's
@@ -121,8 +142,7 @@ struct ChunkPrefix {
   ChatCompletionChunk first;  // empty raw_json: none
   std::vector<ScalarSlot> first_slots;
   std::size_t first_prefix = 0;  // the length of its prefix
-  int first_misses = 0, first_made = 0;
-  std::uint64_t first_hits = 0;  // events decoded from it (for tests)
+  Keeping first_keeping;
   std::vector<std::string> first_values;  // (new strings with escapes, unescaped)
 
   // All these templates outlive a stream (reset() keeps them). When one was

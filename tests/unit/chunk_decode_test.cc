@@ -852,13 +852,13 @@ TEST_CASE("decode_chunk's first-event template: a stream's first event with a ne
         for (auto& d : docs) d.insert(d.size() - 1, R"(,"model":"m")");
       for (std::size_t i = 0; i < docs.size(); ++i) {
         INFO("stream " << n << " event " << i << ": " << docs[i]);
-        const std::uint64_t hits = prefix.first_hits;
+        const std::uint64_t hits = prefix.first_keeping.hits;
         const std::string ev = padded(docs[i]);
         const Decoded got = tuned(ev, c, &prefix);
         const Decoded want = reference(ev);
         REQUIRE(describe(got.failure) == describe(want.failure));  // (a leading zero is invalid JSON)
         if (!want.failure) CHECK(got.chunk == want.chunk);
-        CHECK(prefix.first_hits - hits == (i == 0 && k.from_first[n] ? 1u : 0u));
+        CHECK(prefix.first_keeping.hits - hits == (i == 0 && k.from_first[n] ? 1u : 0u));
       }
     }
   }
@@ -949,13 +949,13 @@ TEST_CASE("decode_chunk's counts template: a usage chunk with new counts, in the
       const std::vector<std::string> docs = stream_events(static_cast<int>(n), k.usages[n]);
       for (std::size_t i = 0; i < docs.size(); ++i) {
         INFO("stream " << n << " event " << i << ": " << docs[i]);
-        const std::uint64_t hits = prefix.counts_hits;
+        const std::uint64_t hits = prefix.counts_keeping.hits;
         const std::string ev = padded(docs[i]);
         const Decoded got = tuned(ev, c, &prefix);
         const Decoded want = reference(ev);
         REQUIRE(describe(got.failure) == describe(want.failure));  // (a leading zero is invalid JSON)
         if (!want.failure) CHECK(got.chunk == want.chunk);
-        CHECK(prefix.counts_hits - hits == (i + 1 == docs.size() && k.from_counts[n] ? 1u : 0u));
+        CHECK(prefix.counts_keeping.hits - hits == (i + 1 == docs.size() && k.from_counts[n] ? 1u : 0u));
       }
     }
   }
