@@ -120,6 +120,16 @@ void check_template(const std::string& input) {
   cross_check(first.substr(0, slot.open) + input.substr(nl + 2) + first.substr(slot.close), chunk, prefix);
 }
 
+// A stream's first two events: `first`, then `rest` after the prefix it
+// made (decoded so that a template is made). False when `first` made no
+// prefix.
+bool first_two(const std::string& first, const std::string& rest, ChunkPrefix& prefix, ChatCompletionChunk& chunk) {
+  decode_first(first, chunk, prefix);
+  if (prefix.bytes.empty()) return false;
+  decode_first(prefix.bytes + rest, chunk, prefix);
+  return true;
+}
+
 // Input: an event, a newline, the next event's bytes after its prefix, a
 // newline, a new stream's first event, a newline, a byte that picks a slot
 // and a new string for it. The templates the second event made are moved
@@ -132,10 +142,8 @@ void check_moved_templates(const std::string& input) {
   if (!split_lines(input, 3, lines, tail)) return;
   ChunkPrefix prefix;
   ChatCompletionChunk chunk;
-  decode_first(lines[0], chunk, prefix);
-  if (prefix.bytes.empty()) return;
   const std::string& rest = lines[1];
-  decode_first(prefix.bytes + rest, chunk, prefix);
+  if (!first_two(lines[0], rest, prefix, chunk)) return;
   prefix.reset();
   {
     // As a stream's first event: no template is made from it.
@@ -162,11 +170,8 @@ void check_counts(const std::string& input) {
   if (!split_lines(input, 2, lines, source)) return;
   ChunkPrefix prefix;
   ChatCompletionChunk chunk;
-  decode_first(lines[0], chunk, prefix);
-  if (prefix.bytes.empty()) return;
   const std::string& rest = lines[1];
-  decode_first(prefix.bytes + rest, chunk, prefix);
-  if (prefix.counts.raw_json.empty()) return;
+  if (!first_two(lines[0], rest, prefix, chunk) || prefix.counts.raw_json.empty()) return;
   std::string changed = prefix.bytes;
   std::size_t src = 0;
   for (std::size_t i = 0; i < rest.size();) {
