@@ -1119,6 +1119,13 @@ void copy_chunk(const ChatCompletionChunk& from, const StringSlot& slot, std::st
   }
 }
 
+// All of `from` but raw_json into `to`, as copy_chunk does (a slot that is
+// none of the chunk's).
+void copy_whole(const ChatCompletionChunk& from, ChatCompletionChunk& to) {
+  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
+  copy_chunk(from, none, {}, to);
+}
+
 // Whether an event that decoded to `c` can have slots: each slot's field
 // is set (so most finish and usage chunks are not scanned).
 bool may_have_slots(const ChatCompletionChunk& c) {
@@ -1185,8 +1192,7 @@ bool decode_repeat(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& 
   const std::string& old = t.repeat.raw_json;
   if (event.size() != old.size() || old.empty() || std::memcmp(event.data(), old.data(), old.size()) != 0)
     return false;
-  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
-  copy_chunk(t.repeat, none, {}, c);
+  copy_whole(t.repeat, c);
   c.raw_json.assign(event);
   t.last_full = false;
   return true;
@@ -1432,8 +1438,7 @@ bool decode_counts(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& 
   }
   const std::size_t tail = old.size() - ti;
   if (event.size() - ei != tail || std::memcmp(event.data() + ei, old.data() + ti, tail) != 0) return false;
-  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
-  copy_chunk(t.counts, none, {}, c);
+  copy_whole(t.counts, c);
   for (const ChunkPrefix::NumberSlot& slot : t.number_slots)
     if (slot.field != ChunkPrefix::NumberSlot::none) *count_field(*c.usage, slot.field) = values[slot.field];
   c.raw_json.assign(event);
@@ -1603,8 +1608,7 @@ bool decode_first(std::string_view event, ChatCompletionChunk& c, ChunkPrefix& t
   // The prefix: the same member's comma, moved by the values' new lengths.
   const std::size_t plen = t.first_prefix + ei - ti;
   if (plen < 2 || plen >= event.size() || event[plen - 1] != ',' || event[plen] != '"') return false;
-  static const StringSlot none{0, 0, std::numeric_limits<std::uint32_t>::max(), 0, StringSlot::content};
-  copy_chunk(t.first, none, {}, c);
+  copy_whole(t.first, c);
   for (std::size_t k = 0; k < t.first_slots.size(); ++k) {
     const ChunkPrefix::ScalarSlot& slot = t.first_slots[k];
     if (slot.field == ChunkPrefix::ScalarSlot::Field::created) c.created = created;
