@@ -253,13 +253,11 @@ struct MailboxEntry {
   std::unique_ptr<ChatCompletionChunk> chunk;
   const ChunkCallback* cb = nullptr;
   std::function<bool()> fn;  // false: the caller's callback wants to stop
-  // delta: the slot (choices[choice], .tool_calls[tool] for arguments),
-  // its new string and the new bytes between its quotes in the event, as
-  // offsets into the batch's arena, and where those bytes sit in the event
-  // (`open` bytes in front, `tail` after).
-  std::size_t value_at = 0, value_size = 0, body_at = 0, body_size = 0, open = 0, tail = 0;
-  std::uint32_t choice = 0, tool = 0;
-  detail::ChunkPrefix::StringSlot::Field field = detail::ChunkPrefix::StringSlot::content;
+  // delta: the template's slot, its new string and the new bytes between
+  // its quotes in the event, as offsets into the batch's arena, and the
+  // event's bytes after those (`tail`; slot.open are in front).
+  detail::ChunkPrefix::StringSlot slot;
+  std::size_t value_at = 0, value_size = 0, body_at = 0, body_size = 0, tail = 0;
   Kind kind;
 };
 
@@ -411,12 +409,11 @@ class Mailbox {
     Entry::Kind kind = Entry::whole;
     if (cb && hit.first != 0) {
       if (hit.first == work_generation_ && hit.second == work_slot_) {
-        const detail::ChunkPrefix::StringSlot& slot = a.hit_slot();
         const std::string_view event = a.hit_event(), value = a.hit_value();
         Entry& e = pending_.emplace_back(Entry::delta, nullptr, cb);
-        e.open = slot.open;
+        e.slot = a.hit_slot();
         e.tail = a.hit_tail();
-        const std::string_view body = event.substr(e.open, event.size() - e.tail - e.open);
+        const std::string_view body = event.substr(e.slot.open, event.size() - e.tail - e.slot.open);
         e.body_at = pending_arena_.size();
         e.body_size = body.size();
         pending_arena_.append(body);
@@ -427,9 +424,6 @@ class Mailbox {
           e.value_at = pending_arena_.size();
           pending_arena_.append(value);
         }
-        e.choice = slot.choice;
-        e.tool = slot.tool;
-        e.field = slot.field;
         return;
       }
       kind = Entry::snapshot;
@@ -640,18 +634,14 @@ class Mailbox {
         // The working chunk is this template and slot's first chunk: it
         // differs from this one in the slot's string and raw_json alone.
         ChatCompletionChunk& w = *work_;
-        ChoiceDelta& d = w.choices[e.choice];
-        std::string& field = e.field == detail::ChunkPrefix::StringSlot::content     ? *d.content
-                             : e.field == detail::ChunkPrefix::StringSlot::refusal   ? *d.refusal
-                             : e.field == detail::ChunkPrefix::StringSlot::reasoning ? *d.reasoning
-                                                                                     : d.tool_calls[e.tool].arguments;
+        std::string& field = detail::slot_text(w, e.slot);
         // (clear() and append() take about half the steps of assign(),
         // which must allow for overlapping bytes; these never overlap.)
         field.clear();
         field.append(batch_arena_.data() + e.value_at, e.value_size);
         // The event is the template's bytes around the slot's new ones (the
         // working chunk's raw_json is an event of this template and slot).
-        w.raw_json.replace(e.open, w.raw_json.size() - e.open - e.tail, batch_arena_.data() + e.body_at,
+        w.raw_json.replace(e.slot.open, w.raw_json.size() - e.slot.open - e.tail, batch_arena_.data() + e.body_at,
                            e.body_size);
         return (*e.cb)(w);
       }

@@ -1174,14 +1174,19 @@ bool decode_from_template(std::string_view event, ChatCompletionChunk& c, ChunkP
 
 }  // namespace
 
-void set_slot_field(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot, std::string_view value) {
+std::string& slot_text(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot) {
   ChoiceDelta& d = c.choices[slot.choice];
   switch (slot.field) {
-    case StringSlot::content: d.content->assign(value); break;
-    case StringSlot::refusal: d.refusal->assign(value); break;
-    case StringSlot::reasoning: d.reasoning->assign(value); break;
-    case StringSlot::arguments: d.tool_calls[slot.tool].arguments.assign(value); break;
+    case StringSlot::content: return *d.content;
+    case StringSlot::refusal: return *d.refusal;
+    case StringSlot::reasoning: return *d.reasoning;
+    case StringSlot::arguments: break;
   }
+  return d.tool_calls[slot.tool].arguments;
+}
+
+void set_slot_field(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot, std::string_view value) {
+  slot_text(c, slot).assign(value);
 }
 
 namespace {

@@ -195,7 +195,9 @@ std::optional<Error> decode_chunk(std::string_view padded, ChatCompletionChunk& 
 bool decode_chunk_into(std::string_view padded, ChatCompletionChunk& out, std::optional<Error>& in_stream_error,
                        ChunkPrefix* prefix, std::optional<Error>& error, bool held = false, bool* deferred = nullptr);
 
-// Sets the field a slot of the template decides (it is set in `c`).
+// The field a slot of the template decides (it is set in `c`), and the
+// same set to `value`.
+std::string& slot_text(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot);
 void set_slot_field(ChatCompletionChunk& c, const ChunkPrefix::StringSlot& slot, std::string_view value);
 
 // Decodes the data of an `event: error` (an error object, bare or wrapped).
