@@ -507,19 +507,14 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
     if (at == std::string::npos || end == std::string::npos || end - at - key.size() < 8)
       fail("the stream has no id to number");
     const std::string id = stream.substr(at + key.size(), end - at - key.size());
-    std::size_t copy = 0, pos = 0, per_copy = 0;
+    std::size_t ids = 0;
     for (std::size_t p = distinct.find(id); p != std::string::npos; p = distinct.find(id, p + id.size())) {
-      if (p >= pos + stream.size()) {
-        pos += stream.size();
-        ++copy;
-        per_copy = 0;
-      }
       char n[9];
-      std::snprintf(n, sizeof n, "%08zx", copy);
+      std::snprintf(n, sizeof n, "%08zx", p / stream.size());  // (the copy it is in)
       distinct.replace(p + id.size() - 8, 8, n);
-      ++per_copy;
+      ++ids;
     }
-    if (per_copy != kChunks) fail("the numbered copies do not carry their id in every chunk");
+    if (ids != copies * kChunks) fail("the numbered copies do not carry their id in every chunk");
   }
   auto decode_pass = [&](const std::string& in = std::string()) {
     const std::string& input_now = in.empty() ? input : in;
