@@ -510,7 +510,8 @@ int run_decode(const std::string& stream, long mib, long piece_bytes, long passe
     std::size_t ids = 0;
     for (std::size_t p = distinct.find(id); p != std::string::npos; p = distinct.find(id, p + id.size())) {
       char n[9];
-      std::snprintf(n, sizeof n, "%08zx", p / stream.size());  // (the copy it is in)
+      // (the copy it is in; the low 32 bits tell copies apart)
+      std::snprintf(n, sizeof n, "%08x", static_cast<unsigned>((p / stream.size()) & 0xffffffffu));
       distinct.replace(p + id.size() - 8, 8, n);
       ++ids;
     }
